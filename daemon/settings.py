@@ -1,0 +1,174 @@
+"""Every setting of the daemon, validated once at start-up.
+
+Sources, highest priority first: explicit overrides (tests, CLI flags),
+environment variables ``CTD_*``, the TOML file named by ``CTD_CONFIG_FILE``,
+defaults that run on a laptop. Nothing reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from trainers.data import validate_symbol
+
+ENV_PREFIX = "CTD_"
+
+
+class SettingsError(ValueError):
+    """Start-up configuration is invalid; the message names each bad setting."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid settings:\n  " + "\n  ".join(problems))
+
+
+class Settings(BaseSettings):
+    """ctd configuration. Field ``x`` is set by environment variable ``CTD_X``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+    )
+
+    # Kafka. Unset bootstrap servers: `ctd run` / `ctd demo` start the bundled broker.
+    kafka_bootstrap_servers: str | None = None
+    kafka_group_id: str = Field("ctd", min_length=1)
+    kafka_client_id: str = Field("ctd", min_length=1)
+    # tansu answers the first JoinGroup after ~session_timeout/2 (NOTES.md).
+    kafka_session_timeout_ms: int = Field(6000, ge=1000)
+    kafka_heartbeat_interval_ms: int = Field(1000, ge=100)
+    kafka_max_poll_records: int = Field(2000, ge=1)
+    kafka_max_poll_interval_ms: int = Field(300_000, ge=1000)
+    kafka_poll_timeout_ms: int = Field(500, ge=1)
+    kafka_request_timeout_ms: int = Field(30_000, ge=1000)
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
+        "PLAINTEXT"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    create_topics: bool = True
+    topic_partitions: int = Field(6, ge=1)
+    topic_replication_factor: int = Field(1, ge=1)
+    topic_bars: str = Field("ctd.bars", min_length=1)
+    topic_dlq: str = Field("ctd.bars.dlq", min_length=1)
+    topic_commands: str = Field("ctd.commands", min_length=1)
+    topic_promotions: str = Field("ctd.promotions", min_length=1)
+
+    # State.
+    data_dir: Path = Path("./ctd-data")
+
+    # HTTP (metrics, health).
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(9108, ge=0, le=65535)
+
+    # Retraining.
+    min_bars: int = Field(500, ge=50)
+    retrain_every_bars: int = Field(250, ge=1)
+    train_window_bars: int = Field(5000, ge=50)
+    train_workers: int = Field(1, ge=1, le=64)
+    train_timeout_seconds: float = Field(1800.0, gt=0)
+    trainers: tuple[str, ...] = ("xgboost",)
+    seed: int = Field(0, ge=0)
+
+    # Splits and gates (defaults from DESIGN.md).
+    val_fraction: float = Field(0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(0.15, gt=0, lt=0.5)
+    gate_max_train_val_gap: float = Field(0.20, gt=0, le=1)
+    gate_max_val_test_diff: float = Field(0.05, gt=0, le=1)
+    gate_max_parity_diff: float = Field(1e-4, gt=0)
+    gate_require_beat_baseline: bool = True
+
+    # Logging.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    # Demo feed.
+    demo_symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT", "AAPL")
+    demo_bars_per_second: float = Field(200.0, gt=0)
+    demo_history_bars: int = Field(1500, ge=0)
+
+    @field_validator("demo_symbols")
+    @classmethod
+    def _symbols_valid(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for s in value:
+            validate_symbol(s)
+        return value
+
+    @field_validator("trainers")
+    @classmethod
+    def _trainers_nonempty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one trainer is required")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.kafka_heartbeat_interval_ms * 3 > self.kafka_session_timeout_ms:
+            raise ValueError(
+                "kafka_heartbeat_interval_ms must be at most a third of kafka_session_timeout_ms"
+            )
+        if self.val_fraction + self.test_fraction >= 0.8:
+            raise ValueError("val_fraction + test_fraction must leave at least 20% for training")
+        if self.kafka_sasl_mechanism and not self.kafka_sasl_username:
+            raise ValueError("kafka_sasl_username is required when kafka_sasl_mechanism is set")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_file = os.environ.get(f"{ENV_PREFIX}CONFIG_FILE")
+        if toml_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(toml_file)))
+        return tuple(sources)
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.data_dir / "registry"
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / "bars.sqlite"
+
+
+def _setting_name(loc: tuple[int | str, ...]) -> str:
+    if not loc:
+        return "settings"
+    return f"{ENV_PREFIX}{str(loc[0]).upper()}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate settings; raise SettingsError naming every bad setting."""
+    toml_file = os.environ.get(f"{ENV_PREFIX}CONFIG_FILE")
+    if toml_file and not Path(toml_file).is_file():
+        raise SettingsError([f"{ENV_PREFIX}CONFIG_FILE: no such file {toml_file!r}"])
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = _setting_name(err["loc"])
+            value = err.get("input")
+            shown = "<secret>" if "password" in name.lower() else repr(value)
+            problems.append(f"{name}: {err['msg']} (got {shown})")
+        raise SettingsError(problems) from None
