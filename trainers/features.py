@@ -1,0 +1,294 @@
+"""The one feature function, shared by training and live scoring.
+
+Row t of the feature matrix depends only on bars ``t - lookback + 1 .. t``, and
+is bit-identical whether it is computed on the full history or on
+``bars.tail(lookback)``: live scoring must see exactly what training saw. So
+there are no infinite-memory recursions (classic EMA, Wilder RSI): every
+window is finite, and every windowed sum is an element-wise sum of shifted
+slices in a fixed order, whose rounding does not depend on the row's offset
+(cumsum-based rolling sums do). All features are scale-free, so a model
+trained on a 60,000 price works on a 100 price.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from trainers.data import Bars, FloatArray, IntArray
+from trainers.errors import InvalidInputError
+
+BoolArray = npt.NDArray[np.bool_]
+
+_RETURN_LAGS: Final = (1, 2, 3, 5, 10, 20)
+_VOL_WINDOWS: Final = (10, 20)
+_RSI_WINDOW: Final = 14
+_MACD_FAST, _MACD_SLOW, _MACD_SIGNAL = 12, 26, 9
+# A truncated EMA over 2 x span bars keeps ~98% of the classic EMA's weight mass.
+_EMA_TRUNCATION: Final = 2
+_VOLUME_WINDOW: Final = 20
+# A volume std this small relative to its mean is rounding noise, not variation.
+_VOLUME_STD_RTOL: Final = 1e-9
+
+
+def _ema_window(span: int) -> int:
+    return _EMA_TRUNCATION * span
+
+
+# Bars each feature needs; the largest is MACD's signal line: an EMA over MACD values,
+# each of which needs the slow EMA's window.
+_LOOKBACK: Final = max(
+    max(_RETURN_LAGS) + 1,
+    max(_VOL_WINDOWS) + 1,
+    _RSI_WINDOW + 1,
+    _ema_window(_MACD_SLOW) + _ema_window(_MACD_SIGNAL) - 1,
+    _VOLUME_WINDOW,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureSpec:
+    """What a model was trained on; stored in every model's metadata.
+
+    ``lookback``: row t depends only on bars ``t - lookback + 1 .. t``.
+    ``label_horizon``: the label of row t looks ``label_horizon`` bars ahead.
+    """
+
+    version: int
+    names: tuple[str, ...]
+    lookback: int
+    label_horizon: int = 1
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "version": self.version,
+            "names": list(self.names),
+            "lookback": self.lookback,
+            "label_horizon": self.label_horizon,
+        }
+
+
+FEATURE_SPEC: Final = FeatureSpec(
+    version=1,
+    names=(
+        *(f"ret_{k}" for k in _RETURN_LAGS),
+        *(f"vol_{w}" for w in _VOL_WINDOWS),
+        f"rsi_{_RSI_WINDOW}",
+        "macd",
+        "macd_signal",
+        "macd_hist",
+        "range",
+        "close_pos",
+        f"volume_z{_VOLUME_WINDOW}",
+    ),
+    lookback=_LOOKBACK,
+    label_horizon=1,
+)
+"""Features, all scale-free:
+
+- ``ret_k``: log(close[t] / close[t-k]).
+- ``vol_w``: population std of the last w one-bar log returns.
+- ``rsi_14``: sum of gains / (sum of gains + sum of losses) of the last 14 one-bar
+  log returns, in [0, 1] (0.5 when flat).
+- ``macd``: (EMA12 - EMA26) / close; ``macd_signal``: EMA9 of ``macd``;
+  ``macd_hist`` = macd - macd_signal. EMAs use normalised weights truncated to
+  2 x span bars.
+- ``range``: (high - low) / close; ``close_pos``: (close - low) / (high - low),
+  0.5 when high == low.
+- ``volume_z20``: (volume - mean) / std over the last 20 bars, 0 when std is 0.
+"""
+
+
+def _validate(bars: Bars) -> None:
+    for name in ("open", "high", "low", "close", "volume"):
+        col = np.asarray(getattr(bars, name), dtype=np.float64)
+        ok = np.isfinite(col) & ((col >= 0) if name == "volume" else (col > 0))
+        if not ok.all():
+            i = int(np.argmin(ok))
+            need = "finite and >= 0" if name == "volume" else "finite and positive"
+            raise InvalidInputError(
+                f"bar {name} must be {need}, got {float(col[i])} at index {i} "
+                f"(ts {int(bars.ts[i])})"
+            )
+
+
+def _windowed_dot(x: FloatArray, weights: FloatArray) -> FloatArray:
+    """``out[t] = sum_j weights[j] * x[t - W + 1 + j]`` (oldest first); NaN for t < W - 1.
+
+    Summed slice by slice in a fixed order, so each row's rounding is independent
+    of where the row sits in ``x``.
+    """
+    n, w = len(x), len(weights)
+    out = np.full(n, np.nan)
+    m = n - w + 1
+    if m <= 0:
+        return out
+    acc = weights[0] * x[0:m]
+    for j in range(1, w):
+        acc += weights[j] * x[j : j + m]
+    out[w - 1 :] = acc
+    return out
+
+
+def _rolling_sum(x: FloatArray, w: int) -> FloatArray:
+    n = len(x)
+    out = np.full(n, np.nan)
+    m = n - w + 1
+    if m <= 0:
+        return out
+    acc = x[0:m].copy()
+    for j in range(1, w):
+        acc += x[j : j + m]
+    out[w - 1 :] = acc
+    return out
+
+
+def _rolling_mean_std(x: FloatArray, w: int) -> tuple[FloatArray, FloatArray]:
+    """Rolling mean and population std, two-pass (no catastrophic cancellation)."""
+    n = len(x)
+    mean = _rolling_sum(x, w) / w
+    sq = np.full(n, np.nan)
+    m = n - w + 1
+    if m > 0:
+        mu = mean[w - 1 :]
+        d = x[0:m] - mu
+        acc = d * d
+        for j in range(1, w):
+            d = x[j : j + m] - mu
+            acc += d * d
+        sq[w - 1 :] = acc
+    return mean, np.sqrt(sq / w)
+
+
+def _ema_weights(span: int) -> FloatArray:
+    """Normalised EMA weights over a truncated window, oldest first."""
+    alpha = 2.0 / (span + 1)
+    lags = np.arange(_ema_window(span) - 1, -1, -1, dtype=np.float64)
+    w: FloatArray = (1.0 - alpha) ** lags
+    return w / float(w.sum())
+
+
+def _safe_ratio(num: FloatArray, den: FloatArray, ok: BoolArray, fallback: float) -> FloatArray:
+    out = np.full(len(num), fallback)
+    np.divide(num, den, out=out, where=ok)
+    # Keep NaN (too little history) where the inputs are NaN.
+    out[np.isnan(num) | np.isnan(den)] = np.nan
+    return out
+
+
+def _features_unchecked(bars: Bars) -> FloatArray:
+    close = np.asarray(bars.close, dtype=np.float64)
+    high = np.asarray(bars.high, dtype=np.float64)
+    low = np.asarray(bars.low, dtype=np.float64)
+    volume = np.asarray(bars.volume, dtype=np.float64)
+    n = len(close)
+    cols: list[FloatArray] = []
+
+    for k in _RETURN_LAGS:
+        r = np.full(n, np.nan)
+        if n > k:
+            r[k:] = np.log(close[k:] / close[:-k])
+        cols.append(r)
+    r1 = cols[0]
+
+    for w in _VOL_WINDOWS:
+        cols.append(_rolling_mean_std(r1, w)[1])
+
+    gains = _rolling_sum(np.maximum(r1, 0.0), _RSI_WINDOW)
+    losses = _rolling_sum(np.maximum(-r1, 0.0), _RSI_WINDOW)
+    total = gains + losses
+    cols.append(_safe_ratio(gains, total, total > 0, 0.5))
+
+    fast = _windowed_dot(close, _ema_weights(_MACD_FAST))
+    slow = _windowed_dot(close, _ema_weights(_MACD_SLOW))
+    macd = (fast - slow) / close
+    signal = _windowed_dot(macd, _ema_weights(_MACD_SIGNAL))
+    cols += [macd, signal, macd - signal]
+
+    span = high - low
+    cols.append(span / close)
+    cols.append(_safe_ratio(close - low, span, span > 0, 0.5))
+
+    mean, std = _rolling_mean_std(volume, _VOLUME_WINDOW)
+    ok = (std > 0) & (std > _VOLUME_STD_RTOL * np.abs(mean))
+    cols.append(_safe_ratio(volume - mean, std, ok, 0.0))
+
+    out = np.column_stack(cols) if n else np.empty((0, len(cols)))
+    out[: FEATURE_SPEC.lookback - 1] = np.nan
+    return out
+
+
+def compute_features(bars: Bars) -> FloatArray:
+    """Feature matrix, shape ``(len(bars), len(FEATURE_SPEC.names))``, float64.
+
+    Rows ``t < lookback - 1`` are NaN. Raises InvalidInputError for non-finite or
+    non-positive prices and non-finite or negative volume.
+    """
+    _validate(bars)
+    return _features_unchecked(bars)
+
+
+def latest_features(bars: Bars) -> FloatArray | None:
+    """Feature row (1-D) of the last bar, from ``bars.tail(lookback)`` only.
+
+    None if there are fewer than ``lookback`` bars.
+    """
+    if len(bars) < FEATURE_SPEC.lookback:
+        return None
+    row: FloatArray = compute_features(bars.tail(FEATURE_SPEC.lookback))[-1]
+    return row
+
+
+def _close(bars: Bars) -> FloatArray:
+    _validate(bars)
+    return np.asarray(bars.close, dtype=np.float64)
+
+
+def forward_returns(bars: Bars) -> FloatArray:
+    """``log(close[t+1] / close[t])``; the last row is NaN."""
+    close = _close(bars)
+    out = np.full(len(close), np.nan)
+    out[:-1] = np.log(close[1:] / close[:-1])
+    return out
+
+
+def compute_labels(bars: Bars) -> FloatArray:
+    """1.0 if ``close[t+1] > close[t]`` else 0.0 (flat is not up); the last row is NaN."""
+    close = _close(bars)
+    out = np.full(len(close), np.nan)
+    out[:-1] = (close[1:] > close[:-1]).astype(np.float64)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingMatrix:
+    """Rows whose features and label are all finite, in time order.
+
+    ``ts[i]`` is the timestamp of the bar whose features are ``X[i]``; ``y[i]`` and
+    ``fwd_returns[i]`` describe the move from that bar to the next.
+    """
+
+    X: FloatArray
+    y: FloatArray
+    fwd_returns: FloatArray
+    ts: IntArray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def training_matrix(bars: Bars) -> TrainingMatrix:
+    """Features, labels and forward returns of every bar that has all three."""
+    features = compute_features(bars)
+    y = compute_labels(bars)
+    fwd = forward_returns(bars)
+    keep = np.isfinite(features).all(axis=1) & np.isfinite(y) & np.isfinite(fwd)
+    return TrainingMatrix(
+        X=np.ascontiguousarray(features[keep]),
+        y=y[keep],
+        fwd_returns=fwd[keep],
+        ts=np.asarray(bars.ts, dtype=np.int64)[keep],
+    )
