@@ -1,0 +1,341 @@
+"""Bar events: Kafka bytes become typed records or a readable reason, once, at the edge.
+
+Two JSON forms arrive on the bars topic (DESIGN.md)::
+
+    {"symbol": "BTCUSDT", "ts": "2025-01-01T00:00:00Z", "open": 1, "high": 2, "low": 1,
+     "close": 2, "volume": 10}
+    {"symbol": "BTCUSDT", "bars": [{"ts": ..., "open": ..., ...}, ...]}
+
+Everything past this module handles ``BarRecord`` only. A message is valid as a
+whole or not at all: one bad bar sends the whole batch to the DLQ, with a reason
+that names the field, the bar index and the bad value.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, NoReturn
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trainers.data import InvalidSymbolError, validate_symbol
+
+MAX_MESSAGE_BYTES: Final = 1 << 20
+"""Messages larger than this are rejected before parsing (JSON parsing cost is unbounded)."""
+
+MAX_BATCH_BARS: Final = 10_000
+MAX_REASON_CHARS: Final = 500
+DLQ_TEXT_MAX_BYTES: Final = 64 * 1024
+"""``original_text`` is added to a DLQ record only up to this size; base64 is always there."""
+
+# Older than any electronic exchange record; far below it is a unit bug, not history.
+MIN_TS: Final = int(datetime(1900, 1, 1, tzinfo=UTC).timestamp())
+# The last second RFC 3339 can write; epoch milliseconds sent as seconds land above it.
+MAX_TS: Final = int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp())
+_MAX_TS_TEXT: Final = 64
+
+
+@dataclass(frozen=True, slots=True)
+class BarRecord:
+    """One validated OHLCV bar. ``ts`` is Unix seconds, UTC, at the bar's open."""
+
+    symbol: str
+    ts: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+
+
+class InvalidMessage(ValueError):
+    """A bars-topic message that cannot be stored; ``reason`` is one printable line for the DLQ."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = _one_line(reason)
+        super().__init__(self.reason)
+
+
+def _show(value: object, limit: int = 60) -> str:
+    """``repr`` of a value, cut to ``limit`` characters so a 1 MiB field cannot flood a reason."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...({len(text)} chars)"
+
+
+def _one_line(text: str) -> str:
+    """Escape non-printable characters (newlines, controls, surrogates) and cap the length."""
+    line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    if len(line) > MAX_REASON_CHARS:
+        line = line[: MAX_REASON_CHARS - 3] + "..."
+    return line
+
+
+def _parse_ts(value: object) -> int:
+    """Epoch seconds (int) or an RFC 3339 / ISO-8601 string with a zone, to int seconds UTC."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(
+            "must be integer epoch seconds or an RFC 3339 string with timezone, "
+            f"got {type(value).__name__} {_show(value)}"
+        )
+    if isinstance(value, int):
+        ts = value
+    else:
+        if len(value) > _MAX_TS_TEXT or not value.isascii():
+            raise ValueError(f"is not an RFC 3339 timestamp: {_show(value)}")
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"is not an RFC 3339 timestamp: {_show(value)}") from None
+        if moment.tzinfo is None or moment.utcoffset() is None:
+            raise ValueError(f"has no timezone (naive timestamps are ambiguous): {_show(value)}")
+        if moment.microsecond:
+            # Truncating would silently merge two bars into one (symbol, ts) row.
+            raise ValueError(f"has sub-second precision: {_show(value)}")
+        ts = int(moment.timestamp())
+    if not MIN_TS <= ts <= MAX_TS:
+        raise ValueError(
+            f"{ts} is outside {MIN_TS}..{MAX_TS} (epoch seconds 1900..9999; milliseconds?)"
+        )
+    return ts
+
+
+class _Ohlcv(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    ts: int
+    open: float = Field(gt=0, allow_inf_nan=False)
+    high: float = Field(gt=0, allow_inf_nan=False)
+    low: float = Field(gt=0, allow_inf_nan=False)
+    close: float = Field(gt=0, allow_inf_nan=False)
+    volume: float = Field(ge=0, allow_inf_nan=False)
+
+    @field_validator("ts", mode="before")
+    @classmethod
+    def _ts(cls, value: object) -> int:
+        return _parse_ts(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> _Ohlcv:
+        if self.high < max(self.open, self.close):
+            raise ValueError(
+                f"high {self.high!r} is below max(open, close) {max(self.open, self.close)!r}"
+            )
+        if self.low > min(self.open, self.close):
+            raise ValueError(
+                f"low {self.low!r} is above min(open, close) {min(self.open, self.close)!r}"
+            )
+        return self
+
+
+class _Symbol(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    symbol: str
+
+    @field_validator("symbol", mode="before")
+    @classmethod
+    def _symbol(cls, value: object) -> str:
+        try:
+            return validate_symbol(value)
+        except InvalidSymbolError:
+            raise ValueError(f"invalid symbol {_show(value)}") from None
+
+
+class _SingleBar(_Ohlcv, _Symbol):
+    """The single form: one bar with its symbol."""
+
+
+class _Batch(_Symbol):
+    """The batch form: one symbol, its bars without a symbol field, distinct ts."""
+
+    bars: list[_Ohlcv] = Field(min_length=1, max_length=MAX_BATCH_BARS)
+
+    @model_validator(mode="after")
+    def _distinct_ts(self) -> _Batch:
+        seen: dict[int, int] = {}
+        for i, bar in enumerate(self.bars):
+            first = seen.setdefault(bar.ts, i)
+            if first != i:
+                raise ValueError(f"bars[{i}]: duplicate ts {bar.ts} (same as bars[{first}])")
+        return self
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _reason_from(exc: ValidationError) -> str:
+    """The first error as 'bars[3].open: <why> (got <value>)', plus how many more there were."""
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    where = _location(first["loc"])
+    if first["type"] == "extra_forbidden":
+        text = f"unknown field {where!r}"
+    elif first["type"] == "value_error":
+        # Our validators' messages already name the value.
+        text = f"{where}: {first['ctx']['error']}" if where else str(first["ctx"]["error"])
+    elif first["type"] == "missing":
+        text = f"missing field {where!r}"
+    else:
+        text = f"{where}: {first['msg']} (got {_show(first['input'])})"
+    if len(errors) > 1:
+        more = len(errors) - 1
+        text += f" (and {more} more problem{'s' if more > 1 else ''})"
+    return text
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Duplicate keys are ambiguous (which 'close' did the producer mean?): reject them."""
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ValueError(f"duplicate key {_show(key)}")
+        obj[key] = value
+    return obj
+
+
+def _parse_json(value: bytes | None) -> dict[str, Any]:
+    if value is None:
+        raise InvalidMessage("message value is null (tombstone)")
+    if len(value) > MAX_MESSAGE_BYTES:
+        raise InvalidMessage(f"message is {len(value)} bytes, more than {MAX_MESSAGE_BYTES}")
+    if not value:
+        raise InvalidMessage("message value is empty")
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidMessage(f"message is not UTF-8: byte {exc.start} is invalid") from None
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise InvalidMessage("message is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, our hooks, int digit limit
+        raise InvalidMessage(f"message is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise InvalidMessage(f"message must be a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _check_key(key: bytes | None, symbol: str) -> None:
+    if key is None:
+        return
+    try:
+        key_text = key.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidMessage(f"key {_show(key)} is not UTF-8 (symbol {symbol!r})") from None
+    if key_text != symbol:
+        raise InvalidMessage(f"key {_show(key_text)} does not match symbol {symbol!r}")
+
+
+def decode_bar_message(value: bytes | None, key: bytes | None = None) -> list[BarRecord]:
+    """Validate one bars-topic message; return its bars in message order.
+
+    Raises InvalidMessage (only) for anything that is not a valid single bar or
+    batch. A present ``key`` (even empty) must equal the symbol: the key decides
+    the partition, so a mismatch means per-symbol ordering is not guaranteed.
+    """
+    obj = _parse_json(value)
+    try:
+        if "bars" in obj:
+            batch = _Batch.model_validate(obj)
+            symbol, bars = batch.symbol, batch.bars
+        else:
+            single = _SingleBar.model_validate(obj)
+            symbol, bars = single.symbol, [single]
+    except ValidationError as exc:
+        raise InvalidMessage(_reason_from(exc)) from None
+    _check_key(key, symbol)
+    return [BarRecord(symbol, b.ts, b.open, b.high, b.low, b.close, b.volume) for b in bars]
+
+
+def format_ts(ts: int) -> str:
+    """RFC 3339 UTC with a 'Z' suffix, e.g. '2025-01-01T00:00:00Z'."""
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+def _ohlcv(record: BarRecord) -> dict[str, Any]:
+    return {
+        "ts": format_ts(record.ts),
+        "open": record.open,
+        "high": record.high,
+        "low": record.low,
+        "close": record.close,
+        "volume": record.volume,
+    }
+
+
+def _dumps(obj: object) -> bytes:
+    # allow_nan=False: never produce what decode_bar_message would reject.
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def encode_bar(record: BarRecord) -> bytes:
+    """Canonical single-form JSON (fixed key order, compact, ts as RFC 3339 'Z')."""
+    return _dumps({"symbol": record.symbol, **_ohlcv(record)})
+
+
+def encode_batch(symbol: str, records: Sequence[BarRecord]) -> bytes:
+    """Batch-form JSON; raises ValueError if a record belongs to another symbol."""
+    for i, record in enumerate(records):
+        if record.symbol != symbol:
+            raise ValueError(f"records[{i}] has symbol {record.symbol!r}, batch is {symbol!r}")
+    return _dumps({"symbol": symbol, "bars": [_ohlcv(r) for r in records]})
+
+
+def dlq_payload(
+    value: bytes | None,
+    reason: str,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+) -> bytes:
+    """The JSON record produced to the DLQ topic for one rejected message.
+
+    ``original_base64`` (null for a null value) restores the exact bytes;
+    ``original_text`` is a convenience for humans, present when the value is
+    UTF-8 and at most DLQ_TEXT_MAX_BYTES. ``key_encoding`` says how to read
+    ``key``: "utf-8", "base64", or null when there was no key. The payload is
+    about 4/3 of the original's size: the DLQ producer's max request size must
+    allow for that.
+    """
+    key_field: str | None = None
+    key_encoding: str | None = None
+    if key is not None:
+        try:
+            key_field, key_encoding = key.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            key_field, key_encoding = base64.b64encode(key).decode("ascii"), "base64"
+    original_text: str | None = None
+    if value is not None and len(value) <= DLQ_TEXT_MAX_BYTES:
+        try:
+            original_text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            original_text = None
+    record = {
+        "reason": _one_line(reason),
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "key": key_field,
+        "key_encoding": key_encoding,
+        "original_base64": None if value is None else base64.b64encode(value).decode("ascii"),
+        "original_text": original_text,
+        "original_size": None if value is None else len(value),
+        "ts": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+    }
+    return _dumps(record)
