@@ -1,0 +1,436 @@
+"""The shadow-vs-champion promotion test: paired, sequential, valid at every bar.
+
+Both models predict the same bars. When bar t's label resolves, write
+``X_t = shadow_correct - champion_correct`` (in {-1, 0, 1}); ``E[X_t]`` is the
+shadow's accuracy advantage. The daemon asks for a decision after every bar, so
+a fixed-sample test (McNemar, z-test) re-checked each time would promote a
+no-better shadow far more often than ``alpha``. Instead each question is a
+betting game whose wealth is a nonnegative supermartingale under its null
+(a test supermartingale / e-process); by Ville's inequality its wealth ever
+reaching ``1/alpha`` has probability at most ``alpha``, however often we look.
+
+**Promote.** Null "shadow not better by more than ``min_effect`` = d":
+``E[X_t | everything before bar t] <= d`` at every bar. For each bet fraction
+``lam`` of a fixed grid ``0 < lam < 1/(1+d)`` the wealth
+``prod_t (1 + lam * (X_t - d))`` has conditional mean factor ``<= 1`` under
+that null; the e-value is the equal-weight average of the grid's wealths (a
+discrete mixture, so no tuning and no look-ahead). PROMOTE when it reaches
+``1/alpha`` at some bar ``min_samples <= n <= max_samples``.
+
+*Guarantee:* under the null, P(PROMOTE at any bar) <= alpha, for any checking
+schedule and any dependence across bars (regimes, autocorrelation), provided
+each resolved bar is fed once, in order, and the null holds at every bar.
+
+With ``d = 0`` concordant bars multiply wealth by 1, so the test only sees
+discordant pairs and the mixture is the likelihood ratio of
+P(shadow right | discordant) = (1 + lam)/2 against 1/2, averaged over ``lam``:
+a mixture SPRT on McNemar's pairs. With ``d > 0`` concordant bars cost
+``1 - lam*d`` each, so the null is a fixed accuracy margin, not a shifted
+discordant-pair probability (which would depend on the unknown discordance).
+
+**Reject early.** Null "shadow not worse": ``E[X_t | past] >= 0``; wealth
+``prod_t (1 - lam * X_t)`` over the same grid. REJECT when it reaches
+``1/alpha``: P(early REJECT of a shadow that is not worse) <= alpha. A trial
+that reaches ``max_samples`` without promotion is also REJECTed ("not shown
+better within budget"); that outcome carries no error guarantee.
+
+**Log loss** is tracked as running means for dashboards only. Per-bar log-loss
+differences are unbounded, and a betting test needs bounded increments;
+clipping them would test a hypothesis about clipped losses instead. Decisions
+use accuracy, which is what the label (direction of the next bar) measures.
+
+**Many symbols.** ``ebh`` selects the symbols whose e-values stay convincing
+after accounting for how many symbols were tried; see its docstring.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+STATE_VERSION: Final = 1
+
+# Bet fractions (of the maximal safe bet): log-spaced so every effect size from
+# ~1 to ~90 points of P(shadow right | discordant) - 1/2 has a bet near its
+# Kelly fraction. 16 points cost ln 16 = 2.8 nats of evidence at most.
+_BET_GRID: Final = np.geomspace(1.0 / 32.0, 0.9, 16)
+_LOG_GRID_SIZE: Final = math.log(_BET_GRID.size)
+# Keeps reported e-values finite JSON numbers; decisions use log e-values.
+_E_VALUE_CAP: Final = 1e300
+
+FloatArray = npt.NDArray[np.float64]
+
+
+class Decision(enum.Enum):
+    CONTINUE = "continue"
+    PROMOTE = "promote"
+    REJECT = "reject"
+
+
+@dataclass(frozen=True, slots=True)
+class PromotionTestConfig:
+    """Settings of one shadow trial; a trial keeps the config it started with."""
+
+    alpha: float = 0.05
+    min_samples: int = 100
+    max_samples: int = 2000
+    min_effect: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.alpha, int | float) and 0.0 < self.alpha < 1.0):
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha!r}")
+        if not _is_int(self.min_samples) or self.min_samples < 1:
+            raise ValueError(f"min_samples must be an integer >= 1, got {self.min_samples!r}")
+        if not _is_int(self.max_samples) or self.max_samples < self.min_samples:
+            raise ValueError(
+                f"max_samples must be an integer >= min_samples ({self.min_samples}), "
+                f"got {self.max_samples!r}"
+            )
+        if not (isinstance(self.min_effect, int | float) and 0.0 <= self.min_effect < 1.0):
+            raise ValueError(f"min_effect must be in [0, 1), got {self.min_effect!r}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What the test has seen so far; ``statistic`` is log10 of ``e_value_better``."""
+
+    n: int
+    champion_correct: int
+    shadow_correct: int
+    shadow_only: int
+    champion_only: int
+    e_value_better: float
+    e_value_worse: float
+    champion_accuracy: float | None
+    shadow_accuracy: float | None
+    champion_log_loss: float | None
+    shadow_log_loss: float | None
+    statistic: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def log_e_values(
+    n: npt.ArrayLike, shadow_only: npt.ArrayLike, champion_only: npt.ArrayLike, min_effect: float
+) -> tuple[FloatArray, FloatArray]:
+    """Natural-log e-values (better, worse) from the paired counts, elementwise.
+
+    The wealth of every fixed bet depends only on the counts, so this is the
+    whole state of both tests; the class and ``batch_decisions`` share it.
+    """
+    s = np.asarray(shadow_only, dtype=np.float64)[..., None]
+    f = np.asarray(champion_only, dtype=np.float64)[..., None]
+    z = np.asarray(n, dtype=np.float64)[..., None] - s - f
+    lam = _BET_GRID / (1.0 + min_effect)
+    better = (
+        s * np.log1p(lam * (1.0 - min_effect))
+        + f * np.log1p(-lam * (1.0 + min_effect))
+        + z * np.log1p(-lam * min_effect)
+    )
+    worse = s * np.log1p(-_BET_GRID) + f * np.log1p(_BET_GRID)
+    return _log_mean_exp(better), _log_mean_exp(worse)
+
+
+def _log_mean_exp(x: FloatArray) -> FloatArray:
+    top = x.max(axis=-1, keepdims=True)
+    total: FloatArray = np.log(np.exp(x - top).sum(axis=-1, keepdims=True)) + top
+    result: FloatArray = total[..., 0] - _LOG_GRID_SIZE
+    return result
+
+
+def _log_threshold(alpha: float) -> float:
+    return math.log(1.0 / alpha)
+
+
+def _e_value(log_e: float) -> float:
+    return min(math.exp(min(log_e, 700.0)), _E_VALUE_CAP)
+
+
+class PairedSequentialTest:
+    """One symbol's shadow trial. ``update`` is O(1); state survives via ``to_dict``.
+
+    Once the decision is PROMOTE or REJECT it is final: later updates are
+    ignored and the evidence stays as it was at the deciding bar.
+    """
+
+    __slots__ = (
+        "_champion_correct",
+        "_champion_ll_sum",
+        "_champion_only",
+        "_config",
+        "_decision",
+        "_ll_n",
+        "_n",
+        "_shadow_correct",
+        "_shadow_ll_sum",
+        "_shadow_only",
+    )
+
+    def __init__(self, config: PromotionTestConfig) -> None:
+        self._config = config
+        self._n = self._champion_correct = self._shadow_correct = 0
+        self._shadow_only = self._champion_only = self._ll_n = 0
+        self._champion_ll_sum = self._shadow_ll_sum = 0.0
+        self._decision = Decision.CONTINUE
+
+    @property
+    def config(self) -> PromotionTestConfig:
+        return self._config
+
+    @property
+    def decision(self) -> Decision:
+        return self._decision
+
+    def update(
+        self,
+        champion_correct: bool,
+        shadow_correct: bool,
+        champion_log_loss: float | None = None,
+        shadow_log_loss: float | None = None,
+    ) -> Decision:
+        """Record one resolved bar and return the decision after it.
+
+        Log losses are optional but must come together, finite and >= 0
+        (clip probabilities before taking logs).
+        """
+        if self._decision is not Decision.CONTINUE:
+            return self._decision
+        if (champion_log_loss is None) != (shadow_log_loss is None):
+            raise ValueError(
+                "champion_log_loss and shadow_log_loss must be given together, got "
+                f"{champion_log_loss!r} and {shadow_log_loss!r}"
+            )
+        if champion_log_loss is not None and shadow_log_loss is not None:
+            _check_log_loss("champion_log_loss", champion_log_loss)
+            _check_log_loss("shadow_log_loss", shadow_log_loss)
+            self._ll_n += 1
+            self._champion_ll_sum += float(champion_log_loss)
+            self._shadow_ll_sum += float(shadow_log_loss)
+        c, s = bool(champion_correct), bool(shadow_correct)
+        self._n += 1
+        self._champion_correct += c
+        self._shadow_correct += s
+        self._shadow_only += s and not c
+        self._champion_only += c and not s
+
+        cfg = self._config
+        if self._n < cfg.min_samples:
+            return self._decision
+        better, worse = self._log_e_values()
+        threshold = _log_threshold(cfg.alpha)
+        # REJECT is checked first; both crossing at once is impossible (they need
+        # shadow_only > champion_only and the reverse).
+        if worse >= threshold:
+            self._decision = Decision.REJECT
+        elif better >= threshold:
+            self._decision = Decision.PROMOTE
+        elif self._n >= cfg.max_samples:
+            self._decision = Decision.REJECT
+        return self._decision
+
+    def _log_e_values(self) -> tuple[float, float]:
+        better, worse = log_e_values(
+            self._n, self._shadow_only, self._champion_only, self._config.min_effect
+        )
+        return float(better), float(worse)
+
+    @property
+    def evidence(self) -> Evidence:
+        better, worse = self._log_e_values()
+        n, ll_n = self._n, self._ll_n
+        return Evidence(
+            n=n,
+            champion_correct=self._champion_correct,
+            shadow_correct=self._shadow_correct,
+            shadow_only=self._shadow_only,
+            champion_only=self._champion_only,
+            e_value_better=_e_value(better),
+            e_value_worse=_e_value(worse),
+            champion_accuracy=self._champion_correct / n if n else None,
+            shadow_accuracy=self._shadow_correct / n if n else None,
+            champion_log_loss=self._champion_ll_sum / ll_n if ll_n else None,
+            shadow_log_loss=self._shadow_ll_sum / ll_n if ll_n else None,
+            statistic=better / math.log(10.0),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready state; ``from_dict`` continues the trial exactly."""
+        cfg = self._config
+        return {
+            "version": STATE_VERSION,
+            "config": {
+                "alpha": cfg.alpha,
+                "min_samples": cfg.min_samples,
+                "max_samples": cfg.max_samples,
+                "min_effect": cfg.min_effect,
+            },
+            "n": self._n,
+            "champion_correct": self._champion_correct,
+            "shadow_correct": self._shadow_correct,
+            "shadow_only": self._shadow_only,
+            "champion_only": self._champion_only,
+            "log_loss_n": self._ll_n,
+            "champion_log_loss_sum": self._champion_ll_sum,
+            "shadow_log_loss_sum": self._shadow_ll_sum,
+            "decision": self._decision.value,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PairedSequentialTest:
+        """Rebuild a trial from ``to_dict`` output; raise ValueError on a corrupt state."""
+        if d.get("version") != STATE_VERSION:
+            raise ValueError(
+                f"promotion test state version must be {STATE_VERSION}, got {d.get('version')!r}"
+            )
+        try:
+            test = cls(PromotionTestConfig(**d["config"]))
+            counts = {
+                key: d[key]
+                for key in (
+                    "n",
+                    "champion_correct",
+                    "shadow_correct",
+                    "shadow_only",
+                    "champion_only",
+                    "log_loss_n",
+                )
+            }
+            sums = (float(d["champion_log_loss_sum"]), float(d["shadow_log_loss_sum"]))
+            decision = Decision(d["decision"])
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"promotion test state is incomplete or malformed: {exc!r}") from exc
+        for key, value in counts.items():
+            if not _is_int(value) or value < 0:
+                raise ValueError(
+                    f"promotion test state {key} must be an integer >= 0, got {value!r}"
+                )
+        n = counts["n"]
+        consistent = (
+            n <= test._config.max_samples
+            and counts["log_loss_n"] <= n
+            and counts["shadow_only"] <= counts["shadow_correct"] <= n
+            and counts["champion_only"] <= counts["champion_correct"] <= n
+            and counts["shadow_correct"] - counts["shadow_only"]
+            == counts["champion_correct"] - counts["champion_only"]
+        )
+        if not consistent:
+            raise ValueError(f"promotion test state counts are inconsistent: {counts}")
+        test._n = n
+        test._champion_correct = counts["champion_correct"]
+        test._shadow_correct = counts["shadow_correct"]
+        test._shadow_only = counts["shadow_only"]
+        test._champion_only = counts["champion_only"]
+        test._ll_n = counts["log_loss_n"]
+        test._champion_ll_sum, test._shadow_ll_sum = sums
+        test._decision = decision
+        return test
+
+
+def _check_log_loss(name: str, value: float) -> None:
+    if not (math.isfinite(value) and value >= 0.0):
+        raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchDecisions:
+    """Outcome of many independent trials; ``decided_at`` is 0 while undecided."""
+
+    promoted: npt.NDArray[np.bool_]
+    rejected: npt.NDArray[np.bool_]
+    decided_at: npt.NDArray[np.int64]
+
+    def decision(self, trial: int) -> Decision:
+        if self.promoted[trial]:
+            return Decision.PROMOTE
+        return Decision.REJECT if self.rejected[trial] else Decision.CONTINUE
+
+
+def batch_decisions(
+    champion_correct: npt.ArrayLike,
+    shadow_correct: npt.ArrayLike,
+    config: PromotionTestConfig,
+    chunk_cells: int = 4_000_000,
+) -> BatchDecisions:
+    """Replay rows of resolved bars (trials x bars) through the test, vectorised.
+
+    Makes the same decision at the same bar as feeding each row to
+    ``PairedSequentialTest.update`` (for simulation and offline replay).
+    """
+    champ = np.asarray(champion_correct, dtype=bool)
+    shadow = np.asarray(shadow_correct, dtype=bool)
+    if champ.ndim != 2 or champ.shape != shadow.shape:
+        raise ValueError(
+            "champion_correct and shadow_correct must be 2-D arrays of one shape, got "
+            f"{champ.shape} and {shadow.shape}"
+        )
+    trials, bars = champ.shape
+    last = min(bars, config.max_samples)
+    first = config.min_samples
+    promoted = np.zeros(trials, dtype=bool)
+    rejected = np.zeros(trials, dtype=bool)
+    decided_at = np.zeros(trials, dtype=np.int64)
+    if last < first:
+        return BatchDecisions(promoted, rejected, decided_at)
+    threshold = _log_threshold(config.alpha)
+    n = np.arange(first, last + 1, dtype=np.int64)
+    rows = max(1, chunk_cells // (max(1, last - first + 1) * _BET_GRID.size))
+    for lo in range(0, trials, rows):
+        c, s = champ[lo : lo + rows, :last], shadow[lo : lo + rows, :last]
+        s_only = np.cumsum(s & ~c, axis=1)[:, first - 1 :]
+        c_only = np.cumsum(c & ~s, axis=1)[:, first - 1 :]
+        better, worse = log_e_values(n, s_only, c_only, config.min_effect)
+        worse_hit, better_hit = worse >= threshold, better >= threshold
+        hit = worse_hit | better_hit
+        any_hit = hit.any(axis=1)
+        at = hit.argmax(axis=1)
+        idx = np.arange(len(at))
+        block = slice(lo, lo + len(at))
+        promoted[block] = any_hit & ~worse_hit[idx, at] & better_hit[idx, at]
+        rejected[block] = any_hit & worse_hit[idx, at]
+        decided_at[block] = np.where(any_hit, n[at], 0)
+        if last == config.max_samples:  # the budget ends every trial
+            out_of_budget = ~any_hit
+            rejected[block] |= out_of_budget
+            decided_at[block] = np.where(out_of_budget, last, decided_at[block])
+    return BatchDecisions(promoted, rejected, decided_at)
+
+
+def ebh(e_values: Mapping[str, float], alpha: float) -> set[str]:
+    """e-BH (Wang & Ramdas 2022): the symbols whose shadow promotion survives multiplicity.
+
+    With K symbols and e-values sorted e_(1) >= e_(2) >= ..., select the k*
+    largest where k* = max{k : e_(k) >= K / (alpha k)} (none if no k qualifies).
+
+    *Guarantee:* if each e_i is an e-value (E[e_i] <= 1 when symbol i's shadow
+    is not better), the expected share of wrong selections (FDR) is <= alpha
+    under any dependence between symbols. Each trial's ``e_value_better`` at a
+    stopping time is an e-value: a snapshot of all symbols taken at one review
+    time (frozen at their decision bar for finished trials) is a valid input.
+    Not covered: re-running e-BH after every bar and acting on whatever it ever
+    selects (that picks the best moment after the fact), or the per-symbol
+    PROMOTE decisions, whose guarantee is per symbol (<= alpha each). The
+    per-symbol guarantee is the primary one; e-BH is a stricter review gate.
+    """
+    if not (isinstance(alpha, int | float) and 0.0 < alpha < 1.0):
+        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    for name, e in e_values.items():
+        if not e >= 0.0:  # also catches NaN
+            raise ValueError(f"e-value of {name!r} must be >= 0, got {e!r}")
+    ranked = sorted(e_values.items(), key=lambda item: item[1], reverse=True)
+    total = len(ranked)
+    k_star = 0
+    for k, (_, e) in enumerate(ranked, start=1):
+        if e >= total / (alpha * k):
+            k_star = k
+    return {name for name, _ in ranked[:k_star]}
