@@ -7,13 +7,15 @@ defaults that run on a laptop. Nothing reads the environment at import time.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -53,9 +55,7 @@ class Settings(BaseSettings):
     kafka_max_poll_interval_ms: int = Field(300_000, ge=1000)
     kafka_poll_timeout_ms: int = Field(500, ge=1)
     kafka_request_timeout_ms: int = Field(30_000, ge=1000)
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = (
-        "PLAINTEXT"
-    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     train_window_bars: int = Field(5000, ge=50)
     train_workers: int = Field(1, ge=1, le=64)
     train_timeout_seconds: float = Field(1800.0, gt=0)
-    trainers: tuple[str, ...] = ("xgboost",)
+    trainers: Annotated[tuple[str, ...], NoDecode] = ("xgboost",)
     seed: int = Field(0, ge=0)
 
     # Splits and gates (defaults from DESIGN.md).
@@ -92,14 +92,28 @@ class Settings(BaseSettings):
     gate_max_parity_diff: float = Field(1e-4, gt=0)
     gate_require_beat_baseline: bool = True
 
+    # Lifecycle.
+    shutdown_grace_seconds: float = Field(30.0, ge=0)
+
     # Logging.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
 
     # Demo feed.
-    demo_symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT", "AAPL")
+    demo_symbols: Annotated[tuple[str, ...], NoDecode] = ("BTCUSDT", "ETHUSDT", "AAPL")
     demo_bars_per_second: float = Field(200.0, gt=0)
     demo_history_bars: int = Field(1500, ge=0)
+
+    @field_validator("trainers", "demo_symbols", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        """Lists come from the environment as ``a,b,c`` (a JSON array works too)."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return tuple(json.loads(text))
+            return tuple(part.strip() for part in text.split(",") if part.strip())
+        return value
 
     @field_validator("demo_symbols")
     @classmethod

@@ -1,0 +1,148 @@
+"""The daemon's Prometheus metrics, all on one injected registry.
+
+Names follow DESIGN.md (prefix ``ctd_``, ``_total`` counters, ``_seconds``
+base units). Labels stay small and bounded: symbol (validated, see
+trainers.data), trainer, slot, kind, outcome, gate. Values that are state rather
+than events (model age) are computed at scrape time by a custom collector.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+TRAINING_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
+
+
+class ModelAgeCollector(Collector):
+    """``ctd_model_age_seconds{symbol,slot}`` from the creation time of each slotted model."""
+
+    def __init__(self, created_at: Callable[[], Mapping[tuple[str, str], float]]) -> None:
+        self._created_at = created_at
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "ctd_model_age_seconds",
+            "Seconds since the model in each slot was trained.",
+            labels=["symbol", "slot"],
+        )
+        now = time.time()
+        for (symbol, slot), created in sorted(self._created_at().items()):
+            family.add_metric([symbol, slot], max(now - created, 0.0))
+        yield family
+
+
+class Metrics:
+    """Every metric the daemon exports. Construct once per process with its registry."""
+
+    def __init__(self, registry: CollectorRegistry, *, version: str) -> None:
+        self.registry = registry
+        r = registry
+        Info("ctd_build", "ctd build information.", registry=r).info({"version": version})
+        self.kafka_connected = Gauge(
+            "ctd_kafka_connected", "1 when the Kafka broker is reachable, else 0.", registry=r
+        )
+        self.ready = Gauge("ctd_ready", "1 when /readyz answers ready.", registry=r)
+        self.ingest_messages = Counter(
+            "ctd_ingest_messages_total", "Kafka messages consumed from the bars topic.", registry=r
+        )
+        self.ingest_bars = Counter(
+            "ctd_ingest_bars_total", "Valid bars received, per symbol.", ["symbol"], registry=r
+        )
+        self.store_new_bars = Counter(
+            "ctd_store_new_bars_total",
+            "Bars newly written to the store (re-deliveries excluded).",
+            ["symbol"],
+            registry=r,
+        )
+        self.store_transactions = Counter(
+            "ctd_store_transactions_total",
+            "Committed store transactions (one per poll batch).",
+            registry=r,
+        )
+        self.dlq_messages = Counter(
+            "ctd_dlq_messages_total", "Invalid messages sent to the dead-letter topic.", registry=r
+        )
+        self.ingest_errors = Counter(
+            "ctd_ingest_errors_total",
+            "Ingest batches that failed and will be re-delivered, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.ingest_lag = Gauge(
+            "ctd_ingest_lag_seconds",
+            "Age of the newest bar of the last batch when it was stored.",
+            registry=r,
+        )
+        self.last_ingest = Gauge(
+            "ctd_last_ingest_timestamp_seconds",
+            "Unix time of the last batch that stored at least one bar.",
+            registry=r,
+        )
+        self.retrain_queue_depth = Gauge(
+            "ctd_retrain_queue_depth", "Retrain jobs waiting for a worker.", registry=r
+        )
+        self.training_running = Gauge(
+            "ctd_training_running", "Training jobs running in worker processes.", registry=r
+        )
+        self.training_runs = Counter(
+            "ctd_training_runs_total",
+            "Finished training runs by outcome (champion, shadow, rejected, failed).",
+            ["symbol", "outcome"],
+            registry=r,
+        )
+        self.training_duration = Histogram(
+            "ctd_training_duration_seconds",
+            "Wall time of a training job, trigger to registry, by outcome.",
+            ["outcome"],
+            buckets=TRAINING_BUCKETS,
+            registry=r,
+        )
+        self.training_warnings = Counter(
+            "ctd_training_warnings_total",
+            "Training-time monitor warnings.",
+            ["symbol", "trainer", "kind"],
+            registry=r,
+        )
+        self.gate_verdicts = Counter(
+            "ctd_gate_verdicts_total",
+            "Quality-gate verdicts of candidates.",
+            ["trainer", "gate", "outcome"],
+            registry=r,
+        )
+        self.registry_versions = Counter(
+            "ctd_registry_versions_total",
+            "Model versions added to the registry.",
+            ["symbol"],
+            registry=r,
+        )
+        self.champion_bootstraps = Counter(
+            "ctd_champion_bootstraps_total", "First champions of a symbol.", ["symbol"], registry=r
+        )
+        self.shadow_placements = Counter(
+            "ctd_shadow_placements_total",
+            "Candidates placed in the shadow slot.",
+            ["symbol"],
+            registry=r,
+        )
+        self.promotions = Counter(
+            "ctd_promotions_total", "Shadows promoted to champion.", ["symbol"], registry=r
+        )
+        self.shadow_rejections = Counter(
+            "ctd_shadow_rejections_total", "Shadows rejected.", ["symbol"], registry=r
+        )
+        self.rollbacks = Counter(
+            "ctd_rollbacks_total", "Champions rolled back.", ["symbol"], registry=r
+        )
+        self.promotion_publish_errors = Counter(
+            "ctd_promotion_publish_errors_total",
+            "Promotion events that could not be published to Kafka.",
+            registry=r,
+        )
+
+    def add_model_age(self, created_at: Callable[[], Mapping[tuple[str, str], float]]) -> None:
+        self.registry.register(ModelAgeCollector(created_at))

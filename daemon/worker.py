@@ -1,0 +1,63 @@
+"""What runs inside a training worker process.
+
+The daemon never trains in its own process: a crash, an OOM kill or a hung
+native library in training must not take ingest down. The child opens the store
+read-only, trains, writes its artifacts to a staging directory and sends back a
+small summary; the daemon (the registry's single writer) does the rest.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from daemon.logs import configure_logging, get_logger
+from daemon.store import BarStore
+from trainers.pipeline import TrainConfig, train_symbol
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """Everything a worker needs; picklable, no open handles."""
+
+    symbol: str
+    run_id: str
+    store_path: Path
+    window_bars: int
+    staging_dir: Path
+    config: TrainConfig
+    log_level: str
+
+
+def run_job(spec: JobSpec, conn: Connection) -> None:
+    """Worker entry point: train one symbol, report ``{"ok": ...}`` on ``conn``."""
+    configure_logging(spec.log_level, "json")
+    log = get_logger(symbol=spec.symbol, run_id=spec.run_id, process="worker")
+    reply: dict[str, Any]
+    try:
+        store = BarStore(spec.store_path, read_only=True)
+        try:
+            bars = store.load(spec.symbol, last_n=spec.window_bars)
+        finally:
+            store.close()
+        log.info("training_started", bars=len(bars))
+        result = train_symbol(spec.symbol, bars, spec.config, spec.staging_dir)
+        reply = {
+            "ok": True,
+            "passed": result.passed,
+            "chosen": result.chosen,
+            "reason": result.reason,
+            "metadata": result.metadata,
+        }
+    except Exception as exc:
+        log.error("training_error", error=str(exc), exc_info=True)
+        reply = {
+            "ok": False,
+            "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(limit=20),
+        }
+    conn.send(reply)
+    conn.close()
