@@ -62,7 +62,9 @@ class Bars:
         n = len(self.ts)
         for name in ("open", "high", "low", "close", "volume"):
             if len(getattr(self, name)) != n:
-                raise ValueError(f"Bars column {name!r} has length {len(getattr(self, name))}, expected {n}")
+                raise ValueError(
+                    f"Bars column {name!r} has length {len(getattr(self, name))}, expected {n}"
+                )
         if n > 1 and not bool(np.all(np.diff(self.ts) > 0)):
             raise ValueError("Bars.ts must be strictly increasing")
 

@@ -1,0 +1,196 @@
+"""Post-training quality gates: pure judgements of a finished candidate's metrics.
+
+A candidate is a mapping ``{"train": {...}, "val": {...}, "test": {...}}`` of
+metric dicts (the keys of ``trainers.metrics.classification_metrics``; only
+``accuracy`` is read here). Accuracies are fractions in [0, 1], so a gap of
+0.20 is twenty percentage points. A gate whose inputs are missing (``None``,
+NaN) fails: a candidate is never promoted on evidence nobody computed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from scipy.stats import binom
+
+Metrics = Mapping[str, float | None]
+
+# Differences are rounded before comparison so that "exactly at the threshold"
+# means what it says: 0.70 - 0.50 is 0.19999999999999996 in binary floating point.
+_DIGITS = 12
+
+
+@dataclass(frozen=True, slots=True)
+class GateConfig:
+    """Thresholds of the gates; defaults from the team's past spec (DESIGN.md)."""
+
+    max_train_val_gap: float = 0.20
+    max_val_test_diff: float = 0.05
+    require_beat_baseline: bool = True
+    max_parity_diff: float = 1e-4
+    baseline_alpha: float = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class PairedCounts:
+    """Candidate vs baseline on the same test rows: the discordant pairs.
+
+    Only rows where exactly one of the two is right carry evidence about which
+    is better (McNemar); rows both get right or both get wrong cancel out.
+    """
+
+    candidate_only: int
+    baseline_only: int
+
+    @property
+    def p_value(self) -> float:
+        """One-sided exact sign test: P(>= candidate_only wins of n | each side 1/2)."""
+        n = self.candidate_only + self.baseline_only
+        if n == 0:
+            return 1.0
+        return float(binom.sf(self.candidate_only - 1, n, 0.5))
+
+
+@dataclass(frozen=True, slots=True)
+class GateVerdict:
+    """One gate's judgement, with the numbers that decided it."""
+
+    gate: str
+    passed: bool
+    value: float | None
+    threshold: float | None
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _accuracy(metrics: Mapping[str, Metrics], split: str) -> float | None:
+    value = metrics.get(split, {}).get("accuracy")
+    if value is None or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _missing(gate: str, threshold: float | None, what: str) -> GateVerdict:
+    return GateVerdict(gate, False, None, threshold, f"{what} is missing")
+
+
+def train_val_gap_gate(candidate: Mapping[str, Metrics], max_gap: float) -> GateVerdict:
+    """Fails when train accuracy exceeds val accuracy by ``max_gap`` or more (overfitting)."""
+    train, val = _accuracy(candidate, "train"), _accuracy(candidate, "val")
+    if train is None or val is None:
+        return _missing("train_val_gap", max_gap, "train or val accuracy")
+    gap = round(train - val, _DIGITS)
+    if gap < max_gap:
+        return GateVerdict(
+            "train_val_gap", True, gap, max_gap, f"train-val gap {gap:.3f} below {max_gap:.3f}"
+        )
+    return GateVerdict(
+        "train_val_gap", False, gap, max_gap, f"train-val gap {gap:.3f} exceeds {max_gap:.3f}"
+    )
+
+
+def val_test_consistency_gate(candidate: Mapping[str, Metrics], max_diff: float) -> GateVerdict:
+    """Fails when val and test accuracy differ by more than ``max_diff`` (an unstable model)."""
+    val, test = _accuracy(candidate, "val"), _accuracy(candidate, "test")
+    if val is None or test is None:
+        return _missing("val_test_consistency", max_diff, "val or test accuracy")
+    diff = round(abs(val - test), _DIGITS)
+    ok = diff <= max_diff
+    word = "within" if ok else "exceeds"
+    return GateVerdict(
+        "val_test_consistency",
+        ok,
+        diff,
+        max_diff,
+        f"|val - test| accuracy {diff:.3f} {word} {max_diff:.3f}",
+    )
+
+
+def beats_baseline_gate(candidate: Mapping[str, Metrics], baseline_test: Metrics) -> GateVerdict:
+    """Fails unless test accuracy is strictly above the naive baseline's test accuracy."""
+    test = _accuracy(candidate, "test")
+    base = _accuracy({"test": baseline_test}, "test")
+    if test is None or base is None:
+        return _missing("beats_baseline", base, "candidate or baseline test accuracy")
+    ok = test > base
+    word = "beats" if ok else "does not beat"
+    return GateVerdict(
+        "beats_baseline",
+        ok,
+        test,
+        base,
+        f"test accuracy {test:.3f} {word} baseline {base:.3f}",
+    )
+
+
+def baseline_significance_gate(paired: PairedCounts | None, alpha: float) -> GateVerdict:
+    """Fails unless the candidate beats the baseline significantly (one-sided, level ``alpha``).
+
+    A point estimate alone lets about four in ten models trained on pure noise
+    through; the exact test on discordant pairs keeps that near ``alpha``.
+    """
+    if paired is None:
+        return _missing("beats_baseline_significant", alpha, "paired test-split comparison")
+    p = round(paired.p_value, _DIGITS)
+    ok = p <= alpha
+    word = "significant" if ok else "not significant"
+    return GateVerdict(
+        "beats_baseline_significant",
+        ok,
+        p,
+        alpha,
+        f"candidate right where baseline wrong {paired.candidate_only} vs "
+        f"{paired.baseline_only} the other way: one-sided p={p:.4f}, {word} at {alpha:.3f}",
+    )
+
+
+def onnx_parity_gate(max_abs_diff: float | None, tolerance: float) -> GateVerdict:
+    """Fails unless the ONNX export reproduces native probabilities within ``tolerance``."""
+    if max_abs_diff is None or not math.isfinite(max_abs_diff):
+        return _missing("onnx_parity", tolerance, "ONNX parity measurement")
+    ok = max_abs_diff <= tolerance
+    word = "within" if ok else "exceeds"
+    return GateVerdict(
+        "onnx_parity",
+        ok,
+        max_abs_diff,
+        tolerance,
+        f"ONNX max abs diff {max_abs_diff:.3g} {word} tolerance {tolerance:.3g}",
+    )
+
+
+def evaluate_gates(
+    candidate: Mapping[str, Metrics],
+    baseline_test: Metrics,
+    parity_max_abs_diff: float | None,
+    config: GateConfig,
+    paired: PairedCounts | None = None,
+) -> list[GateVerdict]:
+    """Every configured gate's verdict, in a fixed order; the candidate passes if all pass."""
+    verdicts = [
+        train_val_gap_gate(candidate, config.max_train_val_gap),
+        val_test_consistency_gate(candidate, config.max_val_test_diff),
+    ]
+    if config.require_beat_baseline:
+        verdicts.append(beats_baseline_gate(candidate, baseline_test))
+        verdicts.append(baseline_significance_gate(paired, config.baseline_alpha))
+    verdicts.append(onnx_parity_gate(parity_max_abs_diff, config.max_parity_diff))
+    return verdicts
+
+
+def candidate_score(candidate_metrics: Mapping[str, Metrics]) -> float:
+    """Rank of a passing candidate: test accuracy - 0.5 x (train acc - val acc) (DESIGN.md).
+
+    Missing accuracies score ``-inf`` so such a candidate is never chosen.
+    """
+    train = _accuracy(candidate_metrics, "train")
+    val = _accuracy(candidate_metrics, "val")
+    test = _accuracy(candidate_metrics, "test")
+    if train is None or val is None or test is None:
+        return -math.inf
+    return test - 0.5 * (train - val)

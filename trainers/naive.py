@@ -1,0 +1,92 @@
+"""The naive baseline every gate compares against: always predict the training positive rate.
+
+Its accuracy is that of the majority class, which is what a model must beat to
+have learnt anything. It exports to ONNX like any model so the registry can
+hold it and the conformance suite covers it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+from onnx import TensorProto, helper
+
+from monitors.base import Action, TrainingMonitor
+from trainers.base import Dataset, abort_reason, as_feature_rows, validate_dataset
+from trainers.errors import TrainingAborted
+
+ONNX_OPSET = 15
+ONNX_IR_VERSION = 8  # the IR version that goes with opset 15: readable by older runtimes too
+
+
+class NaiveModel:
+    """Constant P(up); the value is rounded to float32 so the ONNX graph reproduces it exactly."""
+
+    trainer = "naive"
+    n_params = 1
+
+    def __init__(self, p_up: float, n_features: int) -> None:
+        self.p_up = float(np.float32(p_up))
+        self.n_features = n_features
+        self.params: Mapping[str, Any] = {"p_up": self.p_up}
+
+    def predict_proba(self, x: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+        rows = as_feature_rows(x, self.n_features)
+        return np.full(len(rows), self.p_up, dtype=np.float64)
+
+    def export_onnx(self, path: Path) -> None:
+        """A graph that ignores its input's values: probabilities = Expand([1-p, p], [N, 2])."""
+        row = np.array([[1.0 - self.p_up, self.p_up]], dtype=np.float32)
+        nodes = [
+            helper.make_node("Shape", ["input"], ["input_shape"]),
+            helper.make_node("Slice", ["input_shape", "zero", "one"], ["batch"]),
+            helper.make_node("Concat", ["batch", "two"], ["out_shape"], axis=0),
+            helper.make_node("Expand", ["row", "out_shape"], ["probabilities"]),
+        ]
+        inits = [
+            helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
+            helper.make_tensor("one", TensorProto.INT64, [1], [1]),
+            helper.make_tensor("two", TensorProto.INT64, [1], [2]),
+            helper.make_tensor("row", TensorProto.FLOAT, [1, 2], row.ravel().tolist()),
+        ]
+        graph = helper.make_graph(
+            nodes,
+            "naive_baseline",
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", self.n_features])],
+            [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 2])],
+            initializer=inits,
+        )
+        model = helper.make_model(
+            graph,
+            opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
+            producer_name="ctd",
+            ir_version=ONNX_IR_VERSION,
+        )
+        onnx.checker.check_model(model)
+        onnx.save(model, str(path))
+
+
+class NaiveTrainer:
+    """Fits the constant P(up) = positive rate of the training labels."""
+
+    name = "naive"
+
+    def fit(self, data: Dataset, monitor: TrainingMonitor, seed: int) -> NaiveModel:
+        validate_dataset(data)
+        p_up = float(np.mean(data.y_train))
+        # One step, so monitors see every trainer the same way: the constant's log losses.
+        step = monitor.on_step(0, _log_loss(data.y_train, p_up), _log_loss(data.y_val, p_up))
+        if step is Action.ABORT:
+            raise TrainingAborted(self.name, 0, abort_reason(monitor))
+        return NaiveModel(p_up, data.n_features)
+
+
+def _log_loss(y: npt.NDArray[Any], p_up: float) -> float:
+    p = min(max(p_up, 1e-12), 1 - 1e-12)
+    y = y.astype(np.float64)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))

@@ -1,0 +1,83 @@
+"""Scoring ONNX models with onnxruntime, and the native-vs-ONNX parity check.
+
+The same ``OnnxScorer`` serves the training-time parity check and live
+scoring, so a model is judged by exactly the code path that will run it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from trainers.base import FittedModel, as_feature_rows
+from trainers.errors import InvalidInputError, ParityError
+
+PROBABILITIES_OUTPUT = "probabilities"
+
+
+class OnnxScorer:
+    """One cached onnxruntime session for a model file; P(up) for batches of feature rows.
+
+    The model must take one float32 input ``[N, n_features]``. Its P(up) is read
+    from the output named ``probabilities`` when there is one (else the first
+    output): ``[N, 2]`` gives column 1; ``[N, 1]`` or ``[N]`` is P(up) itself.
+    """
+
+    def __init__(self, path: Path, *, intra_op_threads: int = 1) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        self.path = path
+        self._session = ort.InferenceSession(
+            str(path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        inputs = self._session.get_inputs()
+        if len(inputs) != 1:
+            raise InvalidInputError(f"{path}: expected one model input, found {len(inputs)}")
+        shape = inputs[0].shape
+        if len(shape) != 2 or not isinstance(shape[1], int):
+            raise InvalidInputError(f"{path}: input must be [N, n_features], got {shape}")
+        self.input_name: str = inputs[0].name
+        self.n_features: int = shape[1]
+        names = [o.name for o in self._session.get_outputs()]
+        self.output_name: str = PROBABILITIES_OUTPUT if PROBABILITIES_OUTPUT in names else names[0]
+
+    def predict_proba(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """(n,) float64 P(up); raises ``InvalidInputError`` for rows of the wrong width."""
+        rows = as_feature_rows(x, self.n_features)
+        (out,) = self._session.run([self.output_name], {self.input_name: rows})
+        arr: npt.NDArray[Any] = np.asarray(out)
+        if arr.ndim == 2 and arr.shape[1] == 2:
+            arr = arr[:, 1]
+        elif arr.ndim == 2 and arr.shape[1] == 1:
+            arr = arr[:, 0]
+        elif arr.ndim != 1:
+            raise InvalidInputError(
+                f"{self.path}: output {self.output_name!r} has shape {arr.shape}; "
+                "expected [N, 2], [N, 1] or [N]"
+            )
+        return arr.astype(np.float64)
+
+
+def max_abs_diff(model: FittedModel, scorer: OnnxScorer, x: npt.ArrayLike) -> float:
+    """Largest |native - ONNX| P(up) over the rows of ``x`` (inf if either is non-finite)."""
+    rows = as_feature_rows(x, scorer.n_features)
+    if len(rows) == 0:
+        raise InvalidInputError("parity needs at least one feature row, got 0")
+    diff = np.abs(model.predict_proba(rows) - scorer.predict_proba(rows))
+    return float(np.max(np.where(np.isfinite(diff), diff, np.inf)))
+
+
+def check_parity(model: FittedModel, onnx_path: Path, x: npt.ArrayLike, tolerance: float) -> float:
+    """Max |native - ONNX| P(up) on ``x`` for an already exported model.
+
+    Returns the difference; raises ``ParityError`` (carrying it) above ``tolerance``.
+    """
+    diff = max_abs_diff(model, OnnxScorer(onnx_path), x)
+    if not diff <= tolerance:
+        raise ParityError(model.trainer, diff, tolerance)
+    return diff

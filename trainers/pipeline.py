@@ -1,0 +1,397 @@
+"""One symbol's training job: bars in, a gated ONNX model and its metadata out.
+
+Runs inside a worker process and knows nothing of Kafka or the registry: the
+caller hands it bars and an empty output directory and reads back
+``metadata.json`` (always written) and ``model.onnx`` (only when a candidate
+passed every gate).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from monitors.base import NullMonitor, TrainingMonitor, default_monitor
+from monitors.gates import GateConfig, PairedCounts, candidate_score, evaluate_gates
+from trainers.base import Dataset, FittedModel, make_trainer
+from trainers.data import Bars, validate_symbol
+from trainers.features import FEATURE_SPEC, TrainingMatrix, training_matrix
+from trainers.metrics import classification_metrics
+from trainers.onnx_io import OnnxScorer, max_abs_diff
+from trainers.splits import chronological_split
+
+MODEL_FILE: Final = "model.onnx"
+METADATA_FILE: Final = "metadata.json"
+
+
+@dataclass(frozen=True, slots=True)
+class TrainConfig:
+    """What to train and how to judge it; ``trainer_params`` maps trainer name -> keywords."""
+
+    trainers: tuple[str, ...] = ("xgboost",)
+    seed: int = 0
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    gates: GateConfig = field(default_factory=GateConfig)
+    trainer_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TrainResult:
+    """Outcome of ``train_symbol``; ``metadata`` is exactly what ``metadata.json`` holds."""
+
+    symbol: str
+    passed: bool
+    chosen: str | None
+    reason: str
+    metadata: dict[str, Any]
+    model_path: Path | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Rows:
+    x: npt.NDArray[np.float32]
+    y: npt.NDArray[Any]
+    fwd: npt.NDArray[np.float64]
+
+
+def train_symbol(
+    symbol: str,
+    bars: Bars,
+    config: TrainConfig,
+    out_dir: Path,
+    *,
+    monitor_factory: Callable[[], TrainingMonitor] = default_monitor,
+) -> TrainResult:
+    """Train every configured candidate on ``bars``, gate them, keep the best one.
+
+    Steps: ``training_matrix(bars)``; ``chronological_split`` of its rows with
+    embargo ``FEATURE_SPEC.lookback + label_horizon``; the naive baseline; each
+    candidate with a fresh monitor from ``monitor_factory`` (a candidate that
+    raises is recorded with its error, the others go on); ONNX export and
+    parity on the test rows; gates; the passing candidate with the best
+    ``candidate_score`` becomes ``out_dir/model.onnx``.
+
+    Recorded metrics are those of the exported ONNX model (the artifact that
+    will be served), so they can be reproduced exactly::
+
+        m = training_matrix(bars)          # the same bars: data.n_bars / first_ts / last_ts
+        start, stop = metadata["split"]["test"]
+        proba = OnnxScorer(out_dir / "model.onnx").predict_proba(m.X[start:stop])
+        classification_metrics(m.y[start:stop], proba, m.fwd_returns[start:stop])
+
+    ``metadata["split"]`` also holds the fractions and embargo, so
+    ``chronological_split(metadata["data"]["n_rows"], ...)`` gives the same rows.
+
+    Raises ``InvalidSymbolError`` for a bad symbol, ``InsufficientDataError``
+    when the bars are too few for features and a split, and
+    ``InvalidInputError`` for invalid bars or labels the baseline cannot fit
+    (e.g. a price that never moves); nothing is written then.
+    """
+    started = time.perf_counter()
+    validate_symbol(symbol)
+    timings: dict[str, float] = {}
+
+    t = time.perf_counter()
+    matrix = training_matrix(bars)
+    timings["features_seconds"] = time.perf_counter() - t
+
+    embargo = FEATURE_SPEC.lookback + FEATURE_SPEC.label_horizon
+    split = chronological_split(
+        len(matrix),
+        val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction,
+        embargo=embargo,
+    )
+    data = Dataset.from_split(matrix.X, matrix.y, split)
+    rows = {
+        "train": _Rows(data.X_train, data.y_train, matrix.fwd_returns[split.train]),
+        "val": _Rows(data.X_val, data.y_val, matrix.fwd_returns[split.val]),
+        "test": _Rows(data.X_test, data.y_test, matrix.fwd_returns[split.test]),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # A stale model from an earlier run in this directory must not outlive a failed run.
+    (out_dir / MODEL_FILE).unlink(missing_ok=True)
+
+    t = time.perf_counter()
+    # The baseline is a yardstick, not a candidate: nothing for a monitor to stop.
+    baseline = make_trainer("naive").fit(data, NullMonitor(), config.seed)
+    baseline_metrics = _metrics(baseline.predict_proba, rows)
+    timings["baseline_seconds"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    candidates: list[dict[str, Any]] = []
+    files: list[Path | None] = []
+    for index, name in enumerate(config.trainers):
+        record, path = _run_candidate(
+            index,
+            name,
+            config=config,
+            data=data,
+            rows=rows,
+            baseline_test=baseline_metrics["test"],
+            baseline_test_proba=baseline.predict_proba(data.X_test),
+            out_dir=out_dir,
+            monitor_factory=monitor_factory,
+        )
+        candidates.append(record)
+        files.append(path)
+    timings["candidates_seconds"] = time.perf_counter() - t
+
+    onnx_info = [c.pop("onnx") for c in candidates]  # only the chosen one's file survives
+    passing = [i for i, c in enumerate(candidates) if c["passed"]]
+    chosen = max(passing, key=lambda i: candidates[i]["score"], default=None)
+    model_path: Path | None = None
+    for i, path in enumerate(files):
+        if path is None:
+            continue
+        if i == chosen:
+            model_path = out_dir / MODEL_FILE
+            path.replace(model_path)
+        else:
+            path.unlink(missing_ok=True)
+
+    best = candidates[chosen] if chosen is not None else None
+    reason = _reason(candidates, chosen)
+    timings["total_seconds"] = time.perf_counter() - started
+    metadata: dict[str, Any] = {
+        "symbol": symbol,
+        "trainer": best["trainer"] if best else None,
+        "params": best["params"] if best else None,
+        "seed": config.seed,
+        "data": _data_section(bars, matrix),
+        "feature_spec": FEATURE_SPEC.to_dict(),
+        "split": {
+            **split.to_dict(),
+            "val_fraction": config.val_fraction,
+            "test_fraction": config.test_fraction,
+        },
+        "metrics": best["metrics"] if best else None,
+        "baseline": {
+            "trainer": "naive",
+            "params": dict(baseline.params),
+            "metrics": baseline_metrics,
+        },
+        "candidates": candidates,
+        "gates": best["gates"] if best else [],
+        "warnings": best["warnings"] if best else [],
+        "onnx": onnx_info[chosen] if chosen is not None else None,
+        "gate_config": asdict(config.gates),
+        "timings": timings,
+        "code_version": _code_version(),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        "passed": best is not None,
+        "reason": reason,
+    }
+    metadata = _json_safe(metadata)
+    _write_json(out_dir / METADATA_FILE, metadata)
+    return TrainResult(
+        symbol=symbol,
+        passed=best is not None,
+        chosen=best["trainer"] if best else None,
+        reason=reason,
+        metadata=metadata,
+        model_path=model_path,
+    )
+
+
+def _metrics(
+    predict: Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float64]],
+    rows: Mapping[str, _Rows],
+) -> dict[str, dict[str, float | None]]:
+    return {name: classification_metrics(r.y, predict(r.x), r.fwd) for name, r in rows.items()}
+
+
+def _run_candidate(
+    index: int,
+    name: str,
+    *,
+    config: TrainConfig,
+    data: Dataset,
+    rows: Mapping[str, _Rows],
+    baseline_test: Mapping[str, float | None],
+    baseline_test_proba: npt.NDArray[np.float64],
+    out_dir: Path,
+    monitor_factory: Callable[[], TrainingMonitor],
+) -> tuple[dict[str, Any], Path | None]:
+    """Fit, export, score and gate one candidate; any exception becomes its recorded error."""
+    params = dict(config.trainer_params.get(name, {}))
+    record: dict[str, Any] = {
+        "trainer": name,
+        "params": params,
+        "metrics": None,
+        "gates": [],
+        "parity_max_abs_diff": None,
+        "warnings": [],
+        "n_params": None,
+        "timings": {},
+        "onnx": None,
+        "score": None,
+        "passed": False,
+        "error": None,
+    }
+    path = out_dir / f".candidate-{index}.onnx"  # index, not name: names never touch paths
+    stage = "init"
+    monitor = monitor_factory()
+    try:
+        trainer = make_trainer(name, **params)
+        stage = "fit"
+        t = time.perf_counter()
+        model: FittedModel = trainer.fit(data, monitor, config.seed)
+        record["timings"]["fit_seconds"] = time.perf_counter() - t
+        record["params"] = dict(model.params)
+        record["n_params"] = model.n_params
+
+        stage = "export"
+        t = time.perf_counter()
+        model.export_onnx(path)
+        scorer = OnnxScorer(path)
+        record["timings"]["export_seconds"] = time.perf_counter() - t
+
+        stage = "parity"
+        t = time.perf_counter()
+        parity = max_abs_diff(model, scorer, rows["test"].x)
+        record["parity_max_abs_diff"] = parity
+        record["timings"]["parity_seconds"] = time.perf_counter() - t
+
+        stage = "metrics"
+        # Metrics of the artifact that will be served, so they reproduce from model.onnx alone.
+        metrics = _metrics(scorer.predict_proba, rows)
+        record["metrics"] = metrics
+        paired = _paired_counts(
+            scorer.predict_proba(rows["test"].x), baseline_test_proba, rows["test"].y
+        )
+        record["baseline_comparison"] = asdict(paired) | {"p_value": paired.p_value}
+        verdicts = evaluate_gates(metrics, baseline_test, parity, config.gates, paired)
+        record["gates"] = [v.to_dict() for v in verdicts]
+        record["score"] = candidate_score(metrics)
+        record["passed"] = all(v.passed for v in verdicts)
+        record["onnx"] = {
+            "path": MODEL_FILE,
+            "input": scorer.input_name,
+            "output": scorer.output_name,
+            "n_features": scorer.n_features,
+            "window": 1,
+            "parity_max_abs_diff": parity,
+        }
+    except Exception as exc:  # one broken candidate must not sink the others
+        record["error"] = {"stage": stage, "type": type(exc).__name__, "message": str(exc)}
+        record["passed"] = False
+    finally:
+        record["warnings"] = [w.to_dict() for w in monitor.warnings]
+    if not record["passed"]:
+        path.unlink(missing_ok=True)
+        return record, None
+    return record, path
+
+
+def _paired_counts(
+    candidate: npt.NDArray[np.float64],
+    baseline: npt.NDArray[np.float64],
+    y: npt.NDArray[np.float64],
+) -> PairedCounts:
+    """Discordant test rows of candidate vs baseline, at the 0.5 decision threshold."""
+    cand_right = (candidate >= 0.5) == (y == 1.0)
+    base_right = (baseline >= 0.5) == (y == 1.0)
+    return PairedCounts(
+        candidate_only=int(np.sum(cand_right & ~base_right)),
+        baseline_only=int(np.sum(base_right & ~cand_right)),
+    )
+
+
+def _reason(candidates: list[dict[str, Any]], chosen: int | None) -> str:
+    if chosen is not None:
+        c = candidates[chosen]
+        return f"chose {c['trainer']} (score {c['score']:.3f}): every gate passed"
+    if not candidates:
+        return "no candidate trainers configured"
+    parts = []
+    for c in candidates:
+        if c["error"] is not None:
+            err = c["error"]
+            parts.append(f"{c['trainer']}: {err['stage']} failed: {err['type']}: {err['message']}")
+        else:
+            failed = "; ".join(g["reason"] for g in c["gates"] if not g["passed"])
+            parts.append(f"{c['trainer']}: {failed}")
+    return "no candidate passed the gates: " + " | ".join(parts)
+
+
+def _data_section(bars: Bars, matrix: TrainingMatrix) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    for column in (bars.ts, bars.open, bars.high, bars.low, bars.close, bars.volume):
+        # Fixed little-endian layout: the same bars hash the same on any machine.
+        digest.update(np.ascontiguousarray(column).astype(column.dtype.newbyteorder("<")).tobytes())
+    return {
+        "n_bars": len(bars),
+        "first_ts": int(bars.ts[0]) if len(bars) else None,
+        "last_ts": int(bars.ts[-1]) if len(bars) else None,
+        "n_rows": len(matrix),
+        "sha256": digest.hexdigest(),
+    }
+
+
+def _version(module: str, *dists: str) -> str | None:
+    loaded = sys.modules.get(module)
+    if loaded is not None and isinstance(getattr(loaded, "__version__", None), str):
+        return str(loaded.__version__)
+    for dist in dists:
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _code_version() -> dict[str, str | None]:
+    versions = {
+        "ctd": _version("ctd", "ctd"),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "xgboost": _version("xgboost", "xgboost", "xgboost-cpu"),
+        "onnxruntime": _version("onnxruntime", "onnxruntime"),
+        "onnx": _version("onnx", "onnx"),
+    }
+    if "torch" in sys.modules:  # never import torch just to name its version
+        versions["torch"] = _version("torch")
+    return versions
+
+
+def _json_safe(value: Any) -> Any:
+    """Plain JSON types; non-finite floats become None (JSON has no NaN)."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        f = float(value)
+        return f if math.isfinite(f) else None
+    return value
+
+
+def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    """Atomically: a reader sees the previous file or the complete new one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=2, sort_keys=False, allow_nan=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
