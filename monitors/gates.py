@@ -32,6 +32,8 @@ class GateConfig:
     require_beat_baseline: bool = True
     max_parity_diff: float = 1e-4
     baseline_alpha: float = 0.05
+    min_test_rows: int = 100
+    max_fold_accuracy_std: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +151,33 @@ def baseline_significance_gate(paired: PairedCounts | None, alpha: float) -> Gat
     )
 
 
+def min_test_rows_gate(test_rows: int | None, minimum: int) -> GateVerdict:
+    """Fails when the test split is too small for its accuracy to mean anything."""
+    if test_rows is None:
+        return _missing("min_test_rows", float(minimum), "test split size")
+    ok = test_rows >= minimum
+    word = "at least" if ok else "below"
+    return GateVerdict(
+        "min_test_rows",
+        ok,
+        float(test_rows),
+        float(minimum),
+        f"{test_rows} test rows, {word} {minimum}",
+    )
+
+
+def fold_stability_gate(fold_accuracy_std: float | None, maximum: float) -> GateVerdict:
+    """Fails when test accuracy varies across walk-forward folds by more than ``maximum`` (std)."""
+    if fold_accuracy_std is None or not math.isfinite(fold_accuracy_std):
+        return _missing("fold_stability", maximum, "walk-forward fold accuracy std")
+    std = round(fold_accuracy_std, _DIGITS)
+    ok = std <= maximum
+    word = "within" if ok else "exceeds"
+    return GateVerdict(
+        "fold_stability", ok, std, maximum, f"fold accuracy std {std:.3f} {word} {maximum:.3f}"
+    )
+
+
 def onnx_parity_gate(max_abs_diff: float | None, tolerance: float) -> GateVerdict:
     """Fails unless the ONNX export reproduces native probabilities within ``tolerance``."""
     if max_abs_diff is None or not math.isfinite(max_abs_diff):
@@ -170,15 +199,24 @@ def evaluate_gates(
     parity_max_abs_diff: float | None,
     config: GateConfig,
     paired: PairedCounts | None = None,
+    *,
+    test_rows: int | None = None,
+    fold_accuracy_std: float | None = None,
 ) -> list[GateVerdict]:
-    """Every configured gate's verdict, in a fixed order; the candidate passes if all pass."""
+    """Every configured gate's verdict, in a fixed order; the candidate passes if all pass.
+
+    The fold-stability gate runs only when ``config.max_fold_accuracy_std`` is set.
+    """
     verdicts = [
+        min_test_rows_gate(test_rows, config.min_test_rows),
         train_val_gap_gate(candidate, config.max_train_val_gap),
         val_test_consistency_gate(candidate, config.max_val_test_diff),
     ]
     if config.require_beat_baseline:
         verdicts.append(beats_baseline_gate(candidate, baseline_test))
         verdicts.append(baseline_significance_gate(paired, config.baseline_alpha))
+    if config.max_fold_accuracy_std is not None:
+        verdicts.append(fold_stability_gate(fold_accuracy_std, config.max_fold_accuracy_std))
     verdicts.append(onnx_parity_gate(parity_max_abs_diff, config.max_parity_diff))
     return verdicts
 

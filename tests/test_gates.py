@@ -14,6 +14,8 @@ from monitors.gates import (
     beats_baseline_gate,
     candidate_score,
     evaluate_gates,
+    fold_stability_gate,
+    min_test_rows_gate,
     onnx_parity_gate,
     train_val_gap_gate,
     val_test_consistency_gate,
@@ -106,9 +108,15 @@ def test_missing_inputs_fail(verdict):
 def test_evaluate_gates_order_and_pass():
     """evaluate_gates returns every gate in a fixed order, all passing for a sound candidate."""
     verdicts = evaluate_gates(
-        accs(0.62, 0.58, 0.57), {"accuracy": 0.51}, 3e-7, GateConfig(), PairedCounts(60, 35)
+        accs(0.62, 0.58, 0.57),
+        {"accuracy": 0.51},
+        3e-7,
+        GateConfig(),
+        PairedCounts(60, 35),
+        test_rows=400,
     )
     assert [v.gate for v in verdicts] == [
+        "min_test_rows",
         "train_val_gap",
         "val_test_consistency",
         "beats_baseline",
@@ -129,7 +137,12 @@ def test_evaluate_gates_uses_config_thresholds():
     verdicts = {
         v.gate: v for v in evaluate_gates(accs(0.62, 0.58, 0.40), {"accuracy": 0.9}, 1e-6, config)
     }
-    assert set(verdicts) == {"train_val_gap", "val_test_consistency", "onnx_parity"}
+    assert set(verdicts) == {
+        "min_test_rows",
+        "train_val_gap",
+        "val_test_consistency",
+        "onnx_parity",
+    }
     assert verdicts["train_val_gap"].passed is False
     assert verdicts["val_test_consistency"].passed is True
     assert verdicts["onnx_parity"].passed is False
@@ -164,9 +177,36 @@ def test_baseline_significance_missing_counts_fail():
     assert verdict.passed is False and "missing" in verdict.reason
 
 
+@pytest.mark.parametrize(("rows", "passed"), [(99, False), (100, True), (None, False)])
+def test_min_test_rows_boundary(rows, passed):
+    """The test split needs at least min_test_rows rows; an unknown size fails."""
+    assert min_test_rows_gate(rows, 100).passed is passed
+
+
+@pytest.mark.parametrize(("std", "passed"), [(0.03, True), (0.0301, False), (None, False)])
+def test_fold_stability_boundary(std, passed):
+    """Fold accuracy std passes up to and including the maximum; missing fails."""
+    assert fold_stability_gate(std, 0.03).passed is passed
+
+
+def test_fold_stability_runs_only_when_configured():
+    """Without max_fold_accuracy_std there is no fold gate; with it, the std is judged."""
+    args = (accs(0.62, 0.58, 0.57), {"accuracy": 0.51}, 3e-7)
+    off = evaluate_gates(*args, GateConfig(), PairedCounts(60, 35), test_rows=400)
+    on = evaluate_gates(
+        *args,
+        GateConfig(max_fold_accuracy_std=0.02),
+        PairedCounts(60, 35),
+        test_rows=400,
+        fold_accuracy_std=0.05,
+    )
+    assert "fold_stability" not in {v.gate for v in off}
+    assert {v.gate: v.passed for v in on}["fold_stability"] is False
+
+
 def test_verdict_to_dict_is_json():
     """A verdict serialises to plain JSON with all its fields."""
-    verdict = evaluate_gates(accs(0.9, 0.5, 0.5), {"accuracy": 0.5}, None, GateConfig())[0]
+    verdict = train_val_gap_gate(accs(0.9, 0.5, 0.5), 0.2)
     data = json.loads(json.dumps(verdict.to_dict(), allow_nan=False))
     assert data == {
         "gate": "train_val_gap",

@@ -276,7 +276,9 @@ def _run_candidate(
             scorer.predict_proba(rows["test"].x), baseline_test_proba, rows["test"].y
         )
         record["baseline_comparison"] = asdict(paired) | {"p_value": paired.p_value}
-        verdicts = evaluate_gates(metrics, baseline_test, parity, config.gates, paired)
+        verdicts = evaluate_gates(
+            metrics, baseline_test, parity, config.gates, paired, test_rows=len(rows["test"].y)
+        )
         record["gates"] = [v.to_dict() for v in verdicts]
         record["score"] = candidate_score(metrics)
         record["passed"] = all(v.passed for v in verdicts)
