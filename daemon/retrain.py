@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -104,6 +104,7 @@ class RetrainScheduler:
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
         target: Callable[[JobSpec, Connection], None] = run_job,
+        preload: Sequence[str] = (),
     ) -> None:
         self._workers = workers
         self._make_spec = make_spec
@@ -121,10 +122,11 @@ class RetrainScheduler:
         self._stopping = threading.Event()
         self._wake_r, self._wake_w = multiprocessing.Pipe(duplex=False)
         self._thread = threading.Thread(target=self._supervise, name="ctd-retrain", daemon=True)
-        # Workers fork from a server that imported the training stack once, so a
-        # job starts in milliseconds and never inherits the daemon's threads.
+        # Workers fork from a server that imported the training stack once (the
+        # worker plus each trainer's backend module in ``preload``), so a job starts
+        # in milliseconds and never inherits the daemon's threads.
         self._ctx = multiprocessing.get_context("forkserver")
-        self._ctx.set_forkserver_preload(["daemon.worker"])
+        self._ctx.set_forkserver_preload(["daemon.worker", *preload])
 
     # -- public API (any thread) -------------------------------------------------
     def request(self, symbol: str, bar_count: int, reason: str) -> bool:

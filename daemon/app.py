@@ -1,0 +1,401 @@
+"""The one place that wires ctd together: store, Kafka, ingest, retraining, registry, HTTP.
+
+Threads: ingest (poll -> DLQ -> store -> commit -> trigger), retrain supervisor
+(worker processes; registry writes on completion: the daemon is the registry's
+single writer), connectivity probe, HTTP. Training never runs in this process.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from importlib.metadata import PackageNotFoundError, version
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaProducer
+from prometheus_client import CollectorRegistry
+
+from daemon.http import HttpServer, make_app
+from daemon.ingest import Ingestor, IngestReport
+from daemon.kafka import broker_reachable, ensure_topics, make_consumer, make_producer
+from daemon.logs import get_logger
+from daemon.metrics import Metrics
+from daemon.retrain import JobOutcome, RetrainScheduler, TrainJob, TriggerPolicy
+from daemon.settings import Settings
+from daemon.store import BarStore, StoreError
+from daemon.worker import JobSpec, run_job
+from deploy.events import EventKind, RegistryEvent, utc_now
+from deploy.registry import Registry
+from monitors.gates import GateConfig
+from trainers.pipeline import TrainConfig
+
+_log = get_logger(component="daemon")
+
+
+def ctd_version() -> str:
+    try:
+        return version("ctd")
+    except PackageNotFoundError:  # running from a source tree without install
+        return "0+unknown"
+
+
+def train_config(settings: Settings) -> TrainConfig:
+    """The training configuration a worker receives, derived from settings only."""
+    return TrainConfig(
+        trainers=settings.trainers,
+        seed=settings.seed,
+        val_fraction=settings.val_fraction,
+        test_fraction=settings.test_fraction,
+        gates=GateConfig(
+            max_train_val_gap=settings.gate_max_train_val_gap,
+            max_val_test_diff=settings.gate_max_val_test_diff,
+            require_beat_baseline=settings.gate_require_beat_baseline,
+            max_parity_diff=settings.gate_max_parity_diff,
+        ),
+    )
+
+
+def trainer_modules(names: Sequence[str]) -> list[str]:
+    """Backend modules of the configured trainers (``trainers.<name>``) that exist."""
+    return [f"trainers.{n}" for n in names if importlib.util.find_spec(f"trainers.{n}") is not None]
+
+
+class Daemon:
+    """A running ctd instance. ``start()`` returns once every component is up."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        bootstrap_servers: str,
+        metrics_registry: CollectorRegistry | None = None,
+        job_target: Callable[[JobSpec, Connection], None] = run_job,
+    ) -> None:
+        self.settings = settings
+        self.bootstrap_servers = bootstrap_servers
+        self.metrics = Metrics(metrics_registry or CollectorRegistry(), version=ctd_version())
+        self.policy = TriggerPolicy(settings.min_bars, settings.retrain_every_bars)
+        self.store: BarStore | None = None
+        self.registry = Registry(settings.registry_dir)
+        self.http: HttpServer | None = None
+        self.producer: KafkaProducer | None = None
+        self.ingestor: Ingestor | None = None
+        self.scheduler: RetrainScheduler | None = None
+        self._counts: dict[str, int] = {}
+        self._trained: dict[str, int] = {}
+        self._model_created: dict[tuple[str, str], float] = {}
+        self._stop = threading.Event()
+        self._started = threading.Event()
+        self._kafka_ok = False
+        self._threads: list[threading.Thread] = []
+        self._train_config = train_config(settings)
+        self._job_target = job_target
+
+    # -- lifecycle ------------------------------------------------------------------
+    def start(self) -> Daemon:
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = BarStore(s.store_path)
+        cleaned = self.registry.recover()
+        if cleaned:
+            _log.warning("registry_recovered", cleaned=cleaned)
+        self._load_state()
+        self.metrics.add_model_age(lambda: dict(self._model_created))
+        self.http = HttpServer(
+            s.http_host, s.http_port, make_app(self.metrics.registry, self.readiness)
+        ).start()
+        if s.create_topics:
+            created = ensure_topics(
+                s,
+                self.bootstrap_servers,
+                [s.topic_bars, s.topic_dlq, s.topic_commands, s.topic_promotions],
+            )
+            if created:
+                _log.info("topics_created", topics=created)
+        self.producer = make_producer(s, self.bootstrap_servers)
+        consumer = make_consumer(s, self.bootstrap_servers)
+        self.ingestor = Ingestor(
+            consumer,
+            self.producer,
+            self.store,
+            dlq_topic=s.topic_dlq,
+            poll_timeout_ms=s.kafka_poll_timeout_ms,
+            max_records=s.kafka_max_poll_records,
+        )
+        self.scheduler = RetrainScheduler(
+            workers=s.train_workers,
+            make_spec=self._job_spec,
+            staging_root=s.data_dir / "staging",
+            timeout_seconds=s.train_timeout_seconds,
+            on_done=self._on_job_done,
+            target=self._job_target,
+            preload=trainer_modules(s.trainers),
+        ).start()
+        self._kafka_ok = True
+        self.metrics.kafka_connected.set(1)
+        self._spawn(self._ingest_loop, "ctd-ingest")
+        self._spawn(self._probe_loop, "ctd-probe")
+        # Jobs interrupted by a previous stop (or due before it) run again now.
+        for symbol, total in sorted(self._counts.items()):
+            self._maybe_trigger(symbol, total, reason="startup")
+        self._started.set()
+        _log.info(
+            "daemon_started",
+            http=self.http.url,
+            bootstrap=self.bootstrap_servers,
+            symbols=len(self._counts),
+        )
+        return self
+
+    def stop(self, grace_seconds: float = 30.0) -> None:
+        """Stop polling, finish or cancel training within the grace period, close everything."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._started.clear()
+        self.metrics.ready.set(0)
+        for t in self._threads:
+            t.join(timeout=max(grace_seconds, 5))
+        if self.scheduler:
+            self.scheduler.stop(grace_seconds)
+        if self.ingestor:
+            self.ingestor.close()
+        if self.producer:
+            self.producer.close(timeout=5)
+        if self.http:
+            self.http.stop()
+        if self.store:
+            self.store.close()
+        _log.info("daemon_stopped")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._stop.wait(timeout)
+
+    def _spawn(self, target: Any, name: str) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        self._threads.append(t)
+        t.start()
+
+    # -- state ------------------------------------------------------------------------
+    def _load_state(self) -> None:
+        assert self.store is not None
+        self._counts = self.store.counts()
+        self._trained = {sym: count for sym, (count, _at) in self.store.trained_state().items()}
+        for symbol in self.registry.symbols():
+            self._refresh_slot_ages(symbol)
+
+    def _refresh_slot_ages(self, symbol: str) -> None:
+        slots = self.registry.slots(symbol)
+        for slot, ver in (("champion", slots.champion), ("shadow", slots.shadow)):
+            self._model_created.pop((symbol, slot), None)
+            if ver is not None:
+                meta = self.registry.metadata(symbol, ver)
+                created = meta.get("created_at")
+                if isinstance(created, str):
+                    when = datetime.fromisoformat(created.replace("Z", "+00:00"))
+                    self._model_created[(symbol, slot)] = when.timestamp()
+
+    def readiness(self) -> dict[str, bool]:
+        store_ok = self.store is not None and self.store.ping()
+        return {
+            "started": self._started.is_set(),
+            "store": store_ok,
+            "broker": self._kafka_ok,
+        }
+
+    # -- ingest -------------------------------------------------------------------------
+    def _ingest_loop(self) -> None:
+        assert self.ingestor is not None
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                report = self.ingestor.poll_once()
+            except StoreError as exc:
+                self.metrics.ingest_errors.labels("store").inc()
+                _log.error("ingest_store_error", error=str(exc))
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            except Exception as exc:
+                self.metrics.ingest_errors.labels("kafka").inc()
+                _log.error("ingest_error", error=str(exc), exc_info=True)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            backoff = 0.5
+            self._after_batch(report)
+
+    def _after_batch(self, report: IngestReport) -> None:
+        m = self.metrics
+        if report.messages:
+            m.ingest_messages.inc(report.messages)
+        if report.invalid:
+            m.dlq_messages.inc(report.invalid)
+            for reason in report.dlq_reasons[:5]:
+                _log.warning("message_dead_lettered", reason=reason)
+        for symbol, records in report.bars_by_symbol.items():
+            m.ingest_bars.labels(symbol).inc(len(records))
+        if report.valid_bars:
+            m.store_transactions.inc()
+        if report.max_event_lag_seconds is not None:
+            m.ingest_lag.set(report.max_event_lag_seconds)
+        if any(report.new_bars.values()):
+            m.last_ingest.set(time.time())
+        for symbol, new in report.new_bars.items():
+            if new <= 0:
+                continue
+            m.store_new_bars.labels(symbol).inc(new)
+            total = self._counts.get(symbol, 0) + new
+            self._counts[symbol] = total
+            self._maybe_trigger(symbol, total, reason="new_bars")
+
+    def _maybe_trigger(self, symbol: str, total: int, *, reason: str) -> None:
+        assert self.scheduler is not None
+        if self.policy.due(total, self._trained.get(symbol)):
+            self.scheduler.request(symbol, total, reason)
+            self.metrics.retrain_queue_depth.set(self.scheduler.pending)
+
+    def request_retrain(self, symbol: str, reason: str = "command") -> bool:
+        """Operator-requested retrain, regardless of the bar-count policy."""
+        assert self.scheduler is not None
+        return self.scheduler.request(symbol, self._counts.get(symbol, 0), reason)
+
+    def _probe_loop(self) -> None:
+        while not self._stop.wait(2.0):
+            ok = broker_reachable(self.bootstrap_servers, timeout=2.0, settings=self.settings)
+            if ok != self._kafka_ok:
+                _log.warning("broker_connectivity_changed", connected=ok)
+            self._kafka_ok = ok
+            self.metrics.kafka_connected.set(1 if ok else 0)
+            self.metrics.ready.set(1 if all(self.readiness().values()) else 0)
+            if self.scheduler:
+                self.metrics.retrain_queue_depth.set(self.scheduler.pending)
+                self.metrics.training_running.set(self.scheduler.running)
+
+    # -- training ----------------------------------------------------------------------
+    def _job_spec(self, job: TrainJob, staging: Path) -> JobSpec:
+        self.metrics.training_running.inc()
+        return JobSpec(
+            symbol=job.symbol,
+            run_id=job.run_id,
+            store_path=self.settings.store_path,
+            window_bars=self.settings.train_window_bars,
+            staging_dir=staging,
+            config=self._train_config,
+            log_level=self.settings.log_level,
+        )
+
+    def _on_job_done(self, outcome: JobOutcome) -> None:
+        job = outcome.job
+        log = _log.bind(symbol=job.symbol, run_id=job.run_id)
+        m = self.metrics
+        m.training_running.dec()
+        if self.scheduler:
+            m.retrain_queue_depth.set(self.scheduler.pending)
+        if outcome.cancelled:
+            log.warning("training_cancelled", error=outcome.error)
+            return
+        if not outcome.ok:
+            self._record_failure(outcome)
+            return
+        meta: Mapping[str, Any] = outcome.reply.get("metadata") or {}
+        self._count_monitor_output(job.symbol, meta)
+        assert self.store is not None
+        self.store.mark_trained(job.symbol, job.bar_count, time.time())
+        self._trained[job.symbol] = job.bar_count
+        if not outcome.reply.get("passed"):
+            self._audit(
+                "candidate_rejected",
+                job.symbol,
+                {
+                    "run_id": job.run_id,
+                    "reason": outcome.reply.get("reason"),
+                    "candidates": _candidate_summary(meta),
+                },
+                reason=str(outcome.reply.get("reason", "")),
+            )
+            m.training_runs.labels(job.symbol, "rejected").inc()
+            m.training_duration.labels("rejected").observe(outcome.duration_seconds)
+            log.info("candidate_rejected", reason=outcome.reply.get("reason"))
+            return
+        version = self.registry.add_version(job.symbol, outcome.staging_dir)
+        m.registry_versions.labels(job.symbol).inc()
+        events = self.registry.place(job.symbol, version, reason=f"run {job.run_id}")
+        placed = "shadow"
+        for event in events:
+            if event.event == "champion_bootstrapped":
+                placed = "champion"
+                m.champion_bootstraps.labels(job.symbol).inc()
+            elif event.event == "shadow_placed":
+                m.shadow_placements.labels(job.symbol).inc()
+            self._publish(event)
+        self._refresh_slot_ages(job.symbol)
+        m.training_runs.labels(job.symbol, placed).inc()
+        m.training_duration.labels(placed).observe(outcome.duration_seconds)
+        log.info(
+            "model_registered",
+            version=version,
+            slot=placed,
+            trainer=outcome.reply.get("chosen"),
+            test_accuracy=(meta.get("metrics") or {}).get("test", {}).get("accuracy"),
+            seconds=round(outcome.duration_seconds, 3),
+        )
+
+    def _record_failure(self, outcome: JobOutcome) -> None:
+        job = outcome.job
+        self.metrics.training_runs.labels(job.symbol, "failed").inc()
+        self.metrics.training_duration.labels("failed").observe(outcome.duration_seconds)
+        self._audit(
+            "training_failed",
+            job.symbol,
+            {"run_id": job.run_id, "error": outcome.error, "bar_count": job.bar_count},
+            reason=outcome.error or "",
+        )
+        _log.error("training_failed", symbol=job.symbol, run_id=job.run_id, error=outcome.error)
+
+    def _audit(
+        self, kind: EventKind, symbol: str, evidence: dict[str, Any], *, reason: str
+    ) -> None:
+        """A history line that changes no slot (failed runs, rejected candidates)."""
+        self.registry.record(
+            RegistryEvent(kind, symbol, None, None, evidence, utc_now(), reason=reason)
+        )
+
+    def _count_monitor_output(self, symbol: str, meta: Mapping[str, Any]) -> None:
+        for cand in meta.get("candidates") or []:
+            trainer = str(cand.get("trainer"))
+            for warning in cand.get("warnings") or []:
+                self.metrics.training_warnings.labels(
+                    symbol, trainer, str(warning.get("kind"))
+                ).inc()
+            for verdict in cand.get("gates") or []:
+                outcome = "pass" if verdict.get("passed") else "fail"
+                self.metrics.gate_verdicts.labels(trainer, str(verdict.get("gate")), outcome).inc()
+
+    def _publish(self, event: RegistryEvent) -> None:
+        if not event.is_promotion_topic_event or self.producer is None:
+            return
+        try:
+            self.producer.send(
+                self.settings.topic_promotions, key=event.symbol.encode(), value=event.to_json()
+            ).get(timeout=10)
+        except Exception as exc:
+            self.metrics.promotion_publish_errors.inc()
+            _log.error(
+                "promotion_publish_failed", symbol=event.symbol, kind=event.event, error=str(exc)
+            )
+
+
+def _candidate_summary(meta: Mapping[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for cand in meta.get("candidates") or []:
+        failed = [v.get("reason") for v in cand.get("gates") or [] if not v.get("passed")]
+        out.append(
+            {"trainer": cand.get("trainer"), "failed_gates": failed, "error": cand.get("error")}
+        )
+    return out

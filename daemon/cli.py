@@ -1,0 +1,204 @@
+"""The ``ctd`` command line: run, demo, status.
+
+Exit codes: 0 success, 1 runtime failure, 2 invalid settings or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from types import FrameType
+
+from rich.console import Console
+from rich.table import Table
+
+from daemon.settings import Settings, SettingsError, load_settings
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"ctd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    handler = {"run": _cmd_run, "demo": _cmd_demo, "status": _cmd_status}[args.command]
+    return handler(settings, args)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ctd", description="Continuous training daemon for market-prediction models."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser(
+        "run", help="run the daemon (bundled local broker if CTD_KAFKA_BOOTSTRAP_SERVERS is unset)"
+    )
+    demo = sub.add_parser(
+        "demo", help="run the daemon with a synthetic live market feed and a live table"
+    )
+    demo.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+    demo.add_argument("--no-table", action="store_true", help="log only, no live table")
+    status = sub.add_parser("status", help="champion / shadow per symbol, from the data directory")
+    status.add_argument("symbol", nargs="?", default=None)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+@contextlib.contextmanager
+def _kafka(settings: Settings) -> Iterator[str]:
+    """The configured cluster, or the bundled local broker for as long as the block runs."""
+    if settings.kafka_bootstrap_servers:
+        yield settings.kafka_bootstrap_servers
+        return
+    from daemon.broker import LocalBroker
+
+    with LocalBroker(log_path=settings.data_dir / "broker.log") as broker:
+        yield broker.bootstrap_servers
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+def _cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
+    from daemon.app import Daemon
+    from daemon.logs import configure_logging, get_logger
+
+    configure_logging(settings.log_level, settings.log_format)
+    log = get_logger(component="cli")
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with _kafka(settings) as bootstrap:
+            daemon = Daemon(settings, bootstrap_servers=bootstrap).start()
+            try:
+                stop.wait()
+            finally:
+                daemon.stop(settings.shutdown_grace_seconds)
+    except Exception as exc:
+        log.error("daemon_failed", error=str(exc), exc_info=True)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.app import Daemon
+    from daemon.demo import DemoFeed, live_table, make_generators
+    from daemon.kafka import make_producer
+    from daemon.logs import configure_logging
+
+    console = Console()
+    show_table = not args.no_table and console.is_terminal
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if show_table:
+        # With a live table on screen, logs (ours and the worker processes') go to a
+        # file beside the data instead: redirect the file descriptor, not just sys.stderr.
+        with (settings.data_dir / "demo.log").open("a") as log_file:
+            os.dup2(log_file.fileno(), 2)
+        configure_logging(settings.log_level, "json")
+    else:
+        configure_logging(settings.log_level, settings.log_format)
+    with _kafka(settings) as bootstrap:
+        daemon = Daemon(settings, bootstrap_servers=bootstrap).start()
+        assert daemon.store is not None and daemon.http is not None
+        producer = make_producer(settings, bootstrap)
+        feed = DemoFeed(
+            producer,
+            settings.topic_bars,
+            make_generators(settings.demo_symbols, daemon.store),
+            history_bars=settings.demo_history_bars,
+            bars_per_second=settings.demo_bars_per_second,
+        ).start()
+        url = f"{daemon.http.url}/metrics"
+        console.print(f"ctd demo: broker {bootstrap}, metrics {url}, data {settings.data_dir}")
+        timer = threading.Timer(args.seconds, stop.set) if args.seconds else None
+        if timer:
+            timer.start()
+        try:
+            if show_table:
+                live_table(daemon.store, daemon.registry, feed, stop, console)
+            else:
+                stop.wait()
+        finally:
+            if timer:
+                timer.cancel()
+            feed.stop()
+            producer.close(timeout=5)
+            daemon.stop(settings.shutdown_grace_seconds)
+    return _print_status(settings, None, as_json=False, console=console)
+
+
+def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    return _print_status(settings, args.symbol, as_json=args.json, console=Console())
+
+
+def _print_status(
+    settings: Settings, symbol: str | None, *, as_json: bool, console: Console
+) -> int:
+    from daemon.status import all_status
+    from daemon.store import BarStore
+    from deploy.registry import Registry
+
+    store = BarStore(settings.store_path, read_only=True) if settings.store_path.exists() else None
+    try:
+        rows = all_status(store, Registry(settings.registry_dir), symbol)
+    finally:
+        if store is not None:
+            store.close()
+    if symbol is not None and not rows:
+        print(f"ctd: no data for symbol {symbol!r} in {settings.data_dir}", file=sys.stderr)
+        return EXIT_FAILURE
+    if as_json:
+        print(json.dumps([r.to_dict() for r in rows], indent=2))
+        return EXIT_OK
+    table = Table(title=f"ctd status ({settings.data_dir})")
+    for col in (
+        "symbol",
+        "bars",
+        "versions",
+        "champion",
+        "trainer",
+        "test acc",
+        "shadow",
+        "last event",
+        "at",
+        "failures",
+    ):
+        table.add_column(col)
+    for r in rows:
+        acc = "-" if r.champion_test_accuracy is None else f"{100 * r.champion_test_accuracy:.1f}%"
+        table.add_row(
+            r.symbol,
+            str(r.bars),
+            str(r.versions),
+            r.champion or "-",
+            r.champion_trainer or "-",
+            acc,
+            r.shadow or "-",
+            r.last_event or "-",
+            r.last_event_ts or "-",
+            str(r.failures),
+        )
+    console.print(table)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
