@@ -11,6 +11,7 @@ import importlib.util
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from multiprocessing.connection import Connection
@@ -31,7 +32,7 @@ from daemon.store import BarStore, StoreError
 from daemon.worker import JobSpec, run_job
 from deploy.events import EventKind, RegistryEvent, utc_now
 from deploy.registry import Registry
-from monitors.gates import GateConfig
+from monitors.gates import GateConfig, bootstrap_alpha
 from trainers.pipeline import TrainConfig
 
 _log = get_logger(component="daemon")
@@ -89,6 +90,7 @@ class Daemon:
         self._counts: dict[str, int] = {}
         self._trained: dict[str, int] = {}
         self._model_created: dict[tuple[str, str], float] = {}
+        self._bootstrap_failures: dict[str, int] = {}
         self._stop = threading.Event()
         self._started = threading.Event()
         self._kafka_ok = False
@@ -188,6 +190,10 @@ class Daemon:
         self._trained = {sym: count for sym, (count, _at) in self.store.trained_state().items()}
         for symbol in self.registry.symbols():
             self._refresh_slot_ages(symbol)
+            if self.registry.slots(symbol).champion is None:
+                history = self.registry.history(symbol)
+                rejected = sum(1 for e in history if e.get("event") == "candidate_rejected")
+                self._bootstrap_failures[symbol] = rejected
 
     def _refresh_slot_ages(self, symbol: str) -> None:
         slots = self.registry.slots(symbol)
@@ -280,13 +286,18 @@ class Daemon:
     # -- training ----------------------------------------------------------------------
     def _job_spec(self, job: TrainJob, staging: Path) -> JobSpec:
         self.metrics.training_running.inc()
+        config = self._train_config
+        if self.registry.slots(job.symbol).champion is None:
+            attempt = self._bootstrap_failures.get(job.symbol, 0) + 1
+            alpha = bootstrap_alpha(config.gates.baseline_alpha, attempt)
+            config = replace(config, gates=replace(config.gates, baseline_alpha=alpha))
         return JobSpec(
             symbol=job.symbol,
             run_id=job.run_id,
             store_path=self.settings.store_path,
             window_bars=self.settings.train_window_bars,
             staging_dir=staging,
-            config=self._train_config,
+            config=config,
             log_level=self.settings.log_level,
         )
 
@@ -319,6 +330,10 @@ class Daemon:
                 },
                 reason=str(outcome.reply.get("reason", "")),
             )
+            if self.registry.slots(job.symbol).champion is None:
+                self._bootstrap_failures[job.symbol] = (
+                    self._bootstrap_failures.get(job.symbol, 0) + 1
+                )
             m.training_runs.labels(job.symbol, "rejected").inc()
             m.training_duration.labels("rejected").observe(outcome.duration_seconds)
             log.info("candidate_rejected", reason=outcome.reply.get("reason"))

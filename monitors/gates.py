@@ -221,6 +221,20 @@ def evaluate_gates(
     return verdicts
 
 
+def bootstrap_alpha(alpha: float, attempt: int) -> float:
+    """Significance level of the ``attempt``-th (1-based) try to find a symbol's first champion.
+
+    A symbol without a champion is retrained again and again; testing each
+    attempt at ``alpha`` would let a pure-noise symbol through sooner or later.
+    Spending alpha / (k (k + 1)) on attempt k sums to at most ``alpha`` over all
+    attempts, so the chance that a no-signal symbol EVER gets a champion stays
+    <= alpha. Later candidates face the live shadow test instead.
+    """
+    if attempt < 1:
+        raise ValueError(f"attempt must be >= 1, got {attempt}")
+    return alpha / (attempt * (attempt + 1))
+
+
 def candidate_score(candidate_metrics: Mapping[str, Metrics]) -> float:
     """Rank of a passing candidate: test accuracy - 0.5 x (train acc - val acc) (DESIGN.md).
 

@@ -12,6 +12,7 @@ from monitors.gates import (
     PairedCounts,
     baseline_significance_gate,
     beats_baseline_gate,
+    bootstrap_alpha,
     candidate_score,
     evaluate_gates,
     fold_stability_gate,
@@ -202,6 +203,16 @@ def test_fold_stability_runs_only_when_configured():
     )
     assert "fold_stability" not in {v.gate for v in off}
     assert {v.gate: v.passed for v in on}["fold_stability"] is False
+
+
+def test_bootstrap_alpha_spends_at_most_alpha_in_total():
+    """Per-attempt levels halve, then shrink quadratically, and never sum above alpha."""
+    levels = [bootstrap_alpha(0.05, k) for k in range(1, 10_001)]
+    assert levels[:3] == pytest.approx([0.025, 0.05 / 6, 0.05 / 12])
+    assert sum(levels) <= 0.05
+    assert sum(levels) > 0.0499
+    with pytest.raises(ValueError, match="attempt must be >= 1"):
+        bootstrap_alpha(0.05, 0)
 
 
 def test_verdict_to_dict_is_json():
