@@ -177,12 +177,19 @@ class Registry:
         return version
 
     def place(
-        self, symbol: str, version: str, *, actor: str = "daemon", reason: str = ""
+        self,
+        symbol: str,
+        version: str,
+        *,
+        actor: str = "daemon",
+        reason: str = "",
+        superseded_evidence: Mapping[str, Any] | None = None,
     ) -> list[RegistryEvent]:
         """Make ``version`` the champion if there is none, else the shadow.
 
         Returns the events in order: ``champion_bootstrapped``; or
-        ``shadow_superseded`` (when a shadow is replaced) then ``shadow_placed``.
+        ``shadow_superseded`` (when a shadow is replaced, carrying
+        ``superseded_evidence``: its trial's partial evidence) then ``shadow_placed``.
         Raises UnknownVersionError, AlreadyInSlotError.
         """
         validate_version(version)
@@ -202,7 +209,14 @@ class Registry:
             if slots.shadow is not None:
                 events.append(
                     RegistryEvent(
-                        "shadow_superseded", symbol, slots.shadow, version, {}, ts, actor, reason
+                        "shadow_superseded",
+                        symbol,
+                        slots.shadow,
+                        version,
+                        dict(superseded_evidence or {}),
+                        ts,
+                        actor,
+                        reason,
                     )
                 )
             events.append(

@@ -108,6 +108,17 @@ def test_new_shadow_supersedes_old_shadow(reg: Registry, tmp_path: Path) -> None
     ]
 
 
+def test_superseded_shadow_keeps_its_partial_evidence(reg: Registry, tmp_path: Path) -> None:
+    """The evidence handed to place() is the superseded shadow's ledger line."""
+    v1, v2, v3 = (add(reg, tmp_path, n) for n in "123")
+    reg.place(SYMBOL, v1)
+    reg.place(SYMBOL, v2)
+    reg.place(SYMBOL, v3, superseded_evidence={"n": 42, "e_value_better": 3.5})
+    line = next(e for e in reg.history(SYMBOL) if e["event"] == "shadow_superseded")
+    assert line["from_version"] == v2
+    assert line["evidence"] == {"n": 42, "e_value_better": 3.5}
+
+
 def test_promote_makes_shadow_champion_and_retires_old_champion(
     reg: Registry, tmp_path: Path
 ) -> None:
