@@ -3,7 +3,9 @@
 A trainer reports every epoch / boosting round to a ``TrainingMonitor`` and
 obeys the returned ``Action``. Monitors are pure logic and import no other ctd
 package, so trainers (and later the deploy side) depend on this module, never
-the reverse.
+the reverse. The rules beyond the non-finite check (divergence, overfitting,
+stall, exploding gradients) and their ``MonitorConfig`` live in
+``monitors.training``; ``default_monitor`` assembles them.
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ import enum
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from monitors.training import MonitorConfig
 
 
 class Action(enum.Enum):
@@ -24,6 +29,25 @@ class Action(enum.Enum):
     CONTINUE = 0
     STOP = 1  # end training now and keep the best weights seen so far
     ABORT = 2  # the run is invalid: the trainer raises TrainingAborted
+
+
+Response = Literal["warn", "stop", "abort"]
+"""What a monitor does when its rule fires: always a warning, then continue, stop or abort."""
+
+_RESPONSES: Final[Mapping[str, Action]] = {
+    "warn": Action.CONTINUE,
+    "stop": Action.STOP,
+    "abort": Action.ABORT,
+}
+
+
+def response_action(response: str) -> Action:
+    """The Action for a configured response; ValueError names the bad value and the valid ones."""
+    try:
+        return _RESPONSES[response]
+    except KeyError:
+        valid = ", ".join(_RESPONSES)
+        raise ValueError(f"response must be one of {valid}, got {response!r}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,10 +117,17 @@ class NullMonitor:
 
 
 class NonFiniteLossMonitor:
-    """Abort on the first NaN or infinite loss: nothing after it can be trusted."""
+    """Fires on the first NaN or infinite loss or ``extra`` metric: nothing after it can be trusted.
 
-    def __init__(self) -> None:
-        self._warnings: list[MonitorWarning] = []
+    One warning per run. With ``action`` "stop" or "abort" every later step
+    returns that action too; with "warn" later steps continue silently.
+    """
+
+    kind = "non_finite"
+
+    def __init__(self, action: Response = "abort") -> None:
+        self._action = response_action(action)
+        self._warning: MonitorWarning | None = None
 
     def on_step(
         self,
@@ -105,22 +136,24 @@ class NonFiniteLossMonitor:
         val_loss: float | None,
         extra: Mapping[str, float] | None = None,
     ) -> Action:
-        for name, loss in (("train", train_loss), ("val", val_loss)):
-            if loss is not None and not math.isfinite(loss):
-                self._warnings.append(
-                    MonitorWarning(
-                        kind="non_finite",
-                        step=step,
-                        message=f"{name} loss is {loss} at step {step}",
-                        value=loss,
-                    )
+        if self._warning is not None:
+            return self._action
+        values = {"train loss": train_loss, "val loss": val_loss}
+        values |= {f"metric {key}": value for key, value in (extra or {}).items()}
+        for name, value in values.items():
+            if value is not None and not math.isfinite(value):
+                self._warning = MonitorWarning(
+                    kind=self.kind,
+                    step=step,
+                    message=f"{name} is {value} at step {step}",
+                    value=value,
                 )
-                return Action.ABORT
+                return self._action
         return Action.CONTINUE
 
     @property
     def warnings(self) -> Sequence[MonitorWarning]:
-        return tuple(self._warnings)
+        return () if self._warning is None else (self._warning,)
 
 
 class CompositeMonitor:
@@ -146,6 +179,12 @@ class CompositeMonitor:
         return tuple(w for m in self._monitors for w in m.warnings)
 
 
-def default_monitor() -> TrainingMonitor:
-    """The monitor a training run gets unless the caller injects another one."""
-    return NonFiniteLossMonitor()
+def default_monitor(config: MonitorConfig | None = None) -> TrainingMonitor:
+    """Every training-time rule of ``config`` (default: ``MonitorConfig()``) as one monitor.
+
+    Callable with no argument, so it serves as a per-candidate monitor factory.
+    """
+    # monitors.training builds on this module's types, so it is imported on use.
+    from monitors.training import MonitorConfig, build_monitor  # noqa: PLC0415
+
+    return build_monitor(config if config is not None else MonitorConfig())
