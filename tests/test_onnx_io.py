@@ -94,6 +94,8 @@ class ShiftedModel:
 
     trainer = "shifted"
     n_params = 3
+    n_features = N_FEATURES
+    window = 1
 
     def __init__(self, offset: float) -> None:
         self.offset = offset
@@ -142,3 +144,144 @@ def test_check_parity_needs_rows(tmp_path):
     model.export_onnx(path)
     with pytest.raises(InvalidInputError, match="at least one feature row"):
         check_parity(model, path, ROWS[:0], tolerance=1e-4)
+
+
+# --- sequence models: [N, window, n_features] inputs ---------------------------------
+
+WINDOW = 4
+
+
+def window_model(path: Path, dims: list[str | int] | None = None) -> Path:
+    """P(up) = sigmoid(mean over the window of x @ WEIGHTS): every window row matters."""
+    nodes = [
+        helper.make_node("MatMul", ["input", "w"], ["logit_t"]),  # [N, W, 1]
+        helper.make_node("ReduceMean", ["logit_t"], ["logit"], axes=[1], keepdims=0),
+        helper.make_node("Sigmoid", ["logit"], ["p_up"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "window_sigmoid",
+        [
+            helper.make_tensor_value_info(
+                "input", TensorProto.FLOAT, dims or ["N", WINDOW, N_FEATURES]
+            )
+        ],
+        [helper.make_tensor_value_info("p_up", TensorProto.FLOAT, ["N", 1])],
+        initializer=[
+            helper.make_tensor("w", TensorProto.FLOAT, [N_FEATURES, 1], WEIGHTS.tolist()),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)], ir_version=8)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def window_expected(windows: np.ndarray) -> np.ndarray:
+    logits = (windows.astype(np.float32) @ WEIGHTS).mean(axis=1).astype(np.float64)
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
+SERIES = np.random.default_rng(1).normal(size=(10, N_FEATURES)).astype(np.float32)
+
+
+def test_scorer_reads_window_from_a_rank_3_input(tmp_path):
+    """A [N, window, n_features] input sets window and n_features; windows score as a batch."""
+    scorer = OnnxScorer(window_model(tmp_path / "w.onnx"))
+    assert (scorer.window, scorer.n_features) == (WINDOW, N_FEATURES)
+    batch = np.stack([SERIES[i : i + WINDOW] for i in range(5)])
+    np.testing.assert_allclose(scorer.predict_proba(batch), window_expected(batch), atol=1e-6)
+
+
+def test_tabular_scorer_has_window_one(tmp_path):
+    """A [N, n_features] input is a tabular model: window 1."""
+    assert OnnxScorer(sigmoid_model(tmp_path / "m.onnx", ["N", 1])).window == 1
+
+
+def test_window_scorer_rejects_rows(tmp_path):
+    """Feeding 2-D rows to a sequence model names the window shape it needs."""
+    scorer = OnnxScorer(window_model(tmp_path / "w.onnx"))
+    with pytest.raises(InvalidInputError, match=rf"shape \(n, {WINDOW}, {N_FEATURES}\)"):
+        scorer.predict_proba(SERIES)
+
+
+@pytest.mark.parametrize(
+    "dims", [["N", "W", N_FEATURES], ["N", WINDOW, N_FEATURES, 1]], ids=["dynamic", "rank4"]
+)
+def test_scorer_rejects_unusable_inputs(tmp_path, dims):
+    """Inputs whose window or width is not fixed, or of another rank, are refused at load."""
+    if len(dims) == 4:
+        path = tmp_path / "r4.onnx"
+        graph = helper.make_graph(
+            [helper.make_node("Identity", ["input"], ["p_up"])],
+            "rank4",
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, dims)],
+            [helper.make_tensor_value_info("p_up", TensorProto.FLOAT, dims)],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)], ir_version=8)
+        onnx.save(model, str(path))
+    else:
+        path = window_model(tmp_path / "dyn.onnx", dims)
+    with pytest.raises(InvalidInputError, match=r"input must be .* with fixed sizes"):
+        OnnxScorer(path)
+
+
+def test_predict_latest_scores_the_last_window(tmp_path):
+    """predict_latest uses exactly the last `window` rows: older rows, even NaN, are ignored."""
+    scorer = OnnxScorer(window_model(tmp_path / "w.onnx"))
+    rows = SERIES.copy()
+    rows[0, 1] = np.nan
+    expected = window_expected(SERIES[None, -WINDOW:])[0]
+    assert scorer.predict_latest(rows) == pytest.approx(expected, abs=1e-6)
+    assert scorer.predict_latest(rows[-WINDOW:]) == scorer.predict_latest(rows)
+
+
+def test_predict_latest_on_a_tabular_model_scores_the_last_row(tmp_path):
+    """For window 1, predict_latest is P(up) of the last row alone."""
+    scorer = OnnxScorer(sigmoid_model(tmp_path / "m.onnx", ["N", 1]))
+    assert scorer.predict_latest(ROWS) == pytest.approx(expected(ROWS[-1:])[0], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (SERIES[: WINDOW - 1], f"needs the last {WINDOW} feature rows, got {WINDOW - 1}"),
+        (SERIES[:, :2], rf"shape \(rows, {N_FEATURES}\)"),
+        (SERIES[0], rf"shape \(rows, {N_FEATURES}\)"),
+        (
+            np.where(np.arange(10)[:, None] == 8, np.inf, SERIES),
+            r"feature row 8 \(of 10\) has a non-finite value in feature 0: inf",
+        ),
+    ],
+    ids=["too-few", "too-narrow", "1-D", "non-finite"],
+)
+def test_predict_latest_rejects_unusable_rows(tmp_path, rows, message):
+    """Too few rows, the wrong width or a non-finite value in the window is a clear error."""
+    scorer = OnnxScorer(window_model(tmp_path / "w.onnx"))
+    with pytest.raises(InvalidInputError, match=message):
+        scorer.predict_latest(rows)
+
+
+class WindowModel:
+    """A native sequence model whose probabilities match window_model's exactly."""
+
+    trainer = "window"
+    n_params = 3
+    n_features = N_FEATURES
+    window = WINDOW
+    params: Mapping[str, Any] = {}
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        return window_expected(np.asarray(x))
+
+    def export_onnx(self, path: Path) -> None:
+        window_model(path)
+
+
+def test_check_parity_on_windows(tmp_path):
+    """Parity of a sequence model is measured on windows, with the same tolerance rule."""
+    model = WindowModel()
+    path = tmp_path / "w.onnx"
+    model.export_onnx(path)
+    batch = np.stack([SERIES[i : i + WINDOW] for i in range(6)])
+    assert check_parity(model, path, batch, tolerance=1e-4) < 1e-6

@@ -1,4 +1,4 @@
-"""train_symbol end to end: real features, xgboost, ONNX files and onnxruntime."""
+"""train_symbol end to end: real features, xgboost and torch, ONNX files and onnxruntime."""
 
 from __future__ import annotations
 
@@ -13,15 +13,25 @@ import pytest
 
 import trainers.base
 from monitors.base import Action, MonitorWarning
-from trainers.base import Dataset
-from trainers.errors import InsufficientDataError
+from trainers.base import TRAINERS
+from trainers.dataset import Dataset, sequence_windows
+from trainers.errors import InsufficientDataError, InvalidInputError
 from trainers.features import FEATURE_SPEC, training_matrix
 from trainers.metrics import classification_metrics
 from trainers.pipeline import TrainConfig, TrainResult, train_symbol
+from trainers.repro import config_sha256
 from trainers.splits import chronological_split
 from trainers.synthetic import MarketSpec, generate_bars
 
-CONFIG = TrainConfig(trainers=("xgboost",), trainer_params={"xgboost": {"n_estimators": 200}})
+# A sequence model beside xgboost, both small; the signal run is the chosen one's
+# full path (windows, ONNX, walk-forward). Other tests use XGB alone to stay fast.
+CONFIG = TrainConfig(
+    trainers=("xgboost", "lstm"),
+    trainer_params={"xgboost": {"n_estimators": 200}, "lstm": {"preset": "tiny"}},
+)
+XGB = TrainConfig(
+    trainers=("xgboost",), trainer_params={"xgboost": {"preset": "tiny"}}, walk_forward_folds=0
+)
 
 
 def bars(seed: int, strength: float, n: int = 3000):
@@ -43,13 +53,17 @@ def signal_run(tmp_path_factory) -> tuple[TrainResult, Path]:
 
 
 def test_planted_signal_passes_and_writes_artifacts(signal_run):
-    """On learnable bars the candidate passes, and only model.onnx + metadata.json remain."""
+    """On learnable bars the best-scoring passing candidate is chosen; only its files remain."""
     result, out = signal_run
     assert result.passed, result.reason
-    assert result.chosen == "xgboost"
+    candidates = result.metadata["candidates"]
+    assert [c["trainer"] for c in candidates] == ["xgboost", "lstm"]
+    assert all(c["passed"] for c in candidates)
+    best = max(candidates, key=lambda c: c["score"])
+    assert result.chosen == best["trainer"]
     assert result.model_path == out / "model.onnx"
     assert sorted(p.name for p in out.iterdir()) == ["metadata.json", "model.onnx"]
-    assert result.reason.startswith("chose xgboost")
+    assert result.reason.startswith(f"chose {best['trainer']}")
 
 
 def test_metadata_file_is_strict_json_and_matches_result(signal_run):
@@ -59,8 +73,8 @@ def test_metadata_file_is_strict_json_and_matches_result(signal_run):
     assert meta == result.metadata
     for key in (
         "symbol", "trainer", "params", "seed", "data", "feature_spec", "split", "metrics",
-        "baseline", "candidates", "gates", "warnings", "onnx", "timings", "code_version",
-        "created_at", "passed", "reason",
+        "walk_forward", "baseline", "candidates", "gates", "warnings", "onnx", "timings",
+        "config", "config_sha256", "code_version", "created_at", "passed", "reason",
     ):  # fmt: skip
         assert key in meta, key
     assert meta["symbol"] == "BTCUSDT"
@@ -71,17 +85,24 @@ def test_metadata_file_is_strict_json_and_matches_result(signal_run):
     assert meta["created_at"].endswith("Z")
     assert all(g["passed"] for g in meta["gates"])
     assert {g["gate"] for g in meta["gates"]} >= {"train_val_gap", "beats_baseline", "onnx_parity"}
+    chosen = next(c for c in meta["candidates"] if c["trainer"] == meta["trainer"])
     assert meta["onnx"]["parity_max_abs_diff"] <= 1e-4
-    assert meta["onnx"]["window"] == 1
+    assert meta["onnx"]["window"] == chosen["window"] == chosen["params"]["window"]
+    assert meta["onnx"]["n_features"] == len(FEATURE_SPEC.names)
+    assert meta["walk_forward"] == chosen["walk_forward"]
     assert meta["timings"]["total_seconds"] > 0
-    (candidate,) = meta["candidates"]
-    assert candidate["error"] is None
-    assert candidate["n_params"] > 0
-    assert candidate["timings"]["fit_seconds"] > 0
+    assert meta["config"] == CONFIG.to_dict()
+    assert meta["config_sha256"] == config_sha256(CONFIG.to_dict())
+    assert meta["code_version"]["torch"]  # a torch candidate ran, so its version is pinned
+    for candidate in meta["candidates"]:
+        assert candidate["error"] is None
+        assert candidate["n_params"] > 0
+        assert candidate["timings"]["fit_seconds"] > 0
+        assert candidate["params"]["seed"] == 0
 
 
 def test_onnxruntime_reproduces_recorded_test_metrics(signal_run):
-    """Scoring the recorded test rows with model.onnx in onnxruntime gives the recorded metrics."""
+    """Scoring the recorded test rows' windows with model.onnx gives the recorded metrics."""
     _, out = signal_run
     meta = strict_json(out / "metadata.json")
     m = training_matrix(bars(1, 1.0))
@@ -93,39 +114,96 @@ def test_onnxruntime_reproduces_recorded_test_metrics(signal_run):
         embargo=s["embargo"],
     )
     assert [split.test.start, split.test.stop] == s["test"]
-    x = m.X[split.test].astype(np.float32)
-    recorded = meta["metrics"]["test"]
-    for threads in (1, 0):  # 1: bit-identical; 0 (all cores): tree sums may round differently
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        session = ort.InferenceSession(
-            str(out / "model.onnx"), options, providers=["CPUExecutionProvider"]
-        )
-        (probabilities,) = session.run([meta["onnx"]["output"]], {meta["onnx"]["input"]: x})
-        proba = probabilities[:, 1].astype(np.float64)
-        recomputed = classification_metrics(m.y[split.test], proba, m.fwd_returns[split.test])
-        if threads == 1:
-            assert recomputed == recorded
-        else:
-            assert recomputed == pytest.approx(recorded, rel=1e-6)
+    window = meta["onnx"]["window"]
+    assert window > 1  # the LSTM wins on these bars: this covers the windowed path
+    x = sequence_windows(m.X.astype(np.float32), split.test, window)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(
+        str(out / "model.onnx"), options, providers=["CPUExecutionProvider"]
+    )
+    (probabilities,) = session.run([meta["onnx"]["output"]], {meta["onnx"]["input"]: x})
+    proba = probabilities[:, -1].astype(np.float64)
+    recomputed = classification_metrics(m.y[split.test], proba, m.fwd_returns[split.test])
+    assert recomputed == meta["metrics"]["test"]
     assert meta["metrics"]["test"]["accuracy"] > meta["baseline"]["metrics"]["test"]["accuracy"]
 
 
 def test_same_inputs_same_metadata(signal_run, tmp_path):
-    """A second run on the same bars and seed records the same metrics and parameters."""
+    """A second run on the same bars and config records the same metrics, params and hashes."""
     result, _ = signal_run
     again = train_symbol("BTCUSDT", bars(1, 1.0), CONFIG, tmp_path)
-    assert again.metadata["metrics"] == result.metadata["metrics"]
-    assert again.metadata["params"] == result.metadata["params"]
-    assert again.metadata["data"] == result.metadata["data"]
+    for key in ("metrics", "params", "data", "walk_forward", "config_sha256"):
+        assert again.metadata[key] == result.metadata[key], key
+    for first, second in zip(
+        result.metadata["candidates"], again.metadata["candidates"], strict=True
+    ):
+        assert first["metrics"] == second["metrics"]
 
 
-# Seeds whose runs fail by a clear margin; about 4 in 10 random-walk seeds pass these gates.
-@pytest.mark.parametrize("seed", [4, 24, 27])
+def test_config_hash_tracks_every_setting():
+    """The config hash is stable for equal configs and changes with any setting."""
+    base = TrainConfig()
+    assert config_sha256(base.to_dict()) == config_sha256(TrainConfig().to_dict())
+    for changed in (
+        TrainConfig(seed=1),
+        TrainConfig(walk_forward_folds=0),
+        TrainConfig(augment=True),
+        TrainConfig(trainer_params={"tcn": {"preset": "deep"}}),
+    ):
+        assert config_sha256(changed.to_dict()) != config_sha256(base.to_dict())
+
+
+def test_default_candidates_and_folds():
+    """By default xgboost, tcn and lstm compete, with three walk-forward folds."""
+    config = TrainConfig()
+    assert config.trainers == ("xgboost", "tcn", "lstm")
+    assert config.walk_forward_folds == 3
+    assert config.augment is False
+    assert set(config.trainers) <= set(TRAINERS)
+
+
+def test_walk_forward_needs_two_folds_or_none():
+    """One fold cannot measure stability: it is refused with the setting's name."""
+    with pytest.raises(
+        InvalidInputError, match=r"walk_forward_folds must be 0 \(off\) or >= 2, got 1"
+    ):
+        TrainConfig(walk_forward_folds=1)
+
+
+def test_augment_reaches_every_candidate_but_not_the_baseline(tmp_path):
+    """TrainConfig.augment turns on augmentation in each candidate, never in the baseline."""
+    config = TrainConfig(
+        trainers=("xgboost",),
+        trainer_params={"xgboost": {"preset": "tiny"}},
+        walk_forward_folds=0,
+        augment=True,
+    )
+    result = train_symbol("BTCUSDT", bars(1, 1.0, n=540), config, tmp_path)
+    (candidate,) = result.metadata["candidates"]
+    assert candidate["error"] is None
+    assert candidate["params"]["augment"] is True
+    start, stop = result.metadata["split"]["train"]
+    assert 200 <= stop - start < 300  # small enough to double
+    assert candidate["params"]["train_samples"] == 2 * (stop - start)
+    assert "augment" not in result.metadata["baseline"]["params"]
+
+
+ALL_CANDIDATES = tuple(sorted(set(TRAINERS) - {"naive"}))
+
+
+# Two random-walk seeds, every trainer: the significance gate bounds each candidate's chance
+# of a false pass near alpha (5%); on these bars all 12 candidates fail by a margin.
+@pytest.mark.parametrize("seed", [4, 24])
 def test_random_walk_is_rejected(seed, tmp_path):
-    """On a pure random walk the gates reject: metadata is written, no model.onnx remains."""
+    """On a pure random walk the gates reject every trainer: metadata only, no model.onnx."""
+    config = TrainConfig(
+        trainers=ALL_CANDIDATES,
+        trainer_params={name: {"preset": "tiny"} for name in ALL_CANDIDATES},
+        walk_forward_folds=0,
+    )
     (tmp_path / "model.onnx").write_bytes(b"stale model from an earlier run")
-    result = train_symbol("BTCUSDT", bars(seed, 0.0), CONFIG, tmp_path)
+    result = train_symbol("BTCUSDT", bars(seed, 0.0), config, tmp_path)
     assert not result.passed
     assert result.chosen is None
     assert result.model_path is None
@@ -134,11 +212,13 @@ def test_random_walk_is_rejected(seed, tmp_path):
     assert meta["passed"] is False
     assert meta["trainer"] is None
     assert meta["onnx"] is None
-    (candidate,) = meta["candidates"]
-    failed = [g for g in candidate["gates"] if not g["passed"]]
-    assert failed
+    assert [c["trainer"] for c in meta["candidates"]] == list(ALL_CANDIDATES)
+    for candidate in meta["candidates"]:
+        assert candidate["error"] is None, candidate["error"]
+        failed = [g for g in candidate["gates"] if not g["passed"]]
+        assert "beats_baseline_significant" in {g["gate"] for g in failed}
+        assert failed[0]["reason"] in result.reason
     assert result.reason.startswith("no candidate passed the gates")
-    assert failed[0]["reason"] in result.reason
 
 
 class ExplodingTrainer:
@@ -154,7 +234,9 @@ def test_failing_candidate_is_recorded_and_others_proceed(tmp_path, monkeypatch)
     """A candidate that raises is recorded with its error; the next one is trained and chosen."""
     registry = {**trainers.base.TRAINERS, "exploding": ExplodingTrainer}
     monkeypatch.setattr(trainers.base, "TRAINERS", registry)
-    config = TrainConfig(trainers=("exploding", "xgboost"), trainer_params=CONFIG.trainer_params)
+    config = TrainConfig(
+        trainers=("exploding", "xgboost"), trainer_params=XGB.trainer_params, walk_forward_folds=0
+    )
     result = train_symbol("BTCUSDT", bars(1, 1.0), config, tmp_path)
     assert result.passed
     assert result.chosen == "xgboost"
@@ -189,9 +271,7 @@ class AbortingMonitor:
 
 def test_monitor_abort_fails_the_candidate_with_its_warnings(tmp_path):
     """An aborted candidate is recorded with TrainingAborted and the monitor's warnings."""
-    result = train_symbol(
-        "BTCUSDT", bars(1, 1.0), CONFIG, tmp_path, monitor_factory=AbortingMonitor
-    )
+    result = train_symbol("BTCUSDT", bars(1, 1.0), XGB, tmp_path, monitor_factory=AbortingMonitor)
     assert not result.passed
     (candidate,) = result.metadata["candidates"]
     assert candidate["error"]["type"] == "TrainingAborted"
@@ -205,5 +285,5 @@ def test_monitor_abort_fails_the_candidate_with_its_warnings(tmp_path):
 def test_too_few_bars_raises(tmp_path):
     """Bars too few for a split raise InsufficientDataError and write nothing."""
     with pytest.raises(InsufficientDataError):
-        train_symbol("BTCUSDT", bars(1, 1.0, n=200), CONFIG, tmp_path / "out")
+        train_symbol("BTCUSDT", bars(1, 1.0, n=200), XGB, tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -1,10 +1,11 @@
-"""Conformance checks run over every registered trainer, plus trainer-specific behaviour."""
+"""Conformance checks run over every registered trainer, plus xgboost and baseline specifics."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,7 +18,8 @@ from monitors.base import (
     NullMonitor,
     default_monitor,
 )
-from trainers.base import TRAINERS, Dataset, make_trainer
+from trainers.base import TRAINERS, FittedModel, make_trainer
+from trainers.dataset import Dataset
 from trainers.errors import (
     InsufficientDataError,
     InvalidInputError,
@@ -33,8 +35,14 @@ from trainers.synthetic import MarketSpec, generate_bars
 # Small settings keep the suite fast; every trainer name must appear here.
 SMALL_PARAMS: Mapping[str, Mapping[str, object]] = {
     "naive": {},
-    "xgboost": {"n_estimators": 60, "n_jobs": 1},
+    "xgboost": {"preset": "tiny"},
+    "lstm": {"preset": "tiny"},
+    "tcn": {"preset": "tiny"},
+    "attention_lstm": {"preset": "tiny"},
+    "cnn_lstm": {"preset": "tiny"},
+    "mlp": {"preset": "tiny"},
 }
+TORCH_TRAINERS = ("lstm", "tcn", "attention_lstm", "cnn_lstm", "mlp")
 
 
 def dataset(n_bars: int, *, seed: int, strength: float) -> Dataset:
@@ -49,29 +57,21 @@ def dataset(n_bars: int, *, seed: int, strength: float) -> Dataset:
     return Dataset.from_split(m.X, m.y, split)
 
 
-@pytest.fixture(scope="module")
-def data() -> Dataset:
-    return dataset(900, seed=3, strength=1.0)
-
-
-def small(name: str):
-    return make_trainer(name, **SMALL_PARAMS[name])
-
-
-def test_every_trainer_has_small_params():
-    """The conformance suite covers every registered trainer."""
-    assert set(SMALL_PARAMS) == set(TRAINERS)
+def small(name: str, **extra: Any):
+    return make_trainer(name, **SMALL_PARAMS[name], **extra)
 
 
 class RecordingMonitor:
-    """Records every step; returns a fixed action from step ``act_at`` on."""
+    """Records every step and its extra keys; returns a fixed action from step ``act_at`` on."""
 
     def __init__(self, action: Action = Action.CONTINUE, act_at: int = 0) -> None:
         self.steps: list[tuple[int, float, float | None]] = []
+        self.extras: list[dict[str, float]] = []
         self.action, self.act_at = action, act_at
 
     def on_step(self, step, train_loss, val_loss, extra=None):
         self.steps.append((step, train_loss, val_loss))
+        self.extras.append(dict(extra or {}))
         if self.action is not Action.CONTINUE and step >= self.act_at:
             return self.action
         return Action.CONTINUE
@@ -81,67 +81,115 @@ class RecordingMonitor:
         return ()
 
 
+@pytest.fixture(scope="module")
+def data() -> Dataset:
+    return dataset(900, seed=3, strength=1.0)
+
+
+@pytest.fixture(scope="module")
+def pristine(data) -> dict[str, Any]:
+    """Copies of every Dataset field, taken before any trainer saw it."""
+    return {f.name: _copy(getattr(data, f.name)) for f in dataclasses.fields(data)}
+
+
+def _copy(value: Any) -> Any:
+    return value.copy() if isinstance(value, np.ndarray) else value
+
+
+@pytest.fixture(scope="module")
+def fitted(data, pristine) -> Callable[[str], tuple[FittedModel, RecordingMonitor]]:
+    """One fit per trainer (seed 0, recorded), shared by the checks that only read it."""
+    cache: dict[str, tuple[FittedModel, RecordingMonitor]] = {}
+
+    def get(name: str) -> tuple[FittedModel, RecordingMonitor]:
+        if name not in cache:
+            monitor = RecordingMonitor()
+            cache[name] = (small(name).fit(data, monitor, seed=0), monitor)
+        return cache[name]
+
+    return get
+
+
+def test_every_trainer_has_small_params():
+    """The conformance suite covers every registered trainer."""
+    assert set(SMALL_PARAMS) == set(TRAINERS)
+
+
 # --- conformance: every trainer -------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", sorted(TRAINERS))
-def test_fit_predicts_probabilities(name, data):
-    """A fitted model returns one float64 P(up) in [0, 1] per row and names its trainer."""
-    model = small(name).fit(data, default_monitor(), seed=0)
-    proba = model.predict_proba(data.X_test)
-    assert proba.shape == (len(data.X_test),)
+def test_fit_predicts_probabilities(name, data, fitted):
+    """A fitted model returns one float64 P(up) in [0, 1] per test row and describes itself."""
+    model, _ = fitted(name)
+    proba = model.predict_proba(data.inputs("test", model.window))
+    assert proba.shape == (len(data.y_test),)
     assert proba.dtype == np.float64
     assert np.all((proba >= 0) & (proba <= 1))
     assert model.trainer == name
     assert model.n_params >= 1
+    assert model.n_features == data.n_features
+    assert model.window >= 1
     assert isinstance(model.params, Mapping)
 
 
 @pytest.mark.parametrize("name", sorted(TRAINERS))
-def test_onnx_export_has_parity(name, data, tmp_path):
-    """The ONNX export reproduces native probabilities within 1e-4 at any batch size."""
-    model = small(name).fit(data, default_monitor(), seed=0)
+def test_onnx_export_has_parity(name, data, fitted, tmp_path):
+    """The ONNX export takes the model's input shape and reproduces it within 1e-4 at any batch."""
+    model, _ = fitted(name)
     path = tmp_path / "model.onnx"
     model.export_onnx(path)
-    assert check_parity(model, path, data.X_test, tolerance=1e-4) <= 1e-4
+    x = data.inputs("test", model.window)
+    assert check_parity(model, path, x, tolerance=1e-4) <= 1e-4
     scorer = OnnxScorer(path)
-    assert scorer.n_features == data.n_features
-    for rows in (data.X_test[:1], data.X_test[:7]):
+    assert (scorer.n_features, scorer.window) == (data.n_features, model.window)
+    for rows in (x[:1], x[:7]):
         np.testing.assert_allclose(scorer.predict_proba(rows), model.predict_proba(rows), atol=1e-4)
+    # Live scoring feeds trailing feature rows; the last one's P(up) is the last window's.
+    stop = data.split.test.stop
+    latest = scorer.predict_latest(data.features[stop - model.window - 3 : stop])
+    assert latest == pytest.approx(float(scorer.predict_proba(x[-1:])[0]), abs=1e-7)
 
 
 @pytest.mark.parametrize("name", sorted(TRAINERS))
-def test_same_seed_same_result(name, data):
-    """Two fits with the same data and seed give identical predictions and metrics."""
-    runs = [small(name).fit(data, default_monitor(), seed=7) for _ in range(2)]
-    probas = [m.predict_proba(data.X_test) for m in runs]
-    assert np.array_equal(probas[0], probas[1])
-    assert classification_metrics(data.y_test, probas[0]) == classification_metrics(
-        data.y_test, probas[1]
-    )
+def test_same_seed_same_result(name, data, fitted):
+    """A second fit with the same data and seed gives identical predictions and metrics."""
+    first, _ = fitted(name)
+    again = small(name).fit(data, NullMonitor(), seed=0)
+    x = data.inputs("test", first.window)
+    p1, p2 = first.predict_proba(x), again.predict_proba(x)
+    assert np.array_equal(p1, p2)
+    assert classification_metrics(data.y_test, p1) == classification_metrics(data.y_test, p2)
 
 
 @pytest.mark.parametrize("name", sorted(TRAINERS))
-def test_does_not_mutate_inputs(name, data):
-    """Fitting and predicting leave every input array unchanged."""
-    before = {f.name: getattr(data, f.name).copy() for f in dataclasses.fields(data)}
-    model = small(name).fit(data, default_monitor(), seed=0)
-    model.predict_proba(data.X_val)
-    for field, original in before.items():
-        assert np.array_equal(getattr(data, field), original), field
+def test_does_not_mutate_inputs(name, data, pristine, fitted):
+    """Fitting and predicting leave every Dataset array unchanged."""
+    model, _ = fitted(name)
+    model.predict_proba(data.inputs("val", model.window))
+    for field, original in pristine.items():
+        current = getattr(data, field)
+        if isinstance(original, np.ndarray):
+            assert np.array_equal(current, original), field
+        else:
+            assert current == original, field
 
 
 @pytest.mark.parametrize("name", sorted(TRAINERS))
-def test_reports_steps_to_monitor(name, data):
-    """Every trainer reports at least one step with finite train and val losses."""
-    monitor = RecordingMonitor()
-    small(name).fit(data, monitor, seed=0)
-    assert monitor.steps
-    step, train_loss, val_loss = monitor.steps[0]
-    assert step == 0
-    assert math.isfinite(train_loss)
-    assert val_loss is not None
-    assert math.isfinite(val_loss)
+def test_reports_steps_to_monitor(name, fitted):
+    """Every step reaches the monitor in order with finite losses and train/val accuracies."""
+    _, monitor = fitted(name)
+    assert [s[0] for s in monitor.steps] == list(range(len(monitor.steps)))
+    for (_, train_loss, val_loss), extra in zip(monitor.steps, monitor.extras, strict=True):
+        assert math.isfinite(train_loss)
+        assert val_loss is not None
+        assert math.isfinite(val_loss)
+        assert 0.0 <= extra["train_accuracy"] <= 1.0
+        assert 0.0 <= extra["val_accuracy"] <= 1.0
+    if name in TORCH_TRAINERS:
+        assert all(e["grad_norm"] > 0 and e["lr"] > 0 for e in monitor.extras)
+    if name == "xgboost":
+        assert all(e["lr"] == 0.1 for e in monitor.extras)  # the tiny preset's learning rate
 
 
 @pytest.mark.parametrize("name", sorted(TRAINERS))
@@ -154,11 +202,17 @@ def test_monitor_abort_raises(name, data):
 
 
 @pytest.mark.parametrize("name", sorted(TRAINERS))
-def test_predict_rejects_wrong_width(name, data):
-    """Scoring rows with the wrong number of features raises a clear InvalidInputError."""
-    model = small(name).fit(data, default_monitor(), seed=0)
-    with pytest.raises(InvalidInputError, match=rf"shape \(n, {data.n_features}\)"):
-        model.predict_proba(data.X_test[:, :-1])
+def test_predict_rejects_wrong_width(name, data, fitted):
+    """Inputs with the wrong number of features raise InvalidInputError naming the shape."""
+    model, _ = fitted(name)
+    x = data.inputs("test", model.window)[..., :-1]
+    expected = (
+        rf"shape \(n, {data.n_features}\)"
+        if model.window == 1
+        else rf"shape \(n, {model.window}, {data.n_features}\)"
+    )
+    with pytest.raises(InvalidInputError, match=expected):
+        model.predict_proba(x)
 
 
 @pytest.mark.parametrize("name", sorted(TRAINERS))
@@ -169,61 +223,90 @@ def test_trainer_documents_itself(name):
     assert type(trainer).__doc__
 
 
-def _replace(data: Dataset, **changes: object) -> Dataset:
-    return dataclasses.replace(data, **changes)  # type: ignore[arg-type]
+@pytest.mark.parametrize("name", sorted(set(TRAINERS) - {"naive"}))
+def test_rejects_unknown_parameter_and_preset(name):
+    """A misspelt hyperparameter or preset fails at construction, listing the valid ones."""
+    with pytest.raises(InvalidInputError, match=rf"{name}: unknown parameter\(s\) hiden; valid: "):
+        make_trainer(name, hiden=3)
+    with pytest.raises(InvalidInputError, match=r"unknown preset 'huge'; valid presets: tiny, "):
+        make_trainer(name, preset="huge")
 
 
-def _with_nan(x: np.ndarray) -> np.ndarray:
+def _with(data: Dataset, **changes: Any) -> Dataset:
+    return dataclasses.replace(data, **changes)
+
+
+def _split(data: Dataset, **parts: slice) -> Dataset:
+    return _with(data, split=dataclasses.replace(data.split, **parts))
+
+
+def _nan_at(x: np.ndarray, row: int, col: int) -> np.ndarray:
     x = x.copy()
-    x[3, 2] = np.nan
+    x[row, col] = np.nan
     return x
+
+
+def _label_at(y: np.ndarray, row: int, value: float) -> np.ndarray:
+    y = y.copy()
+    y[row] = value
+    return y
 
 
 BAD_INPUTS: dict[str, tuple[Callable[[Dataset], Dataset], type[Exception], str]] = {
     "too few train rows": (
-        lambda d: _replace(d, X_train=d.X_train[:5], y_train=d.y_train[:5]),
+        lambda d: _split(d, train=slice(0, 5)),
         InsufficientDataError,
         "train split: have 5",
     ),
     "too few test rows": (
-        lambda d: _replace(d, X_test=d.X_test[:2], y_test=d.y_test[:2]),
+        lambda d: _split(d, test=slice(d.split.test.start, d.split.test.start + 2)),
         InsufficientDataError,
         "test split: have 2",
     ),
     "NaN feature": (
-        lambda d: _replace(d, X_val=_with_nan(d.X_val)),
+        lambda d: _with(d, features=_nan_at(d.features, d.split.val.start + 3, 2)),
         InvalidInputError,
-        "X_val has 1 non-finite values",
+        r"features have 1 non-finite values \(first at row \d+ in the val split, feature 2: nan",
     ),
     "1-D features": (
-        lambda d: _replace(d, X_train=d.X_train[:, 0].copy()),
+        lambda d: _with(d, features=d.features[:, 0].copy()),
         InvalidInputError,
-        "X_train must be a 2-D array",
+        "features must be a 2-D array",
     ),
-    "feature count differs": (
-        lambda d: _replace(d, X_test=d.X_test[:, :-1].copy()),
+    "3-D features": (
+        lambda d: _with(d, features=d.features[:, :, None].copy()),
         InvalidInputError,
-        "X_test has .* features, X_train has",
+        "features must be a 2-D array",
     ),
     "label count differs": (
-        lambda d: _replace(d, y_train=d.y_train[:-1]),
+        lambda d: _with(d, labels=d.labels[:-1]),
         InvalidInputError,
-        "y_train has .* labels for .* rows",
+        "labels has .* entries for .* feature rows",
     ),
     "label 2": (
-        lambda d: _replace(d, y_val=np.where(np.arange(len(d.y_val)) == 4, 2.0, d.y_val)),
+        lambda d: _with(d, labels=_label_at(d.labels, d.split.val.start + 4, 2.0)),
         InvalidInputError,
-        "y_val labels must be 0 or 1; got np.float64\\(2.0\\) at row 4",
+        r"labels must be 0 or 1; got 2.0 at row \d+ in the val split",
     ),
     "float64 features": (
-        lambda d: _replace(d, X_train=d.X_train.astype(np.float64)),
+        lambda d: _with(d, features=d.features.astype(np.float64)),
         InvalidInputError,
-        "X_train must be float32",
+        "features must be float32",
     ),
     "single class": (
-        lambda d: _replace(d, y_train=np.zeros_like(d.y_train)),
+        lambda d: _with(d, labels=np.zeros_like(d.labels)),
         InvalidInputError,
-        "y_train has a single class",
+        "the train split has a single class",
+    ),
+    "split past the rows": (
+        lambda d: _split(d, test=slice(d.split.test.start, len(d.labels) + 10)),
+        InvalidInputError,
+        r"split.test .* is outside the \d+ feature rows",
+    ),
+    "parts out of order": (
+        lambda d: _split(d, val=slice(d.split.train.start, d.split.train.start + 50)),
+        InvalidInputError,
+        "split parts must be in time order",
     ),
 }
 
@@ -237,6 +320,27 @@ def test_rejects_bad_input(name, case, data):
         small(name).fit(corrupt(data), default_monitor(), seed=0)
 
 
+# --- planted signal: every trainer learns it -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def signal_data() -> Dataset:
+    return dataset(4000, seed=1, strength=1.0)
+
+
+@pytest.mark.parametrize("name", sorted(set(TRAINERS) - {"naive"}))
+def test_beats_naive_on_planted_signal(name, signal_data):
+    """On bars with a planted AR(1) signal every trainer clearly beats the naive baseline."""
+    d = signal_data
+    model = small(name).fit(d, default_monitor(), seed=0)
+    naive = make_trainer("naive").fit(d, default_monitor(), seed=0)
+    acc = classification_metrics(d.y_test, model.predict_proba(d.inputs("test", model.window)))
+    base = classification_metrics(d.y_test, naive.predict_proba(d.X_test))
+    assert acc["accuracy"] is not None
+    assert base["accuracy"] is not None
+    assert acc["accuracy"] > base["accuracy"] + 0.05
+
+
 # --- registry -----------------------------------------------------------------------
 
 
@@ -244,7 +348,10 @@ def test_unknown_trainer_lists_valid_names():
     """An unknown trainer name raises UnknownTrainerError listing every valid name."""
     with pytest.raises(UnknownTrainerError) as info:
         make_trainer("lightgbm")
-    assert str(info.value) == "unknown trainer 'lightgbm'; valid names: naive, xgboost"
+    assert str(info.value) == (
+        "unknown trainer 'lightgbm'; valid names: "
+        "attention_lstm, cnn_lstm, lstm, mlp, naive, tcn, xgboost"
+    )
     assert isinstance(info.value, KeyError)
 
 
@@ -255,18 +362,6 @@ def test_registry_is_read_only():
 
 
 # --- xgboost --------------------------------------------------------------------------
-
-
-def test_xgboost_beats_naive_on_planted_signal():
-    """On learnable bars xgboost's test accuracy clearly beats the naive baseline's."""
-    d = dataset(2500, seed=1, strength=1.0)
-    xgb = make_trainer("xgboost", n_estimators=150).fit(d, default_monitor(), seed=0)
-    naive = make_trainer("naive").fit(d, default_monitor(), seed=0)
-    acc_xgb = classification_metrics(d.y_test, xgb.predict_proba(d.X_test))["accuracy"]
-    acc_naive = classification_metrics(d.y_test, naive.predict_proba(d.X_test))["accuracy"]
-    assert acc_xgb is not None
-    assert acc_naive is not None
-    assert acc_xgb > acc_naive + 0.05
 
 
 def test_xgboost_monitor_stop_ends_boosting(data):
@@ -288,19 +383,58 @@ def test_xgboost_early_stopping_keeps_best_round(data):
     assert model.params["n_rounds"] == int(np.argmin(val_losses)) + 1
 
 
+def test_xgboost_reports_true_accuracies(data):
+    """The accuracies xgboost reports per round are those of its predictions at that round."""
+    monitor = RecordingMonitor(Action.STOP, act_at=2)
+    model = make_trainer("xgboost", early_stopping_rounds=50).fit(data, monitor, seed=0)
+    assert model.params["n_rounds"] == 3  # STOP at round 2 keeps rounds 0..2 (no early stop)
+    last = monitor.extras[-1]
+    for part in ("train", "val"):
+        acc = classification_metrics(data.y(part), model.predict_proba(data.inputs(part, 1)))[
+            "accuracy"
+        ]
+        assert last[f"{part}_accuracy"] == pytest.approx(acc, abs=1e-6)
+
+
 def test_xgboost_seed_changes_subsampling(data):
     """Different seeds give different models (row/column subsampling is seeded)."""
     a, b = (make_trainer("xgboost", n_estimators=60).fit(data, NullMonitor(), s) for s in (0, 1))
     assert not np.array_equal(a.predict_proba(data.X_test), b.predict_proba(data.X_test))
 
 
+def test_xgboost_presets_set_capacity():
+    """Presets grow from tiny to deep, and explicit keywords override the preset's value."""
+    tiny, light, deep = (
+        make_trainer("xgboost", preset=p).params for p in ("tiny", "lightweight", "deep")
+    )
+    assert tiny["n_estimators"] < light["n_estimators"] < deep["n_estimators"]
+    assert tiny["max_depth"] < light["max_depth"] < deep["max_depth"]
+    assert make_trainer("xgboost", preset="deep", max_depth=2).params["max_depth"] == 2
+
+
 @pytest.mark.parametrize(
-    ("param", "value"), [("n_estimators", 0), ("early_stopping_rounds", 0), ("n_jobs", 0)]
+    ("param", "value", "rule"),
+    [
+        ("n_estimators", 0, "an integer >= 1"),
+        ("early_stopping_rounds", 0, "an integer >= 1"),
+        ("n_jobs", 0, "an integer >= 1"),
+        ("learning_rate", 0.0, r"in \(0, 1\]"),
+        ("subsample", 1.5, r"in \(0, 1\]"),
+        ("reg_lambda", -1.0, ">= 0"),
+    ],
 )
-def test_xgboost_rejects_bad_params(param, value):
+def test_xgboost_rejects_bad_params(param, value, rule):
     """Nonsense hyperparameters fail at construction with the parameter's name and value."""
-    with pytest.raises(InvalidInputError, match=f"{param} must be >= 1, got {value}"):
+    with pytest.raises(InvalidInputError, match=rf"{param} must be {rule}, got {value}"):
         make_trainer("xgboost", **{param: value})
+
+
+def test_naive_reports_its_accuracy(data):
+    """The baseline reports the accuracy of always predicting its majority class."""
+    monitor = RecordingMonitor()
+    model = make_trainer("naive").fit(data, monitor, seed=0)
+    up = model.params["p_up"] >= 0.5
+    assert monitor.extras[0]["val_accuracy"] == pytest.approx(float(np.mean(data.y_val == up)))
 
 
 # --- monitor protocol as trainers rely on it -----------------------------------------

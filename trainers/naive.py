@@ -17,7 +17,8 @@ import onnx
 from onnx import TensorProto, helper
 
 from monitors.base import Action, TrainingMonitor
-from trainers.base import Dataset, abort_reason, as_feature_rows, validate_dataset
+from trainers.base import abort_reason
+from trainers.dataset import Dataset, as_model_input, validate_dataset
 from trainers.errors import TrainingAborted
 
 ONNX_OPSET = 15
@@ -29,6 +30,7 @@ class NaiveModel:
 
     trainer = "naive"
     n_params = 1
+    window = 1
 
     def __init__(self, p_up: float, n_features: int) -> None:
         self.p_up = float(np.float32(p_up))
@@ -36,7 +38,7 @@ class NaiveModel:
         self.params: Mapping[str, Any] = {"p_up": self.p_up}
 
     def predict_proba(self, x: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
-        rows = as_feature_rows(x, self.n_features)
+        rows = as_model_input(x, self.n_features, self.window)
         return np.full(len(rows), self.p_up, dtype=np.float64)
 
     def export_onnx(self, path: Path) -> None:
@@ -72,15 +74,27 @@ class NaiveModel:
 
 
 class NaiveTrainer:
-    """Fits the constant P(up) = positive rate of the training labels."""
+    """Fits the constant P(up) = positive rate of the training labels.
+
+    ``augment`` is accepted so every trainer takes the pipeline's switch; it
+    changes nothing here, since augmented copies keep their labels and so the
+    positive rate.
+    """
 
     name = "naive"
+
+    def __init__(self, *, augment: bool = False) -> None:
+        self.augment = augment
 
     def fit(self, data: Dataset, monitor: TrainingMonitor, seed: int) -> NaiveModel:
         validate_dataset(data)
         p_up = float(np.mean(data.y_train))
-        # One step, so monitors see every trainer the same way: the constant's log losses.
-        step = monitor.on_step(0, _log_loss(data.y_train, p_up), _log_loss(data.y_val, p_up))
+        # One step, so monitors see every trainer the same way: the constant's losses.
+        extra = {
+            "train_accuracy": _accuracy(data.y_train, p_up),
+            "val_accuracy": _accuracy(data.y_val, p_up),
+        }
+        step = monitor.on_step(0, _log_loss(data.y_train, p_up), _log_loss(data.y_val, p_up), extra)
         if step is Action.ABORT:
             raise TrainingAborted(self.name, 0, abort_reason(monitor))
         return NaiveModel(p_up, data.n_features)
@@ -90,3 +104,7 @@ def _log_loss(y: npt.NDArray[Any], p_up: float) -> float:
     p = min(max(p_up, 1e-12), 1 - 1e-12)
     y = y.astype(np.float64)
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def _accuracy(y: npt.NDArray[Any], p_up: float) -> float:
+    return float(np.mean(y == (1 if p_up >= 0.5 else 0)))

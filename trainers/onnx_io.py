@@ -13,16 +13,20 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from trainers.base import FittedModel, as_feature_rows
+from trainers.base import FittedModel
+from trainers.dataset import as_model_input
 from trainers.errors import InvalidInputError, ParityError
 
 PROBABILITIES_OUTPUT = "probabilities"
 
 
 class OnnxScorer:
-    """One cached onnxruntime session for a model file; P(up) for batches of feature rows.
+    """One cached onnxruntime session for a model file; P(up) for batches of model inputs.
 
-    The model must take one float32 input ``[N, n_features]``. Its P(up) is read
+    The model takes one float32 input, either ``[N, n_features]`` rows
+    (``window`` 1: tabular models) or ``[N, window, n_features]`` windows of
+    consecutive feature rows, oldest first (sequence models); ``window`` and
+    ``n_features`` are read from the input's static dimensions. P(up) is read
     from the output named ``probabilities`` when there is one (else the first
     output): ``[N, 2]`` gives column 1; ``[N, 1]`` or ``[N]`` is P(up) itself.
     """
@@ -39,16 +43,22 @@ class OnnxScorer:
         if len(inputs) != 1:
             raise InvalidInputError(f"{path}: expected one model input, found {len(inputs)}")
         shape = inputs[0].shape
-        if len(shape) != 2 or not isinstance(shape[1], int):
-            raise InvalidInputError(f"{path}: input must be [N, n_features], got {shape}")
+        static = shape[1:]
+        if len(shape) not in (2, 3) or not all(isinstance(d, int) and d >= 1 for d in static):
+            raise InvalidInputError(
+                f"{path}: input must be [N, n_features] or [N, window, n_features] "
+                f"with fixed sizes, got {shape}"
+            )
         self.input_name: str = inputs[0].name
-        self.n_features: int = shape[1]
+        self.n_features: int = int(shape[-1])
+        self.window: int = int(shape[1]) if len(shape) == 3 else 1
         names = [o.name for o in self._session.get_outputs()]
         self.output_name: str = PROBABILITIES_OUTPUT if PROBABILITIES_OUTPUT in names else names[0]
 
     def predict_proba(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
-        """(n,) float64 P(up); raises ``InvalidInputError`` for rows of the wrong width."""
-        rows = as_feature_rows(x, self.n_features)
+        """(n,) float64 P(up) for ``(n, n_features)`` rows (window 1) or
+        ``(n, window, n_features)`` windows; ``InvalidInputError`` for any other shape."""
+        rows = as_model_input(x, self.n_features, self.window)
         (out,) = self._session.run([self.output_name], {self.input_name: rows})
         arr: npt.NDArray[Any] = np.asarray(out)
         if arr.ndim == 2 and arr.shape[1] == 2:
@@ -62,10 +72,38 @@ class OnnxScorer:
             )
         return arr.astype(np.float64)
 
+    def predict_latest(self, feature_rows: npt.ArrayLike) -> float:
+        """P(up) of the LAST of ``feature_rows`` (``(rows, n_features)``, oldest first).
+
+        Needs at least ``window`` rows (only the last ``window`` are used) and
+        finite values in them; raises ``InvalidInputError`` naming the problem
+        otherwise. This is live scoring's entry point: pass the newest feature
+        rows of a symbol, whatever the model's window.
+        """
+        rows = np.asarray(feature_rows, dtype=np.float32)
+        if rows.ndim != 2 or rows.shape[1] != self.n_features:
+            raise InvalidInputError(
+                f"feature rows must have shape (rows, {self.n_features}), got {rows.shape}"
+            )
+        if len(rows) < self.window:
+            raise InvalidInputError(
+                f"the model needs the last {self.window} feature rows, got {len(rows)}"
+            )
+        latest = rows[len(rows) - self.window :]
+        bad = ~np.isfinite(latest)
+        if bad.any():
+            row, col = (int(i) for i in np.argwhere(bad)[0])
+            raise InvalidInputError(
+                f"feature row {len(rows) - self.window + row} (of {len(rows)}) has a "
+                f"non-finite value in feature {col}: {latest[row, col]}"
+            )
+        batch = latest if self.window == 1 else latest[None, :, :]
+        return float(self.predict_proba(batch)[0])
+
 
 def max_abs_diff(model: FittedModel, scorer: OnnxScorer, x: npt.ArrayLike) -> float:
-    """Largest |native - ONNX| P(up) over the rows of ``x`` (inf if either is non-finite)."""
-    rows = as_feature_rows(x, scorer.n_features)
+    """Largest |native - ONNX| P(up) over the model inputs ``x`` (inf if either is non-finite)."""
+    rows = as_model_input(x, scorer.n_features, scorer.window)
     if len(rows) == 0:
         raise InvalidInputError("parity needs at least one feature row, got 0")
     diff = np.abs(model.predict_proba(rows) - scorer.predict_proba(rows))

@@ -8,16 +8,13 @@ passed every gate).
 
 from __future__ import annotations
 
-import hashlib
-import importlib.metadata
 import json
 import math
 import os
-import platform
-import sys
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -27,12 +24,16 @@ import numpy.typing as npt
 
 from monitors.base import NullMonitor, TrainingMonitor, default_monitor
 from monitors.gates import GateConfig, PairedCounts, candidate_score, evaluate_gates
-from trainers.base import Dataset, FittedModel, make_trainer
+from trainers.base import FittedModel, make_trainer
 from trainers.data import Bars, validate_symbol
+from trainers.dataset import PARTS, Dataset
+from trainers.errors import InvalidInputError
 from trainers.features import FEATURE_SPEC, TrainingMatrix, training_matrix
 from trainers.metrics import classification_metrics
 from trainers.onnx_io import OnnxScorer, max_abs_diff
+from trainers.repro import bars_sha256, config_sha256, package_versions, seed_everything
 from trainers.splits import chronological_split
+from trainers.walk_forward import fold_accuracy_std, walk_forward
 
 MODEL_FILE: Final = "model.onnx"
 METADATA_FILE: Final = "metadata.json"
@@ -40,14 +41,37 @@ METADATA_FILE: Final = "metadata.json"
 
 @dataclass(frozen=True, slots=True)
 class TrainConfig:
-    """What to train and how to judge it; ``trainer_params`` maps trainer name -> keywords."""
+    """What to train and how to judge it.
 
-    trainers: tuple[str, ...] = ("xgboost",)
+    ``trainers``: candidate names (``trainers.base.TRAINERS``), each trained
+    beside the naive baseline. ``trainer_params`` maps a trainer name to its
+    keywords, e.g. ``{"tcn": {"preset": "deep"}}``. ``walk_forward_folds``: 0
+    disables walk-forward evaluation, else at least 2 folds. ``augment``
+    passes ``augment=True`` to every candidate (small-data augmentation of
+    the training split).
+    """
+
+    trainers: tuple[str, ...] = ("xgboost", "tcn", "lstm")
     seed: int = 0
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     gates: GateConfig = field(default_factory=GateConfig)
     trainer_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    walk_forward_folds: int = 3
+    augment: bool = False
+
+    def __post_init__(self) -> None:
+        folds = self.walk_forward_folds
+        if not (folds == 0 or folds >= 2):
+            raise InvalidInputError(f"walk_forward_folds must be 0 (off) or >= 2, got {folds}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready; the input of the config hash in metadata."""
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["gates"] = asdict(self.gates)
+        out["trainer_params"] = {k: dict(v) for k, v in self.trainer_params.items()}
+        safe: dict[str, Any] = _json_safe(out)
+        return safe
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,13 +84,6 @@ class TrainResult:
     reason: str
     metadata: dict[str, Any]
     model_path: Path | None
-
-
-@dataclass(frozen=True, slots=True)
-class _Rows:
-    x: npt.NDArray[np.float32]
-    y: npt.NDArray[Any]
-    fwd: npt.NDArray[np.float64]
 
 
 def train_symbol(
@@ -83,16 +100,19 @@ def train_symbol(
     embargo ``FEATURE_SPEC.lookback + label_horizon``; the naive baseline; each
     candidate with a fresh monitor from ``monitor_factory`` (a candidate that
     raises is recorded with its error, the others go on); ONNX export and
-    parity on the test rows; gates; the passing candidate with the best
-    ``candidate_score`` becomes ``out_dir/model.onnx``.
+    parity on the test rows; walk-forward folds; gates; the passing candidate
+    with the best ``candidate_score`` becomes ``out_dir/model.onnx``.
 
     Recorded metrics are those of the exported ONNX model (the artifact that
-    will be served), so they can be reproduced exactly::
+    will be served) on the same test rows for every candidate, so they can be
+    reproduced exactly::
 
         m = training_matrix(bars)          # the same bars: data.n_bars / first_ts / last_ts
         start, stop = metadata["split"]["test"]
-        proba = OnnxScorer(out_dir / "model.onnx").predict_proba(m.X[start:stop])
-        classification_metrics(m.y[start:stop], proba, m.fwd_returns[start:stop])
+        scorer = OnnxScorer(out_dir / "model.onnx")
+        x = sequence_windows(m.X.astype(np.float32), slice(start, stop), scorer.window)
+        # (for window 1, x = m.X[start:stop] instead)
+        classification_metrics(m.y[start:stop], scorer.predict_proba(x), m.fwd_returns[start:stop])
 
     ``metadata["split"]`` also holds the fractions and embargo, so
     ``chronological_split(metadata["data"]["n_rows"], ...)`` gives the same rows.
@@ -118,11 +138,6 @@ def train_symbol(
         embargo=embargo,
     )
     data = Dataset.from_split(matrix.X, matrix.y, split)
-    rows = {
-        "train": _Rows(data.X_train, data.y_train, matrix.fwd_returns[split.train]),
-        "val": _Rows(data.X_val, data.y_val, matrix.fwd_returns[split.val]),
-        "test": _Rows(data.X_test, data.y_test, matrix.fwd_returns[split.test]),
-    }
     out_dir.mkdir(parents=True, exist_ok=True)
     # A stale model from an earlier run in this directory must not outlive a failed run.
     (out_dir / MODEL_FILE).unlink(missing_ok=True)
@@ -130,7 +145,8 @@ def train_symbol(
     t = time.perf_counter()
     # The baseline is a yardstick, not a candidate: nothing for a monitor to stop.
     baseline = make_trainer("naive").fit(data, NullMonitor(), config.seed)
-    baseline_metrics = _metrics(baseline.predict_proba, rows)
+    baseline_metrics = _metrics(baseline.predict_proba, data, matrix.fwd_returns, window=1)
+    baseline_test_proba = baseline.predict_proba(data.X_test)
     timings["baseline_seconds"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -142,9 +158,9 @@ def train_symbol(
             name,
             config=config,
             data=data,
-            rows=rows,
+            fwd_returns=matrix.fwd_returns,
             baseline_test=baseline_metrics["test"],
-            baseline_test_proba=baseline.predict_proba(data.X_test),
+            baseline_test_proba=baseline_test_proba,
             out_dir=out_dir,
             monitor_factory=monitor_factory,
         )
@@ -168,6 +184,7 @@ def train_symbol(
     best = candidates[chosen] if chosen is not None else None
     reason = _reason(candidates, chosen)
     timings["total_seconds"] = time.perf_counter() - started
+    config_dict = config.to_dict()
     metadata: dict[str, Any] = {
         "symbol": symbol,
         "trainer": best["trainer"] if best else None,
@@ -181,6 +198,7 @@ def train_symbol(
             "test_fraction": config.test_fraction,
         },
         "metrics": best["metrics"] if best else None,
+        "walk_forward": best["walk_forward"] if best else None,
         "baseline": {
             "trainer": "naive",
             "params": dict(baseline.params),
@@ -191,8 +209,10 @@ def train_symbol(
         "warnings": best["warnings"] if best else [],
         "onnx": onnx_info[chosen] if chosen is not None else None,
         "gate_config": asdict(config.gates),
+        "config": config_dict,
+        "config_sha256": config_sha256(config_dict),
         "timings": timings,
-        "code_version": _code_version(),
+        "code_version": package_versions(),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         "passed": best is not None,
         "reason": reason,
@@ -211,9 +231,18 @@ def train_symbol(
 
 def _metrics(
     predict: Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float64]],
-    rows: Mapping[str, _Rows],
+    data: Dataset,
+    fwd_returns: npt.NDArray[np.float64],
+    *,
+    window: int,
 ) -> dict[str, dict[str, float | None]]:
-    return {name: classification_metrics(r.y, predict(r.x), r.fwd) for name, r in rows.items()}
+    """Metrics of every split part, each row scored from its own (windowed) input."""
+    return {
+        part: classification_metrics(
+            data.y(part), predict(data.inputs(part, window)), fwd_returns[data.rows(part)]
+        )
+        for part in PARTS
+    }
 
 
 def _run_candidate(
@@ -222,18 +251,142 @@ def _run_candidate(
     *,
     config: TrainConfig,
     data: Dataset,
-    rows: Mapping[str, _Rows],
+    fwd_returns: npt.NDArray[np.float64],
     baseline_test: Mapping[str, float | None],
     baseline_test_proba: npt.NDArray[np.float64],
     out_dir: Path,
     monitor_factory: Callable[[], TrainingMonitor],
 ) -> tuple[dict[str, Any], Path | None]:
-    """Fit, export, score and gate one candidate; any exception becomes its recorded error."""
+    """Fit, export, score, walk forward and gate one candidate; any exception is recorded."""
     params = dict(config.trainer_params.get(name, {}))
-    record: dict[str, Any] = {
+    if config.augment:
+        params["augment"] = True
+    record = _empty_record(name, params)
+    path = out_dir / f".candidate-{index}.onnx"  # index, not name: names never touch paths
+    stage = "init"
+    monitor = monitor_factory()
+    timings = record["timings"]
+    try:
+        trainer = make_trainer(name, **params)
+        stage = "fit"
+        # Global generators reset per candidate: its result never depends on the order.
+        seed_everything(config.seed)
+        with _timed(timings, "fit_seconds"):
+            model: FittedModel = trainer.fit(data, monitor, config.seed)
+        record.update(params=dict(model.params), n_params=model.n_params, window=model.window)
+        test_x = data.inputs("test", model.window)
+
+        stage = "export"
+        with _timed(timings, "export_seconds"):
+            model.export_onnx(path)
+            scorer = OnnxScorer(path)
+
+        stage = "parity"
+        with _timed(timings, "parity_seconds"):
+            parity = max_abs_diff(model, scorer, test_x)
+        record["parity_max_abs_diff"] = parity
+
+        stage = "metrics"
+        # Metrics of the artifact that will be served, so they reproduce from model.onnx alone.
+        metrics = _metrics(scorer.predict_proba, data, fwd_returns, window=scorer.window)
+        record["metrics"] = metrics
+        paired = _paired_counts(scorer.predict_proba(test_x), baseline_test_proba, data.y_test)
+        record["baseline_comparison"] = asdict(paired) | {"p_value": paired.p_value}
+
+        stage = "walk_forward"
+        with _timed(timings, "walk_forward_seconds"):
+            record["walk_forward"] = _walk_forward(
+                name,
+                params,
+                config,
+                data,
+                fwd_returns,
+                model=model,
+                monitor_factory=monitor_factory,
+            )
+
+        stage = "gates"
+        verdicts = evaluate_gates(
+            metrics,
+            baseline_test,
+            parity,
+            config.gates,
+            paired,
+            test_rows=len(data.y_test),
+            fold_accuracy_std=fold_accuracy_std(record["walk_forward"]),
+        )
+        record["gates"] = [v.to_dict() for v in verdicts]
+        record["score"] = candidate_score(metrics)
+        record["passed"] = all(v.passed for v in verdicts)
+        record["onnx"] = _onnx_info(scorer, parity)
+    except Exception as exc:  # one broken candidate must not sink the others
+        record["error"] = {"stage": stage, "type": type(exc).__name__, "message": str(exc)}
+        record["passed"] = False
+    finally:
+        record["warnings"] = [w.to_dict() for w in monitor.warnings]
+    if not record["passed"]:
+        path.unlink(missing_ok=True)
+        return record, None
+    return record, path
+
+
+@contextmanager
+def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    """Record the block's wall time under ``key``, also when it raises."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[key] = time.perf_counter() - started
+
+
+def _walk_forward(
+    name: str,
+    params: Mapping[str, Any],
+    config: TrainConfig,
+    data: Dataset,
+    fwd_returns: npt.NDArray[np.float64],
+    *,
+    model: FittedModel,
+    monitor_factory: Callable[[], TrainingMonitor],
+) -> dict[str, Any] | None:
+    """The candidate's walk-forward record; None when the config turns it off."""
+    if not config.walk_forward_folds:
+        return None
+    return walk_forward(
+        name,
+        params,
+        data,
+        fwd_returns,
+        folds=config.walk_forward_folds,
+        val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction,
+        seed=config.seed,
+        last_model=model,
+        monitor_factory=monitor_factory,
+    )
+
+
+def _onnx_info(scorer: OnnxScorer, parity: float) -> dict[str, Any]:
+    """What a consumer of model.onnx needs to feed it (``window`` 1: rows, else windows)."""
+    return {
+        "path": MODEL_FILE,
+        "input": scorer.input_name,
+        "output": scorer.output_name,
+        "n_features": scorer.n_features,
+        "window": scorer.window,
+        "parity_max_abs_diff": parity,
+    }
+
+
+def _empty_record(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """A candidate's metadata entry before anything about it is known."""
+    return {
         "trainer": name,
-        "params": params,
+        "params": dict(params),
+        "window": None,
         "metrics": None,
+        "walk_forward": None,
         "gates": [],
         "parity_max_abs_diff": None,
         "warnings": [],
@@ -244,61 +397,6 @@ def _run_candidate(
         "passed": False,
         "error": None,
     }
-    path = out_dir / f".candidate-{index}.onnx"  # index, not name: names never touch paths
-    stage = "init"
-    monitor = monitor_factory()
-    try:
-        trainer = make_trainer(name, **params)
-        stage = "fit"
-        t = time.perf_counter()
-        model: FittedModel = trainer.fit(data, monitor, config.seed)
-        record["timings"]["fit_seconds"] = time.perf_counter() - t
-        record["params"] = dict(model.params)
-        record["n_params"] = model.n_params
-
-        stage = "export"
-        t = time.perf_counter()
-        model.export_onnx(path)
-        scorer = OnnxScorer(path)
-        record["timings"]["export_seconds"] = time.perf_counter() - t
-
-        stage = "parity"
-        t = time.perf_counter()
-        parity = max_abs_diff(model, scorer, rows["test"].x)
-        record["parity_max_abs_diff"] = parity
-        record["timings"]["parity_seconds"] = time.perf_counter() - t
-
-        stage = "metrics"
-        # Metrics of the artifact that will be served, so they reproduce from model.onnx alone.
-        metrics = _metrics(scorer.predict_proba, rows)
-        record["metrics"] = metrics
-        paired = _paired_counts(
-            scorer.predict_proba(rows["test"].x), baseline_test_proba, rows["test"].y
-        )
-        record["baseline_comparison"] = asdict(paired) | {"p_value": paired.p_value}
-        verdicts = evaluate_gates(
-            metrics, baseline_test, parity, config.gates, paired, test_rows=len(rows["test"].y)
-        )
-        record["gates"] = [v.to_dict() for v in verdicts]
-        record["score"] = candidate_score(metrics)
-        record["passed"] = all(v.passed for v in verdicts)
-        record["onnx"] = {
-            "path": MODEL_FILE,
-            "input": scorer.input_name,
-            "output": scorer.output_name,
-            "n_features": scorer.n_features,
-            "window": 1,
-            "parity_max_abs_diff": parity,
-        }
-    except Exception as exc:  # one broken candidate must not sink the others
-        record["error"] = {"stage": stage, "type": type(exc).__name__, "message": str(exc)}
-        record["passed"] = False
-    finally:
-        record["warnings"] = [w.to_dict() for w in monitor.warnings]
-    if not record["passed"]:
-        path.unlink(missing_ok=True)
-        return record, None
-    return record, path
 
 
 def _paired_counts(
@@ -333,43 +431,13 @@ def _reason(candidates: list[dict[str, Any]], chosen: int | None) -> str:
 
 
 def _data_section(bars: Bars, matrix: TrainingMatrix) -> dict[str, Any]:
-    digest = hashlib.sha256()
-    for column in (bars.ts, bars.open, bars.high, bars.low, bars.close, bars.volume):
-        # Fixed little-endian layout: the same bars hash the same on any machine.
-        digest.update(np.ascontiguousarray(column).astype(column.dtype.newbyteorder("<")).tobytes())
     return {
         "n_bars": len(bars),
         "first_ts": int(bars.ts[0]) if len(bars) else None,
         "last_ts": int(bars.ts[-1]) if len(bars) else None,
         "n_rows": len(matrix),
-        "sha256": digest.hexdigest(),
+        "sha256": bars_sha256(bars),
     }
-
-
-def _version(module: str, *dists: str) -> str | None:
-    loaded = sys.modules.get(module)
-    if loaded is not None and isinstance(getattr(loaded, "__version__", None), str):
-        return str(loaded.__version__)
-    for dist in dists:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
-
-
-def _code_version() -> dict[str, str | None]:
-    versions = {
-        "ctd": _version("ctd", "ctd"),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "xgboost": _version("xgboost", "xgboost", "xgboost-cpu"),
-        "onnxruntime": _version("onnxruntime", "onnxruntime"),
-        "onnx": _version("onnx", "onnx"),
-    }
-    if "torch" in sys.modules:  # never import torch just to name its version
-        versions["torch"] = _version("torch")
-    return versions
 
 
 def _json_safe(value: Any) -> Any:

@@ -1,9 +1,10 @@
 """Gradient-boosted trees (xgboost) with early stopping on the validation split.
 
-The defaults are deliberately conservative (shallow trees, row/column
-subsampling, L2, slow learning rate): a few thousand noisy bars overfit deep
-trees at once, and the train-val gap gate would reject them. ``n_jobs``
-defaults to 1 because the daemon runs several training processes on few cores.
+The presets are deliberately conservative (shallow trees, row/column
+subsampling, L2, slow learning rate, a minimum child weight): a few thousand
+noisy bars overfit deep trees at once, and the train-val gap gate would reject
+them. ``n_jobs`` defaults to 1 because the daemon runs several training
+processes on few cores.
 """
 
 from __future__ import annotations
@@ -20,25 +21,73 @@ from onnxmltools import convert_xgboost
 from onnxmltools.convert.common.data_types import FloatTensorType
 
 from monitors.base import Action, TrainingMonitor
-from trainers.base import Dataset, abort_reason, as_feature_rows, validate_dataset
-from trainers.errors import InvalidInputError, TrainingAborted
+from trainers.augment import augment_training
+from trainers.base import abort_reason, require, resolve_params
+from trainers.dataset import Dataset, as_model_input, validate_dataset
+from trainers.errors import TrainingAborted
 
 # onnxmltools' xgboost converter fails above opset 15 (NOTES.md).
 ONNX_TARGET_OPSET = 15
 
 
+PRESETS: Mapping[str, Mapping[str, Any]] = {
+    "tiny": {
+        "n_estimators": 60,
+        "max_depth": 2,
+        "learning_rate": 0.1,
+        "min_child_weight": 10.0,
+        "subsample": 0.8,
+        "colsample_bytree": 0.8,
+        "reg_lambda": 5.0,
+        "reg_alpha": 0.0,
+        "gamma": 0.0,
+        "early_stopping_rounds": 10,
+        "n_jobs": 1,
+    },
+    "lightweight": {
+        "n_estimators": 300,
+        "max_depth": 3,
+        "learning_rate": 0.05,
+        "min_child_weight": 10.0,
+        "subsample": 0.8,
+        "colsample_bytree": 0.8,
+        "reg_lambda": 5.0,
+        "reg_alpha": 0.0,
+        "gamma": 0.0,
+        "early_stopping_rounds": 30,
+        "n_jobs": 1,
+    },
+    "deep": {
+        "n_estimators": 1000,
+        "max_depth": 5,
+        "learning_rate": 0.03,
+        "min_child_weight": 20.0,
+        "subsample": 0.7,
+        "colsample_bytree": 0.7,
+        "reg_lambda": 10.0,
+        "reg_alpha": 1.0,
+        "gamma": 0.1,
+        "early_stopping_rounds": 50,
+        "n_jobs": 1,
+    },
+}
+
+
 class _MonitorCallback(xgb.callback.TrainingCallback):
-    """Reports each round's train / val log loss to a TrainingMonitor, then early-stops.
+    """Reports each round's train / val loss and accuracy to a TrainingMonitor, then early-stops.
 
     It wraps the EarlyStopping callback rather than sitting beside it: xgboost
     stops asking callbacks as soon as one says stop, and both the monitor and
     the best-round bookkeeping must see every round.
     """
 
-    def __init__(self, monitor: TrainingMonitor, stopper: xgb.callback.EarlyStopping) -> None:
+    def __init__(
+        self, monitor: TrainingMonitor, stopper: xgb.callback.EarlyStopping, lr: float
+    ) -> None:
         super().__init__()
         self.monitor = monitor
         self.stopper = stopper
+        self.lr = lr
         self.aborted_at: int | None = None
 
     def before_training(self, model: Any) -> Any:
@@ -49,9 +98,18 @@ class _MonitorCallback(xgb.callback.TrainingCallback):
     ) -> bool:
         early_stop = bool(self.stopper.after_iteration(model, epoch, evals_log))
         # eval_set is [(train), (val)]: xgboost names them validation_0 / validation_1.
-        train_loss = _last_logloss(evals_log, "validation_0")
-        val_loss = _last_logloss(evals_log, "validation_1")
-        action = self.monitor.on_step(epoch, train_loss, val_loss)
+        extra = {
+            # eval_metric "error" is the misclassification rate at 0.5: 1 - accuracy.
+            "train_accuracy": 1.0 - _last(evals_log, "validation_0", "error"),
+            "val_accuracy": 1.0 - _last(evals_log, "validation_1", "error"),
+            "lr": self.lr,
+        }
+        action = self.monitor.on_step(
+            epoch,
+            _last(evals_log, "validation_0", "logloss"),
+            _last(evals_log, "validation_1", "logloss"),
+            extra,
+        )
         if action is Action.ABORT:
             self.aborted_at = epoch
         return early_stop or action is not Action.CONTINUE  # True ends boosting
@@ -61,8 +119,8 @@ class _MonitorCallback(xgb.callback.TrainingCallback):
         return self.stopper.after_training(model)
 
 
-def _last_logloss(evals_log: xgb.callback.TrainingCallback.EvalsLog, data_name: str) -> float:
-    last = evals_log[data_name]["logloss"][-1]
+def _last(evals_log: xgb.callback.TrainingCallback.EvalsLog, data_name: str, metric: str) -> float:
+    last = evals_log[data_name][metric][-1]
     return float(last[0] if isinstance(last, tuple) else last)  # (mean, std) only under cv
 
 
@@ -70,6 +128,7 @@ class XGBoostModel:
     """A fitted XGBClassifier, already cut back to its best validation round."""
 
     trainer = "xgboost"
+    window = 1
 
     def __init__(self, clf: xgb.XGBClassifier, params: Mapping[str, Any], n_features: int) -> None:
         self._clf = clf
@@ -78,7 +137,7 @@ class XGBoostModel:
         self.n_params = sum(len(t.strip().splitlines()) for t in clf.get_booster().get_dump())
 
     def predict_proba(self, x: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
-        rows = as_feature_rows(x, self.n_features)
+        rows = as_model_input(x, self.n_features, self.window)
         proba = self._clf.predict_proba(rows)[:, 1]
         return np.asarray(proba, dtype=np.float64)
 
@@ -93,55 +152,35 @@ class XGBoostModel:
 
 
 class XGBoostTrainer:
-    """XGBClassifier (binary logistic) on float32 numpy features.
+    """XGBClassifier (binary logistic) on float32 numpy feature rows.
 
-    Boosting stops when validation log loss has not improved for
-    ``early_stopping_rounds`` rounds, or when the monitor says STOP; either way
-    the model keeps the rounds up to its best validation loss.
+    ``preset`` (tiny, lightweight, deep) picks every hyperparameter; keywords
+    override single ones (the keys of ``PRESETS``). Boosting stops when
+    validation log loss has not improved for ``early_stopping_rounds`` rounds,
+    or when the monitor says STOP; either way the model keeps the rounds up to
+    its best validation loss. ``augment`` adds noisy copies of small training
+    sets (``trainers.augment``).
     """
 
     name = "xgboost"
 
     def __init__(
-        self,
-        *,
-        n_estimators: int = 300,
-        max_depth: int = 3,
-        learning_rate: float = 0.05,
-        min_child_weight: float = 10.0,
-        subsample: float = 0.8,
-        colsample_bytree: float = 0.8,
-        reg_lambda: float = 5.0,
-        reg_alpha: float = 0.0,
-        gamma: float = 0.0,
-        early_stopping_rounds: int = 30,
-        n_jobs: int = 1,
+        self, *, preset: str = "lightweight", augment: bool = False, **params: Any
     ) -> None:
-        if n_estimators < 1:
-            raise InvalidInputError(f"n_estimators must be >= 1, got {n_estimators}")
-        if early_stopping_rounds < 1:
-            raise InvalidInputError(
-                f"early_stopping_rounds must be >= 1, got {early_stopping_rounds}"
-            )
-        if n_jobs < 1:
-            raise InvalidInputError(f"n_jobs must be >= 1, got {n_jobs}")
-        self.params: Mapping[str, Any] = {
-            "n_estimators": n_estimators,
-            "max_depth": max_depth,
-            "learning_rate": learning_rate,
-            "min_child_weight": min_child_weight,
-            "subsample": subsample,
-            "colsample_bytree": colsample_bytree,
-            "reg_lambda": reg_lambda,
-            "reg_alpha": reg_alpha,
-            "gamma": gamma,
-            "early_stopping_rounds": early_stopping_rounds,
-            "n_jobs": n_jobs,
-        }
+        p = resolve_params(self.name, PRESETS, preset, params)
+        for key in ("n_estimators", "early_stopping_rounds", "n_jobs", "max_depth"):
+            require(key, p[key], isinstance(p[key], int) and p[key] >= 1, "an integer >= 1")
+        require("learning_rate", p["learning_rate"], 0 < p["learning_rate"] <= 1, "in (0, 1]")
+        for key in ("subsample", "colsample_bytree"):
+            require(key, p[key], 0 < p[key] <= 1, "in (0, 1]")
+        for key in ("min_child_weight", "reg_lambda", "reg_alpha", "gamma"):
+            require(key, p[key], p[key] >= 0, ">= 0")
+        self.augment = augment
+        self.params: Mapping[str, Any] = {"preset": preset, **p, "augment": augment}
 
     def fit(self, data: Dataset, monitor: TrainingMonitor, seed: int) -> XGBoostModel:
         validate_dataset(data)
-        p = dict(self.params)
+        p = {k: v for k, v in self.params.items() if k not in ("preset", "augment")}
         # save_best cuts the booster back to its best round, so native predictions
         # and the ONNX export (which converts every tree) agree.
         stopper = xgb.callback.EarlyStopping(
@@ -150,23 +189,32 @@ class XGBoostTrainer:
             data_name="validation_1",
             save_best=True,
         )
-        callback = _MonitorCallback(monitor, stopper)
+        callback = _MonitorCallback(monitor, stopper, float(p["learning_rate"]))
         clf = xgb.XGBClassifier(
             **p,
             objective="binary:logistic",
-            eval_metric="logloss",
+            eval_metric=["error", "logloss"],
             tree_method="hist",
             random_state=seed,
             callbacks=[callback],
         )
+        x_fit, y_fit = data.X_train, data.y_train
+        if self.augment:
+            x_fit, y_fit = augment_training(x_fit, y_fit, np.random.default_rng(seed))
         clf.fit(
-            data.X_train,
-            data.y_train,
+            x_fit,
+            y_fit,
+            # Monitors see the real training rows, never their augmented copies.
             eval_set=[(data.X_train, data.y_train), (data.X_val, data.y_val)],
             verbose=False,
         )
         if callback.aborted_at is not None:
             raise TrainingAborted(self.name, callback.aborted_at, abort_reason(monitor))
         booster = clf.get_booster()
-        fitted = {**self.params, "seed": seed, "n_rounds": int(booster.num_boosted_rounds())}
+        fitted = {
+            **self.params,
+            "seed": seed,
+            "n_rounds": int(booster.num_boosted_rounds()),
+            "train_samples": len(y_fit),
+        }
         return XGBoostModel(clf, fitted, data.n_features)

@@ -1,0 +1,106 @@
+"""Walk-forward evaluation: how stable is a candidate's test accuracy across time?
+
+One train/val/test split gives one test accuracy, which may be luck of the
+period. Refitting the same trainer (same parameters and seed) on ``k``
+expanding-window folds (``trainers.splits.walk_forward_splits``) gives ``k``
+accuracies on consecutive, non-overlapping test blocks; their standard
+deviation is what the fold-stability gate judges.
+
+The last fold is the pipeline's own split, so its already fitted model is
+reused: ``k`` folds cost ``k - 1`` extra fits. Folds are scored with the native
+model (no ONNX export): they measure the training recipe, not an artifact.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from monitors.base import TrainingMonitor
+from trainers.base import FittedModel, make_trainer
+from trainers.dataset import Dataset
+from trainers.errors import InsufficientDataError
+from trainers.metrics import classification_metrics
+from trainers.splits import walk_forward_splits
+
+
+def walk_forward(
+    trainer: str,
+    params: Mapping[str, Any],
+    data: Dataset,
+    fwd_returns: npt.NDArray[np.float64],
+    *,
+    folds: int,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    last_model: FittedModel,
+    monitor_factory: Callable[[], TrainingMonitor],
+) -> dict[str, Any]:
+    """Per-fold test metrics and, per metric, their mean and sample std (ddof=1) over folds.
+
+    Returns ``{"folds": k, "skipped": None, "error": None, "per_fold": [...],
+    "<metric>": {"mean": .., "std": ..}, ...}``. Data too small for ``k`` folds
+    gives ``"skipped"`` (a reason) and a fold whose fit fails gives ``"error"``;
+    both leave the statistics out rather than failing the candidate. ``data``
+    and ``last_model`` are the pipeline's split and its model.
+    """
+    result: dict[str, Any] = {"folds": folds, "skipped": None, "error": None, "per_fold": []}
+    try:
+        splits = walk_forward_splits(
+            len(data.features),
+            folds=folds,
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            embargo=data.split.embargo,
+        )
+    except InsufficientDataError as exc:
+        result["skipped"] = str(exc)
+        return result
+    fold_metrics = []
+    for index, split in enumerate(splits):
+        fold = Dataset(data.features, data.labels, split)
+        monitor = None
+        if split == data.split:
+            model = last_model
+        else:
+            monitor = monitor_factory()
+            try:
+                model = make_trainer(trainer, **params).fit(fold, monitor, seed)
+            except Exception as exc:  # a fold that cannot train leaves the stats out
+                result["error"] = {"fold": index, "type": type(exc).__name__, "message": str(exc)}
+                return result
+        proba = model.predict_proba(fold.inputs("test", model.window))
+        metrics = classification_metrics(fold.y("test"), proba, fwd_returns[split.test])
+        fold_metrics.append(metrics)
+        result["per_fold"].append(
+            {
+                "split": split.to_dict(),
+                "test": metrics,
+                "refit": monitor is not None,
+                "warnings": [w.to_dict() for w in monitor.warnings] if monitor is not None else [],
+            }
+        )
+    for key in fold_metrics[0]:
+        if key != "n":
+            result[key] = _mean_std([m[key] for m in fold_metrics])
+    return result
+
+
+def _mean_std(values: list[float | None]) -> dict[str, float | None]:
+    if any(v is None or not math.isfinite(v) for v in values):
+        return {"mean": None, "std": None}
+    arr = np.asarray(values, dtype=np.float64)
+    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1))}
+
+
+def fold_accuracy_std(result: Mapping[str, Any] | None) -> float | None:
+    """The test-accuracy std of a ``walk_forward`` result, None when it was not measured."""
+    if result is None:
+        return None
+    accuracy = result.get("accuracy")
+    return None if accuracy is None else accuracy["std"]
