@@ -18,18 +18,25 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
 from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry
 
+from daemon.commands import Command, InvalidCommand, decode_command
 from daemon.http import HttpServer, make_app
 from daemon.ingest import Ingestor, IngestReport
 from daemon.kafka import broker_reachable, ensure_topics, make_consumer, make_producer
 from daemon.logs import get_logger
 from daemon.metrics import Metrics
+from daemon.promotions import LivePath
 from daemon.retrain import JobOutcome, RetrainScheduler, TrainJob, TriggerPolicy
 from daemon.settings import Settings
 from daemon.store import BarStore, StoreError
+from daemon.watch import LiveWatch
 from daemon.worker import JobSpec, run_job
+from deploy.errors import RegistryError
 from deploy.events import EventKind, RegistryEvent, utc_now
 from deploy.registry import Registry
 from monitors.gates import GateConfig, bootstrap_alpha
@@ -87,9 +94,12 @@ class Daemon:
         self.producer: KafkaProducer | None = None
         self.ingestor: Ingestor | None = None
         self.scheduler: RetrainScheduler | None = None
+        self.live: LivePath | None = None
+        self.watch: LiveWatch | None = None
+        self.jobs: BackgroundScheduler | None = None
         self._counts: dict[str, int] = {}
         self._trained: dict[str, int] = {}
-        self._model_created: dict[tuple[str, str], float] = {}
+        self._created_cache: dict[tuple[str, str], float] = {}
         self._bootstrap_failures: dict[str, int] = {}
         self._stop = threading.Event()
         self._started = threading.Event()
@@ -107,7 +117,16 @@ class Daemon:
         if cleaned:
             _log.warning("registry_recovered", cleaned=cleaned)
         self._load_state()
-        self.metrics.add_model_age(lambda: dict(self._model_created))
+        self.metrics.add_model_age(self._slot_ages)
+        self.live = LivePath(s, self.registry, self.store, self.metrics, self._publish)
+        self.watch = LiveWatch(
+            s,
+            registry=self.registry,
+            store=self.store,
+            predictions=self.live.predictions,
+            metrics=self.metrics,
+            trigger=self.request_retrain,
+        )
         self.http = HttpServer(
             s.http_host, s.http_port, make_app(self.metrics.registry, self.readiness)
         ).start()
@@ -142,6 +161,8 @@ class Daemon:
         self.metrics.kafka_connected.set(1)
         self._spawn(self._ingest_loop, "ctd-ingest")
         self._spawn(self._probe_loop, "ctd-probe")
+        self._spawn(self._commands_loop, "ctd-commands")
+        self.jobs = self._schedule_jobs()
         # Jobs interrupted by a previous stop (or due before it) run again now.
         for symbol, total in sorted(self._counts.items()):
             self._maybe_trigger(symbol, total, reason="startup")
@@ -161,12 +182,16 @@ class Daemon:
         self._stop.set()
         self._started.clear()
         self.metrics.ready.set(0)
+        if self.jobs:
+            self.jobs.shutdown(wait=False)
         for t in self._threads:
             t.join(timeout=max(grace_seconds, 5))
         if self.scheduler:
             self.scheduler.stop(grace_seconds)
         if self.ingestor:
             self.ingestor.close()
+        if self.live:
+            self.live.close()
         if self.producer:
             self.producer.close(timeout=5)
         if self.http:
@@ -177,6 +202,27 @@ class Daemon:
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._stop.wait(timeout)
+
+    def _schedule_jobs(self) -> BackgroundScheduler:
+        """Periodic live-monitor checks and the optional cron retrain of every symbol."""
+        assert self.watch is not None
+        jobs = BackgroundScheduler(
+            timezone="UTC",
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
+        )
+        jobs.add_job(
+            self.watch.check_staleness,
+            IntervalTrigger(seconds=self.settings.monitor_check_seconds),
+            id="staleness",
+        )
+        if self.settings.retrain_cron:
+            jobs.add_job(
+                self.watch.retrain_all,
+                CronTrigger.from_crontab(self.settings.retrain_cron, timezone="UTC"),
+                id="cron-retrain",
+            )
+        jobs.start()
+        return jobs
 
     def _spawn(self, target: Any, name: str) -> None:
         t = threading.Thread(target=target, name=name, daemon=True)
@@ -189,22 +235,26 @@ class Daemon:
         self._counts = self.store.counts()
         self._trained = {sym: count for sym, (count, _at) in self.store.trained_state().items()}
         for symbol in self.registry.symbols():
-            self._refresh_slot_ages(symbol)
             if self.registry.slots(symbol).champion is None:
                 history = self.registry.history(symbol)
                 rejected = sum(1 for e in history if e.get("event") == "candidate_rejected")
                 self._bootstrap_failures[symbol] = rejected
 
-    def _refresh_slot_ages(self, symbol: str) -> None:
-        slots = self.registry.slots(symbol)
-        for slot, ver in (("champion", slots.champion), ("shadow", slots.shadow)):
-            self._model_created.pop((symbol, slot), None)
-            if ver is not None:
-                meta = self.registry.metadata(symbol, ver)
-                created = meta.get("created_at")
-                if isinstance(created, str):
-                    when = datetime.fromisoformat(created.replace("Z", "+00:00"))
-                    self._model_created[(symbol, slot)] = when.timestamp()
+    def _slot_ages(self) -> dict[tuple[str, str], float]:
+        """Creation time of the model in each slot, read at scrape time (cached per version)."""
+        out = {}
+        for symbol in self.registry.symbols():
+            slots = self.registry.slots(symbol)
+            for slot, held in (("champion", slots.champion), ("shadow", slots.shadow)):
+                if held is None:
+                    continue
+                key = (symbol, held)
+                if key not in self._created_cache:
+                    created = self.registry.metadata(symbol, held).get("created_at")
+                    when = datetime.fromisoformat(str(created).replace("Z", "+00:00"))
+                    self._created_cache[key] = when.timestamp()
+                out[(symbol, slot)] = self._created_cache[key]
+        return out
 
     def readiness(self) -> dict[str, bool]:
         store_ok = self.store is not None and self.store.ping()
@@ -252,6 +302,9 @@ class Daemon:
             m.ingest_lag.set(report.max_event_lag_seconds)
         if any(report.new_bars.values()):
             m.last_ingest.set(time.time())
+        if self.live is not None and self.watch is not None:
+            resolved = self.live.on_batch(report.bars_by_symbol)
+            self.watch.on_batch(report.bars_by_symbol, resolved)
         for symbol, new in report.new_bars.items():
             if new <= 0:
                 continue
@@ -267,9 +320,59 @@ class Daemon:
             self.metrics.retrain_queue_depth.set(self.scheduler.pending)
 
     def request_retrain(self, symbol: str, reason: str = "command") -> bool:
-        """Operator-requested retrain, regardless of the bar-count policy."""
+        """A retrain requested by an operator or a live monitor, regardless of the bar-count
+        policy (still coalesced and backed off by the scheduler)."""
         assert self.scheduler is not None
         return self.scheduler.request(symbol, self._counts.get(symbol, 0), reason)
+
+    # -- operator commands ------------------------------------------------------------------
+    def _commands_loop(self) -> None:
+        """Commands from the commands topic, executed in order, committed after execution."""
+        s = self.settings
+        consumer = make_consumer(
+            s,
+            self.bootstrap_servers,
+            topic=s.topic_commands,
+            group_id=f"{s.kafka_group_id}.commands",
+        )
+        try:
+            while not self._stop.is_set():
+                try:
+                    batches = consumer.poll(timeout_ms=s.kafka_poll_timeout_ms)
+                except Exception as exc:
+                    _log.error("commands_poll_failed", error=str(exc))
+                    self._stop.wait(1.0)
+                    continue
+                for records in batches.values():
+                    for record in records:
+                        self._command_message(record.value)
+                if batches:
+                    consumer.commit()
+        finally:
+            consumer.close()
+
+    def _command_message(self, value: bytes | None) -> None:
+        try:
+            command = decode_command(value)
+        except InvalidCommand as exc:
+            self.metrics.commands.labels("invalid", "invalid").inc()
+            _log.warning("command_invalid", reason=exc.reason)
+            return
+        self.handle_command(command)
+
+    def handle_command(self, command: Command) -> RegistryEvent | None:
+        """Execute an operator command; a refused one (e.g. no shadow) is logged, not raised."""
+        assert self.live is not None
+        log = _log.bind(symbol=command.symbol, action=command.action, actor=command.actor)
+        try:
+            event = self.live.command(command, self.request_retrain)
+        except RegistryError as exc:
+            self.metrics.commands.labels(command.action, "refused").inc()
+            log.warning("command_refused", error=str(exc))
+            return None
+        self.metrics.commands.labels(command.action, "done").inc()
+        log.info("command_done", reason=command.reason)
+        return event
 
     def _probe_loop(self) -> None:
         while not self._stop.wait(2.0):
@@ -340,16 +443,10 @@ class Daemon:
             return
         version = self.registry.add_version(job.symbol, outcome.staging_dir)
         m.registry_versions.labels(job.symbol).inc()
-        events = self.registry.place(job.symbol, version, reason=f"run {job.run_id}")
-        placed = "shadow"
-        for event in events:
-            if event.event == "champion_bootstrapped":
-                placed = "champion"
-                m.champion_bootstraps.labels(job.symbol).inc()
-            elif event.event == "shadow_placed":
-                m.shadow_placements.labels(job.symbol).inc()
-            self._publish(event)
-        self._refresh_slot_ages(job.symbol)
+        assert self.live is not None
+        events = self.live.place(job.symbol, version, reason=f"run {job.run_id}")
+        bootstrapped = any(e.event == "champion_bootstrapped" for e in events)
+        placed = "champion" if bootstrapped else "shadow"
         m.training_runs.labels(job.symbol, placed).inc()
         m.training_duration.labels(placed).observe(outcome.duration_seconds)
         log.info(

@@ -59,11 +59,18 @@ def client_config(settings: Settings, bootstrap_servers: str) -> dict[str, Any]:
     return config
 
 
-def make_consumer(settings: Settings, bootstrap_servers: str) -> KafkaConsumer:
-    """A group consumer of ``topic_bars`` with manual commits; values arrive as raw bytes."""
+def make_consumer(
+    settings: Settings,
+    bootstrap_servers: str,
+    *,
+    topic: str | None = None,
+    group_id: str | None = None,
+) -> KafkaConsumer:
+    """A group consumer (default: ``topic_bars`` in ``kafka_group_id``) with manual
+    commits; values arrive as raw bytes."""
     return KafkaConsumer(
-        settings.topic_bars,
-        group_id=settings.kafka_group_id,
+        topic or settings.topic_bars,
+        group_id=group_id or settings.kafka_group_id,
         enable_auto_commit=False,
         # 'latest' re-delivers the last batch on tansu (NOTES.md); committed offsets rule anyway.
         auto_offset_reset="earliest",

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 TRAINING_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
@@ -33,6 +33,63 @@ class ModelAgeCollector(Collector):
         now = time.time()
         for (symbol, slot), created in sorted(self._created_at().items()):
             family.add_metric([symbol, slot], max(now - created, 0.0))
+        yield family
+
+
+LiveRow = tuple[str, str, float | None]  # symbol, slot, rolling live accuracy
+TrialRow = tuple[str, float | None, int]  # symbol, log10 e-value, samples
+
+
+class LiveCollector(Collector):
+    """Live-scoring gauges read at scrape time from the live scorer's state."""
+
+    def __init__(
+        self,
+        accuracy: Callable[[], Iterable[LiveRow]],
+        trials: Callable[[], Iterable[TrialRow]],
+    ) -> None:
+        self._accuracy, self._trials = accuracy, trials
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        acc = GaugeMetricFamily(
+            "ctd_live_accuracy",
+            "Rolling live accuracy of the model in each slot on resolved bars.",
+            labels=["symbol", "slot"],
+        )
+        for symbol, slot, value in self._accuracy():
+            if value is not None:
+                acc.add_metric([symbol, slot], value)
+        stat = GaugeMetricFamily(
+            "ctd_promotion_test_statistic",
+            "log10 of the shadow-better e-value of the running trial (promote at log10(1/alpha)).",
+            labels=["symbol"],
+        )
+        samples = GaugeMetricFamily(
+            "ctd_shadow_trial_samples",
+            "Paired bars in the running shadow trial.",
+            labels=["symbol"],
+        )
+        for symbol, statistic, n in self._trials():
+            if statistic is not None:
+                stat.add_metric([symbol], statistic)
+            samples.add_metric([symbol], n)
+        yield from (acc, stat, samples)
+
+
+class WebhookCollector(Collector):
+    """``ctd_webhook_deliveries_total{outcome}`` from the notifier's own counters."""
+
+    def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "ctd_webhook_deliveries",
+            "Promotion webhook POSTs by outcome (sent, failed, dropped).",
+            labels=["outcome"],
+        )
+        for outcome, n in sorted(self._counts().items()):
+            family.add_metric([outcome], n)
         yield family
 
 
@@ -138,11 +195,51 @@ class Metrics:
         self.rollbacks = Counter(
             "ctd_rollbacks_total", "Champions rolled back.", ["symbol"], registry=r
         )
+        self.live_predictions = Counter(
+            "ctd_live_predictions_total",
+            "Live predictions logged, per symbol.",
+            ["symbol"],
+            registry=r,
+        )
+        self.live_errors = Counter(
+            "ctd_live_errors_total",
+            "Live-scoring problems (unloadable model, failed batch).",
+            ["symbol"],
+            registry=r,
+        )
+        self.commands = Counter(
+            "ctd_commands_total",
+            "Operator commands by action and outcome.",
+            ["action", "outcome"],
+            registry=r,
+        )
+        self.feature_psi = Gauge(
+            "ctd_feature_psi",
+            "Population stability index of each feature: live window vs champion training data.",
+            ["symbol", "feature"],
+            registry=r,
+        )
+        self.live_monitor_triggers = Counter(
+            "ctd_live_monitor_triggers_total",
+            "Retrains requested by live monitors and schedules, by kind.",
+            ["symbol", "kind"],
+            registry=r,
+        )
         self.promotion_publish_errors = Counter(
             "ctd_promotion_publish_errors_total",
             "Promotion events that could not be published to Kafka.",
             registry=r,
         )
+
+    def add_live(
+        self,
+        accuracy: Callable[[], Iterable[LiveRow]],
+        trials: Callable[[], Iterable[TrialRow]],
+    ) -> None:
+        self.registry.register(LiveCollector(accuracy, trials))
+
+    def add_webhook(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        self.registry.register(WebhookCollector(counts))
 
     def add_model_age(self, created_at: Callable[[], Mapping[tuple[str, str], float]]) -> None:
         self.registry.register(ModelAgeCollector(created_at))

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from apscheduler.triggers.cron import CronTrigger
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
@@ -92,6 +93,27 @@ class Settings(BaseSettings):
     gate_max_parity_diff: float = Field(1e-4, gt=0)
     gate_require_beat_baseline: bool = True
 
+    # Shadow promotion (deploy/sequential.py) and alerts.
+    promotion_alpha: float = Field(0.05, gt=0, lt=1)
+    promotion_min_samples: int = Field(100, ge=1)
+    promotion_max_samples: int = Field(2000, ge=1)
+    promotion_min_effect: float = Field(0.0, ge=0, lt=1)
+    webhook_url: str | None = None
+    webhook_timeout_seconds: float = Field(5.0, gt=0)
+    webhook_retries: int = Field(3, ge=0, le=20)
+
+    # Live monitors of champions (monitors/drift.py, monitors/live.py).
+    drift_psi_threshold: float = Field(0.35, gt=0)
+    drift_window: int = Field(500, ge=10)
+    decay_alpha: float = Field(0.01, gt=0, lt=1)
+    decay_window: int = Field(300, ge=10)
+    decay_tolerance: float = Field(0.01, ge=0, lt=1)
+    stale_max_age_seconds: float | None = Field(7 * 86400.0, gt=0)
+    stale_max_bars_since_training: int | None = Field(None, ge=1)
+    retrain_cooldown_seconds: float = Field(900.0, ge=0)
+    retrain_cron: str | None = None
+    monitor_check_seconds: float = Field(60.0, gt=0)
+
     # Lifecycle.
     shutdown_grace_seconds: float = Field(30.0, ge=0)
 
@@ -137,6 +159,15 @@ class Settings(BaseSettings):
             )
         if self.val_fraction + self.test_fraction >= 0.8:
             raise ValueError("val_fraction + test_fraction must leave at least 20% for training")
+        if self.retrain_cron is not None:
+            try:
+                CronTrigger.from_crontab(self.retrain_cron, timezone="UTC")
+            except ValueError as exc:
+                raise ValueError(f"retrain_cron is not a valid crontab expression: {exc}") from None
+        if self.promotion_max_samples < self.promotion_min_samples:
+            raise ValueError("promotion_max_samples must be >= promotion_min_samples")
+        if self.webhook_url and not self.webhook_url.startswith(("http://", "https://")):
+            raise ValueError("webhook_url must be an http:// or https:// URL")
         if self.kafka_sasl_mechanism and not self.kafka_sasl_username:
             raise ValueError("kafka_sasl_username is required when kafka_sasl_mechanism is set")
         return self
