@@ -22,6 +22,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from trainers.base import TRAINERS
 from trainers.data import validate_symbol
 
 ENV_PREFIX = "CTD_"
@@ -82,7 +83,11 @@ class Settings(BaseSettings):
     train_window_bars: int = Field(5000, ge=50)
     train_workers: int = Field(1, ge=1, le=64)
     train_timeout_seconds: float = Field(1800.0, gt=0)
-    trainers: Annotated[tuple[str, ...], NoDecode] = ("xgboost",)
+    trainers: Annotated[tuple[str, ...], NoDecode] = ("xgboost", "tcn", "lstm")
+    # Per-trainer keyword overrides as JSON, e.g. {"tcn": {"preset": "deep"}}.
+    trainer_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    walk_forward_folds: int = Field(3, ge=0)
+    augment: bool = False
     seed: int = Field(0, ge=0)
 
     # Splits and gates (defaults from DESIGN.md).
@@ -92,6 +97,9 @@ class Settings(BaseSettings):
     gate_max_val_test_diff: float = Field(0.05, gt=0, le=1)
     gate_max_parity_diff: float = Field(1e-4, gt=0)
     gate_require_beat_baseline: bool = True
+    gate_baseline_alpha: float = Field(0.05, gt=0, lt=1)
+    gate_min_test_rows: int = Field(100, ge=1)
+    gate_max_fold_accuracy_std: float | None = Field(None, gt=0)
 
     # Shadow promotion (deploy/sequential.py) and alerts.
     promotion_alpha: float = Field(0.05, gt=0, lt=1)
@@ -146,9 +154,14 @@ class Settings(BaseSettings):
 
     @field_validator("trainers")
     @classmethod
-    def _trainers_nonempty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+    def _trainers_known(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if not value:
             raise ValueError("at least one trainer is required")
+        unknown = [name for name in value if name not in TRAINERS]
+        if unknown:
+            raise ValueError(
+                f"unknown trainer(s) {unknown}; valid names: {', '.join(sorted(TRAINERS))}"
+            )
         return value
 
     @model_validator(mode="after")
@@ -159,6 +172,11 @@ class Settings(BaseSettings):
             )
         if self.val_fraction + self.test_fraction >= 0.8:
             raise ValueError("val_fraction + test_fraction must leave at least 20% for training")
+        if self.walk_forward_folds == 1:
+            raise ValueError("walk_forward_folds must be 0 (off) or at least 2")
+        unknown = set(self.trainer_params) - set(self.trainers)
+        if unknown:
+            raise ValueError(f"trainer_params names trainers not in trainers: {sorted(unknown)}")
         if self.retrain_cron is not None:
             try:
                 CronTrigger.from_crontab(self.retrain_cron, timezone="UTC")
@@ -196,10 +214,15 @@ class Settings(BaseSettings):
         return self.data_dir / "bars.sqlite"
 
 
-def _setting_name(loc: tuple[int | str, ...]) -> str:
-    if not loc:
-        return "settings"
-    return f"{ENV_PREFIX}{str(loc[0]).upper()}"
+def _setting_name(loc: tuple[int | str, ...], message: str) -> str:
+    """``CTD_<FIELD>`` of an error: its location, or for a cross-field rule the
+    first setting its message names."""
+    if loc:
+        return f"{ENV_PREFIX}{str(loc[0]).upper()}"
+    for name in sorted(Settings.model_fields, key=len, reverse=True):
+        if name in message:
+            return f"{ENV_PREFIX}{name.upper()}"
+    return "settings"
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -212,7 +235,7 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            name = _setting_name(err["loc"])
+            name = _setting_name(err["loc"], err["msg"])
             value = err.get("input")
             shown = "<secret>" if "password" in name.lower() else repr(value)
             problems.append(f"{name}: {err['msg']} (got {shown})")

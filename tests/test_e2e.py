@@ -27,6 +27,7 @@ from daemon.events import BarRecord, encode_batch
 from daemon.settings import Settings, load_settings
 from daemon.worker import JobSpec, run_job
 from trainers.data import Bars
+from trainers.dataset import sequence_windows
 from trainers.features import training_matrix
 from trainers.metrics import classification_metrics
 from trainers.onnx_io import OnnxScorer
@@ -211,7 +212,12 @@ def test_each_symbol_gets_a_champion_whose_onnx_reproduces_its_test_metrics(
         )
         assert split.to_dict().items() <= meta["split"].items()
         scorer = OnnxScorer(reg.model_path(symbol, version))
-        proba = scorer.predict_proba(tm.X[split.test].astype(np.float32))
+        features = tm.X.astype(np.float32)
+        window = meta["onnx"]["window"]
+        rows = (
+            features[split.test] if window == 1 else sequence_windows(features, split.test, window)
+        )
+        proba = scorer.predict_proba(rows)
         again = classification_metrics(tm.y[split.test], proba, tm.fwd_returns[split.test])
         for key in ("accuracy", "roc_auc", "log_loss", "f1"):
             assert again[key] == pytest.approx(meta["metrics"]["test"][key], abs=1e-6), (

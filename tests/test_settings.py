@@ -66,6 +66,11 @@ def test_missing_toml_file_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
         ("CTD_DEMO_SYMBOLS", "../etc"),
         ("CTD_LOG_FORMAT", "xml"),
         ("CTD_TRAINERS", ""),
+        ("CTD_TRAINERS", "xgboost,nope"),
+        ("CTD_WALK_FORWARD_FOLDS", "1"),
+        ("CTD_RETRAIN_CRON", "not a cron"),
+        ("CTD_WEBHOOK_URL", "ftp://example"),
+        ("CTD_TRAINER_PARAMS", '{"mlp": {"preset": "deep"}}'),
     ],
 )
 def test_bad_values_name_the_setting(

@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from monitors.base import NullMonitor, TrainingMonitor, default_monitor
+from monitors.drift import FeatureReference
 from monitors.gates import GateConfig, PairedCounts, candidate_score, evaluate_gates
 from trainers.base import FittedModel, make_trainer
 from trainers.data import Bars, validate_symbol
@@ -192,6 +193,10 @@ def train_symbol(
         "seed": config.seed,
         "data": _data_section(bars, matrix),
         "feature_spec": FEATURE_SPEC.to_dict(),
+        # The training distribution live drift is measured against (monitors.drift).
+        "feature_reference": FeatureReference.from_matrix(
+            matrix.X[split.train], FEATURE_SPEC.names
+        ).to_dict(),
         "split": {
             **split.to_dict(),
             "val_fraction": config.val_fraction,
