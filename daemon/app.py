@@ -8,6 +8,8 @@ single writer), connectivity probe, HTTP. Training never runs in this process.
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -72,6 +74,10 @@ def train_config(settings: Settings) -> TrainConfig:
             max_fold_accuracy_std=settings.gate_max_fold_accuracy_std,
         ),
     )
+
+
+def runtime_file(settings: Settings) -> Path:
+    return settings.data_dir / "daemon.json"
 
 
 def trainer_modules(names: Sequence[str]) -> list[str]:
@@ -172,6 +178,7 @@ class Daemon:
         # Jobs interrupted by a previous stop (or due before it) run again now.
         for symbol, total in sorted(self._counts.items()):
             self._maybe_trigger(symbol, total, reason="startup")
+        self._write_runtime_file()
         self._started.set()
         _log.info(
             "daemon_started",
@@ -204,10 +211,24 @@ class Daemon:
             self.http.stop()
         if self.store:
             self.store.close()
+        runtime_file(self.settings).unlink(missing_ok=True)
         _log.info("daemon_stopped")
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._stop.wait(timeout)
+
+    def _write_runtime_file(self) -> None:
+        """Where this daemon can be reached, for `ctd promote` & co. (removed on stop)."""
+        assert self.http is not None
+        info = {
+            "pid": os.getpid(),
+            "bootstrap_servers": self.bootstrap_servers,
+            "http": self.http.url,
+        }
+        path = runtime_file(self.settings)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info))
+        tmp.replace(path)
 
     def _schedule_jobs(self) -> BackgroundScheduler:
         """Periodic live-monitor checks and the optional cron retrain of every symbol."""
@@ -239,6 +260,8 @@ class Daemon:
     def _load_state(self) -> None:
         assert self.store is not None
         self._counts = self.store.counts()
+        for symbol in self._counts:
+            self.metrics.init_symbol(symbol)
         self._trained = {sym: count for sym, (count, _at) in self.store.trained_state().items()}
         for symbol in self.registry.symbols():
             if self.registry.slots(symbol).champion is None:
@@ -315,6 +338,8 @@ class Daemon:
             if new <= 0:
                 continue
             m.store_new_bars.labels(symbol).inc(new)
+            if symbol not in self._counts:
+                m.init_symbol(symbol)
             total = self._counts.get(symbol, 0) + new
             self._counts[symbol] = total
             self._maybe_trigger(symbol, total, reason="new_bars")

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+TRAINING_OUTCOMES = ("champion", "shadow", "rejected", "failed")
 TRAINING_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 
 
@@ -230,6 +231,20 @@ class Metrics:
             "Promotion events that could not be published to Kafka.",
             registry=r,
         )
+
+    def init_symbol(self, symbol: str) -> None:
+        """Create a symbol's event series at 0, so that increase() sees its first event."""
+        for counter in (
+            self.promotions,
+            self.shadow_rejections,
+            self.rollbacks,
+            self.champion_bootstraps,
+            self.shadow_placements,
+            self.registry_versions,
+        ):
+            counter.labels(symbol)
+        for outcome in TRAINING_OUTCOMES:
+            self.training_runs.labels(symbol, outcome)
 
     def add_live(
         self,
