@@ -31,7 +31,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"ctd: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    handler = {"run": _cmd_run, "demo": _cmd_demo, "status": _cmd_status}[args.command]
+    handler = {
+        "run": _cmd_run,
+        "demo": _cmd_demo,
+        "status": _cmd_status,
+        "promote": _cmd_operator,
+        "reject": _cmd_operator,
+        "rollback": _cmd_operator,
+        "retrain": _cmd_operator,
+    }[args.command]
     return handler(settings, args)
 
 
@@ -51,6 +59,17 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="champion / shadow per symbol, from the data directory")
     status.add_argument("symbol", nargs="?", default=None)
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    helps = {
+        "promote": "make the shadow the champion (the old champion is kept for rollback)",
+        "reject": "remove the shadow",
+        "rollback": "restore the previous champion from the ledger",
+        "retrain": "queue a retrain of the symbol in the running daemon",
+    }
+    for action, text in helps.items():
+        op = sub.add_parser(action, help=text)
+        op.add_argument("symbol")
+        op.add_argument("--reason", default="", help="why (kept in the ledger)")
+        op.add_argument("--actor", default=None, help="who (default: operator:$USER)")
     return parser
 
 
@@ -143,6 +162,26 @@ def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
             producer.close(timeout=5)
             daemon.stop(settings.shutdown_grace_seconds)
     return _print_status(settings, None, as_json=False, console=console)
+
+
+def _cmd_operator(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.commands import Command
+    from daemon.operator import OperatorError, run
+    from trainers.data import InvalidSymbolError, validate_symbol
+
+    try:
+        symbol = validate_symbol(args.symbol)
+    except InvalidSymbolError as exc:
+        print(f"ctd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    actor = args.actor or f"operator:{os.environ.get('USER', 'unknown')}"
+    try:
+        line = run(settings, Command(args.command, symbol, args.reason, actor))
+    except OperatorError as exc:
+        print(f"ctd {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(json.dumps(line, indent=2))
+    return EXIT_OK
 
 
 def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
