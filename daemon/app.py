@@ -13,7 +13,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from multiprocessing.connection import Connection
@@ -29,6 +28,7 @@ from prometheus_client import CollectorRegistry
 from daemon.commands import Command, InvalidCommand, decode_command
 from daemon.http import HttpServer, make_app
 from daemon.ingest import Ingestor, IngestReport
+from daemon.jobs import candidate_summary, job_config, train_config
 from daemon.kafka import broker_reachable, ensure_topics, make_consumer, make_producer
 from daemon.logs import get_logger
 from daemon.metrics import Metrics
@@ -41,8 +41,6 @@ from daemon.worker import JobSpec, run_job
 from deploy.errors import RegistryError
 from deploy.events import EventKind, RegistryEvent, utc_now
 from deploy.registry import Registry
-from monitors.gates import GateConfig, bootstrap_alpha
-from trainers.pipeline import TrainConfig
 
 _log = get_logger(component="daemon")
 
@@ -52,28 +50,6 @@ def ctd_version() -> str:
         return version("ctd")
     except PackageNotFoundError:  # running from a source tree without install
         return "0+unknown"
-
-
-def train_config(settings: Settings) -> TrainConfig:
-    """The training configuration a worker receives, derived from settings only."""
-    return TrainConfig(
-        trainers=settings.trainers,
-        seed=settings.seed,
-        val_fraction=settings.val_fraction,
-        test_fraction=settings.test_fraction,
-        trainer_params=settings.trainer_params,
-        walk_forward_folds=settings.walk_forward_folds,
-        augment=settings.augment,
-        gates=GateConfig(
-            max_train_val_gap=settings.gate_max_train_val_gap,
-            max_val_test_diff=settings.gate_max_val_test_diff,
-            require_beat_baseline=settings.gate_require_beat_baseline,
-            max_parity_diff=settings.gate_max_parity_diff,
-            baseline_alpha=settings.gate_baseline_alpha,
-            min_test_rows=settings.gate_min_test_rows,
-            max_fold_accuracy_std=settings.gate_max_fold_accuracy_std,
-        ),
-    )
 
 
 def runtime_file(settings: Settings) -> Path:
@@ -112,7 +88,6 @@ class Daemon:
         self._counts: dict[str, int] = {}
         self._trained: dict[str, int] = {}
         self._created_cache: dict[tuple[str, str], float] = {}
-        self._bootstrap_failures: dict[str, int] = {}
         self._stop = threading.Event()
         self._started = threading.Event()
         self._kafka_ok = False
@@ -263,11 +238,6 @@ class Daemon:
         for symbol in self._counts:
             self.metrics.init_symbol(symbol)
         self._trained = {sym: count for sym, (count, _at) in self.store.trained_state().items()}
-        for symbol in self.registry.symbols():
-            if self.registry.slots(symbol).champion is None:
-                history = self.registry.history(symbol)
-                rejected = sum(1 for e in history if e.get("event") == "candidate_rejected")
-                self._bootstrap_failures[symbol] = rejected
 
     def _slot_ages(self) -> dict[tuple[str, str], float]:
         """Creation time of the model in each slot, read at scrape time (cached per version)."""
@@ -420,11 +390,7 @@ class Daemon:
     # -- training ----------------------------------------------------------------------
     def _job_spec(self, job: TrainJob, staging: Path) -> JobSpec:
         self.metrics.training_running.inc()
-        config = self._train_config
-        if self.registry.slots(job.symbol).champion is None:
-            attempt = self._bootstrap_failures.get(job.symbol, 0) + 1
-            alpha = bootstrap_alpha(config.gates.baseline_alpha, attempt)
-            config = replace(config, gates=replace(config.gates, baseline_alpha=alpha))
+        config = job_config(self._train_config, self.registry, job.symbol)
         return JobSpec(
             symbol=job.symbol,
             run_id=job.run_id,
@@ -460,14 +426,10 @@ class Daemon:
                 {
                     "run_id": job.run_id,
                     "reason": outcome.reply.get("reason"),
-                    "candidates": _candidate_summary(meta),
+                    "candidates": candidate_summary(meta),
                 },
                 reason=str(outcome.reply.get("reason", "")),
             )
-            if self.registry.slots(job.symbol).champion is None:
-                self._bootstrap_failures[job.symbol] = (
-                    self._bootstrap_failures.get(job.symbol, 0) + 1
-                )
             m.training_runs.labels(job.symbol, "rejected").inc()
             m.training_duration.labels("rejected").observe(outcome.duration_seconds)
             log.info("candidate_rejected", reason=outcome.reply.get("reason"))
@@ -532,13 +494,3 @@ class Daemon:
             _log.error(
                 "promotion_publish_failed", symbol=event.symbol, kind=event.event, error=str(exc)
             )
-
-
-def _candidate_summary(meta: Mapping[str, Any]) -> list[dict[str, Any]]:
-    out = []
-    for cand in meta.get("candidates") or []:
-        failed = [v.get("reason") for v in cand.get("gates") or [] if not v.get("passed")]
-        out.append(
-            {"trainer": cand.get("trainer"), "failed_gates": failed, "error": cand.get("error")}
-        )
-    return out

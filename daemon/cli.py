@@ -13,6 +13,8 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict
+from pathlib import Path
 from types import FrameType
 
 from rich.console import Console
@@ -39,6 +41,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "reject": _cmd_operator,
         "rollback": _cmd_operator,
         "retrain": _cmd_operator,
+        "train": _cmd_train,
+        "compare": _cmd_compare,
+        "report": _cmd_report,
+        "manifest": _cmd_manifest,
     }[args.command]
     return handler(settings, args)
 
@@ -70,6 +76,24 @@ def _parser() -> argparse.ArgumentParser:
         op.add_argument("symbol")
         op.add_argument("--reason", default="", help="why (kept in the ledger)")
         op.add_argument("--actor", default=None, help="who (default: operator:$USER)")
+    train = sub.add_parser(
+        "train", help="train a symbol from an OHLCV CSV into the registry (no Kafka)"
+    )
+    train.add_argument("--csv", type=Path, required=True, metavar="FILE")
+    train.add_argument("--symbol", required=True)
+    train.add_argument(
+        "--trainers", nargs="+", default=None, metavar="NAME", help="default: CTD_TRAINERS"
+    )
+    compare = sub.add_parser("compare", help="versions x candidates table and a PNG chart")
+    compare.add_argument("symbol")
+    compare.add_argument("--png", type=Path, default=None)
+    report = sub.add_parser("report", help="markdown report of one symbol")
+    report.add_argument("symbol")
+    report.add_argument("--out", type=Path, default=None)
+    manifest = sub.add_parser(
+        "manifest", help="JSON deployment manifest of all champions and shadows"
+    )
+    manifest.add_argument("--out", type=Path, default=None)
     return parser
 
 
@@ -181,6 +205,71 @@ def _cmd_operator(settings: Settings, args: argparse.Namespace) -> int:
         print(f"ctd {args.command}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     print(json.dumps(line, indent=2))
+    return EXIT_OK
+
+
+def _offline_errors() -> tuple[type[Exception], ...]:
+    """Bad input to the offline tools: a usage error (exit 2), not a runtime failure."""
+    from daemon.offline import CsvFormatError
+    from daemon.reports import NothingToReportError
+    from trainers.data import InvalidSymbolError
+    from trainers.errors import InsufficientDataError, InvalidInputError, UnknownTrainerError
+
+    return (
+        CsvFormatError,
+        NothingToReportError,
+        InvalidSymbolError,
+        InsufficientDataError,
+        InvalidInputError,
+        UnknownTrainerError,
+    )
+
+
+def _cmd_train(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.logs import configure_logging
+    from daemon.offline import train_csv
+
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        outcome = train_csv(settings, args.csv, args.symbol, args.trainers)
+    except _offline_errors() as exc:
+        print(f"ctd train: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(asdict(outcome), indent=2))
+    return EXIT_OK if outcome.passed else EXIT_FAILURE
+
+
+def _cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.reports import compare, default_png_path, render_compare_table
+
+    try:
+        rows = compare(settings, args.symbol, args.png)
+    except _offline_errors() as exc:
+        print(f"ctd compare: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    console = Console()
+    console.print(render_compare_table(rows))
+    console.print(f"chart: {args.png or default_png_path(settings, args.symbol)}")
+    return EXIT_OK
+
+
+def _cmd_report(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.reports import report
+
+    try:
+        path = report(settings, args.symbol, args.out)
+    except _offline_errors() as exc:
+        print(f"ctd report: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(path)
+    return EXIT_OK
+
+
+def _cmd_manifest(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.offline import default_manifest_path, manifest
+
+    manifest(settings, args.out)
+    print(args.out or default_manifest_path(settings))
     return EXIT_OK
 
 
