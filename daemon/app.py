@@ -415,7 +415,7 @@ class Daemon:
             self._record_failure(outcome)
             return
         meta: Mapping[str, Any] = outcome.reply.get("metadata") or {}
-        self._count_monitor_output(job.symbol, meta)
+        self._count_monitor_output(job.symbol, meta, job.run_id)
         assert self.store is not None
         self.store.mark_trained(job.symbol, job.bar_count, time.time())
         self._trained[job.symbol] = job.bar_count
@@ -471,13 +471,22 @@ class Daemon:
             RegistryEvent(kind, symbol, None, None, evidence, utc_now(), reason=reason)
         )
 
-    def _count_monitor_output(self, symbol: str, meta: Mapping[str, Any]) -> None:
+    def _count_monitor_output(self, symbol: str, meta: Mapping[str, Any], run_id: str) -> None:
+        """Every monitor warning and gate verdict of a run: a metric and a log event."""
         for cand in meta.get("candidates") or []:
             trainer = str(cand.get("trainer"))
             for warning in cand.get("warnings") or []:
-                self.metrics.training_warnings.labels(
-                    symbol, trainer, str(warning.get("kind"))
-                ).inc()
+                kind = str(warning.get("kind"))
+                self.metrics.training_warnings.labels(symbol, trainer, kind).inc()
+                _log.warning(
+                    "training_warning",
+                    symbol=symbol,
+                    run_id=run_id,
+                    trainer=trainer,
+                    kind=kind,
+                    step=warning.get("step"),
+                    message=warning.get("message"),
+                )
             for verdict in cand.get("gates") or []:
                 outcome = "pass" if verdict.get("passed") else "fail"
                 self.metrics.gate_verdicts.labels(trainer, str(verdict.get("gate")), outcome).inc()

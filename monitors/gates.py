@@ -10,7 +10,7 @@ NaN) fails: a candidate is never promoted on evidence nobody computed.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -34,6 +34,7 @@ class GateConfig:
     baseline_alpha: float = 0.05
     min_test_rows: int = 100
     max_fold_accuracy_std: float | None = None
+    blocking_warnings: tuple[str, ...] = ("non_finite", "divergence")
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +179,24 @@ def fold_stability_gate(fold_accuracy_std: float | None, maximum: float) -> Gate
     )
 
 
+def training_health_gate(
+    warning_kinds: Sequence[str] | None, blocking: Sequence[str]
+) -> GateVerdict:
+    """Fails when training raised a warning of a blocking kind (non-finite loss, divergence).
+
+    A monitor that stops a diverging run keeps the best weights so far; those
+    may even score well, but a run that diverged is not a model to deploy.
+    """
+    if warning_kinds is None:
+        return _missing("training_health", None, "training monitor warnings")
+    bad = sorted({k for k in warning_kinds if k in blocking})
+    if bad:
+        return GateVerdict(
+            "training_health", False, float(len(bad)), 0.0, f"training raised {', '.join(bad)}"
+        )
+    return GateVerdict("training_health", True, 0.0, 0.0, "no blocking training warning")
+
+
 def onnx_parity_gate(max_abs_diff: float | None, tolerance: float) -> GateVerdict:
     """Fails unless the ONNX export reproduces native probabilities within ``tolerance``."""
     if max_abs_diff is None or not math.isfinite(max_abs_diff):
@@ -202,6 +221,7 @@ def evaluate_gates(
     *,
     test_rows: int | None = None,
     fold_accuracy_std: float | None = None,
+    warning_kinds: Sequence[str] | None = (),
 ) -> list[GateVerdict]:
     """Every configured gate's verdict, in a fixed order; the candidate passes if all pass.
 
@@ -217,6 +237,7 @@ def evaluate_gates(
         verdicts.append(baseline_significance_gate(paired, config.baseline_alpha))
     if config.max_fold_accuracy_std is not None:
         verdicts.append(fold_stability_gate(fold_accuracy_std, config.max_fold_accuracy_std))
+    verdicts.append(training_health_gate(warning_kinds, config.blocking_warnings))
     verdicts.append(onnx_parity_gate(parity_max_abs_diff, config.max_parity_diff))
     return verdicts
 

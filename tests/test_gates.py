@@ -19,6 +19,7 @@ from monitors.gates import (
     min_test_rows_gate,
     onnx_parity_gate,
     train_val_gap_gate,
+    training_health_gate,
     val_test_consistency_gate,
 )
 
@@ -122,6 +123,7 @@ def test_evaluate_gates_order_and_pass():
         "val_test_consistency",
         "beats_baseline",
         "beats_baseline_significant",
+        "training_health",
         "onnx_parity",
     ]
     assert all(v.passed for v in verdicts)
@@ -142,6 +144,7 @@ def test_evaluate_gates_uses_config_thresholds():
         "min_test_rows",
         "train_val_gap",
         "val_test_consistency",
+        "training_health",
         "onnx_parity",
     }
     assert verdicts["train_val_gap"].passed is False
@@ -213,6 +216,24 @@ def test_bootstrap_alpha_spends_at_most_alpha_in_total():
     assert sum(levels) > 0.0499
     with pytest.raises(ValueError, match="attempt must be >= 1"):
         bootstrap_alpha(0.05, 0)
+
+
+@pytest.mark.parametrize(
+    ("kinds", "passed"),
+    [
+        ((), True),
+        (("overfitting", "exploding_gradients"), True),  # warnings, not blockers
+        (("divergence",), False),
+        (("overfitting", "non_finite"), False),
+        (None, False),
+    ],
+)
+def test_training_health_blocks_diverged_runs(kinds, passed):
+    """A run that raised a blocking warning (divergence, non-finite) fails; others pass."""
+    verdict = training_health_gate(kinds, GateConfig().blocking_warnings)
+    assert verdict.passed is passed
+    if kinds and not passed:
+        assert all(k in verdict.reason for k in kinds if k in ("divergence", "non_finite"))
 
 
 def test_verdict_to_dict_is_json():

@@ -319,6 +319,7 @@ def _run_candidate(
             paired,
             test_rows=len(data.y_test),
             fold_accuracy_std=fold_accuracy_std(record["walk_forward"]),
+            warning_kinds=[w.kind for w in monitor.warnings],
         )
         record["gates"] = [v.to_dict() for v in verdicts]
         record["score"] = candidate_score(metrics)
