@@ -168,6 +168,7 @@ def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
             make_generators(settings.demo_symbols, daemon.store),
             history_bars=settings.demo_history_bars,
             bars_per_second=settings.demo_bars_per_second,
+            regime_change_bars=settings.demo_regime_change_bars,
         ).start()
         url = f"{daemon.http.url}/metrics"
         console.print(f"ctd demo: broker {bootstrap}, metrics {url}, data {settings.data_dir}")

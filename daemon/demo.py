@@ -70,14 +70,17 @@ class DemoFeed:
         *,
         history_bars: int,
         bars_per_second: float,
+        regime_change_bars: int = 0,
     ) -> None:
         self._producer = producer
         self._topic = topic
         self._gens = generators
         self._history = history_bars
         self._rate = bars_per_second
+        self._regime_change = regime_change_bars
         self._stop = threading.Event()
         self.sent = 0
+        self.events: list[str] = []
         self._thread = threading.Thread(target=self._run, name="ctd-demo-feed", daemon=True)
 
     def start(self) -> DemoFeed:
@@ -101,14 +104,25 @@ class DemoFeed:
         self._producer.flush()
         tick = 0.25
         per_tick = max(1, round(self._rate * tick / max(len(self._gens), 1)))
+        first = next(iter(self._gens), None)
+        flipped = False
         while not self._stop.wait(tick):
             for symbol in self._gens:
                 self._send(symbol, per_tick)
             self._producer.flush()
+            if first and self._regime_change and not flipped:
+                gen = self._gens[first]
+                if gen.bars_emitted >= self._regime_change:
+                    gen.set_regime(signal_strength=-gen.signal_strength)
+                    flipped = True
+                    self.events.append(f"{first}: planted signal flipped at bar {gen.bars_emitted}")
 
 
 def status_table(store: BarStore, registry: Registry, feed: DemoFeed) -> Table:
-    table = Table(title=f"ctd demo: {feed.sent} bars sent (Ctrl-C to stop)")
+    title = f"ctd demo: {feed.sent} bars sent (Ctrl-C to stop)"
+    if feed.events:
+        title += f"\n{feed.events[-1]}"
+    table = Table(title=title)
     for col in (
         "symbol",
         "bars stored",

@@ -133,6 +133,9 @@ class Settings(BaseSettings):
     demo_symbols: Annotated[tuple[str, ...], NoDecode] = ("BTCUSDT", "ETHUSDT", "AAPL")
     demo_bars_per_second: float = Field(200.0, gt=0)
     demo_history_bars: int = Field(1500, ge=0)
+    # After this many bars the first demo symbol's planted signal flips (0: never), so the
+    # demo shows decay / drift -> retrain -> shadow -> promotion.
+    demo_regime_change_bars: int = Field(6000, ge=0)
 
     @field_validator("trainers", "demo_symbols", mode="before")
     @classmethod
