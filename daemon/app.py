@@ -2,14 +2,23 @@
 
 Threads: ingest (poll -> DLQ -> store -> commit -> trigger), retrain supervisor
 (worker processes; registry writes on completion: the daemon is the registry's
-single writer), connectivity probe, HTTP. Training never runs in this process.
+single writer), connectivity probe, HTTP, and experiment tracking when enabled.
+Training never runs in this process.
+
+Lifecycle: /readyz answers 503 from the moment the HTTP server is up until
+``start()`` returns, and again from ``stop()`` on (draining). ``stop(grace)``
+stops intake first (the consumers finish their batch, already committed, and
+leave their groups), lets in-flight training finish until the grace deadline,
+cancels it then, and closes the rest.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import multiprocessing
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -17,7 +26,7 @@ from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -29,20 +38,30 @@ from daemon.commands import Command, InvalidCommand, decode_command
 from daemon.http import HttpServer, make_app
 from daemon.ingest import Ingestor, IngestReport
 from daemon.jobs import candidate_summary, job_config, train_config
-from daemon.kafka import broker_reachable, ensure_topics, make_consumer, make_producer
+from daemon.kafka import (
+    broker_reachable,
+    check_sasl_mechanism,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+)
 from daemon.logs import get_logger
 from daemon.metrics import Metrics
 from daemon.promotions import LivePath
 from daemon.retrain import JobOutcome, RetrainScheduler, TrainJob, TriggerPolicy
 from daemon.settings import Settings
 from daemon.store import BarStore, StoreError
+from daemon.tracking import MlflowTracker, TrackedRun, TrackingWorker
 from daemon.watch import LiveWatch
 from daemon.worker import JobSpec, run_job
 from deploy.errors import RegistryError
 from deploy.events import EventKind, RegistryEvent, utc_now
-from deploy.registry import Registry
+from deploy.registry import METADATA_FILE, Registry
 
 _log = get_logger(component="daemon")
+
+INTAKE_JOIN_SECONDS: Final = 2.0
+"""How long stop() waits for the intake threads' last batch even when the grace is used up."""
 
 
 def ctd_version() -> str:
@@ -85,11 +104,14 @@ class Daemon:
         self.live: LivePath | None = None
         self.watch: LiveWatch | None = None
         self.jobs: BackgroundScheduler | None = None
+        self.tracking: TrackingWorker | None = None
         self._counts: dict[str, int] = {}
         self._trained: dict[str, int] = {}
         self._created_cache: dict[tuple[str, str], float] = {}
         self._stop = threading.Event()
         self._started = threading.Event()
+        self._cancelling = threading.Event()
+        self._ingest_thread: threading.Thread | None = None
         self._kafka_ok = False
         self._threads: list[threading.Thread] = []
         self._train_config = train_config(settings)
@@ -97,8 +119,23 @@ class Daemon:
 
     # -- lifecycle ------------------------------------------------------------------
     def start(self) -> Daemon:
+        """Bring every component up and return once ready; on failure stop them and re-raise."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop(0)
+            raise
+        return self
+
+    def _start(self) -> None:
         s = self.settings
+        if s.mlflow_tracking_uri:
+            tracker = MlflowTracker(s.mlflow_tracking_uri, s.mlflow_experiment)
+            self.tracking = TrackingWorker(tracker, self.metrics.registry)
+            _log.info("tracking_enabled", experiment=s.mlflow_experiment)
         s.data_dir.mkdir(parents=True, exist_ok=True)
+        # Left by a daemon that died mid-job; no worker of this one runs yet.
+        shutil.rmtree(s.data_dir / "staging", ignore_errors=True)
         self.store = BarStore(s.store_path)
         cleaned = self.registry.recover()
         if cleaned:
@@ -117,11 +154,14 @@ class Daemon:
         self.http = HttpServer(
             s.http_host, s.http_port, make_app(self.metrics.registry, self.readiness)
         ).start()
+        timeout = s.kafka_request_timeout_ms / 1000
+        check_sasl_mechanism(s, self.bootstrap_servers, timeout)
         if s.create_topics:
             created = ensure_topics(
                 s,
                 self.bootstrap_servers,
                 [s.topic_bars, s.topic_dlq, s.topic_commands, s.topic_promotions],
+                timeout=timeout,
             )
             if created:
                 _log.info("topics_created", topics=created)
@@ -146,7 +186,7 @@ class Daemon:
         ).start()
         self._kafka_ok = True
         self.metrics.kafka_connected.set(1)
-        self._spawn(self._ingest_loop, "ctd-ingest")
+        self._ingest_thread = self._spawn(self._ingest_loop, "ctd-ingest")
         self._spawn(self._probe_loop, "ctd-probe")
         self._spawn(self._commands_loop, "ctd-commands")
         self.jobs = self._schedule_jobs()
@@ -161,23 +201,35 @@ class Daemon:
             bootstrap=self.bootstrap_servers,
             symbols=len(self._counts),
         )
-        return self
 
     def stop(self, grace_seconds: float = 30.0) -> None:
-        """Stop polling, finish or cancel training within the grace period, close everything."""
+        """Drain and close everything, in about ``grace_seconds`` at most; idempotent.
+
+        Order: not ready; intake stops (ingest and commands finish their current
+        batch and leave their consumer groups; ingest commits each batch once
+        stored); in-flight training may finish until the deadline and is
+        cancelled then (or at once after ``cancel_training``); tracking gets
+        what is left of the grace; producer, HTTP server and store close.
+        """
         if self._stop.is_set():
             return
+        deadline = time.monotonic() + grace_seconds
         self._stop.set()
-        self._started.clear()
         self.metrics.ready.set(0)
+        running = self.scheduler.running if self.scheduler else 0
+        _log.info("daemon_draining", grace_seconds=grace_seconds, training_running=running)
         if self.jobs:
             self.jobs.shutdown(wait=False)
         for t in self._threads:
-            t.join(timeout=max(grace_seconds, 5))
-        if self.scheduler:
-            self.scheduler.stop(grace_seconds)
-        if self.ingestor:
+            t.join(timeout=max(deadline - time.monotonic(), INTAKE_JOIN_SECONDS))
+            if t.is_alive():
+                _log.warning("thread_not_stopped", thread=t.name)
+        if self.ingestor and self._ingest_thread is None:  # never polled: nobody else closes it
             self.ingestor.close()
+        if self.scheduler:
+            self.scheduler.stop(max(deadline - time.monotonic(), 0.0))
+        if self.tracking:
+            self.tracking.close(max(deadline - time.monotonic(), 1.0))
         if self.live:
             self.live.close()
         if self.producer:
@@ -188,6 +240,17 @@ class Daemon:
             self.store.close()
         runtime_file(self.settings).unlink(missing_ok=True)
         _log.info("daemon_stopped")
+
+    def cancel_training(self) -> None:
+        """Kill in-flight training now rather than at the grace deadline (a second stop signal).
+
+        Called from a signal handler, so it must not log (a lock held by the
+        interrupted thread). The daemon's only multiprocessing children are its
+        training workers; their jobs end as cancelled (logged), not failed.
+        """
+        self._cancelling.set()
+        for child in multiprocessing.active_children():
+            child.kill()
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._stop.wait(timeout)
@@ -226,10 +289,11 @@ class Daemon:
         jobs.start()
         return jobs
 
-    def _spawn(self, target: Any, name: str) -> None:
+    def _spawn(self, target: Any, name: str) -> threading.Thread:
         t = threading.Thread(target=target, name=name, daemon=True)
         self._threads.append(t)
         t.start()
+        return t
 
     # -- state ------------------------------------------------------------------------
     def _load_state(self) -> None:
@@ -256,20 +320,29 @@ class Daemon:
         return out
 
     def readiness(self) -> dict[str, bool]:
+        """Named checks of /readyz; ready when all are true."""
         store_ok = self.store is not None and self.store.ping()
         return {
             "started": self._started.is_set(),
+            "not_draining": not self._stop.is_set(),
             "store": store_ok,
             "broker": self._kafka_ok,
         }
 
     # -- ingest -------------------------------------------------------------------------
     def _ingest_loop(self) -> None:
+        """Poll until stopped, then leave the group (every stored batch is already committed)."""
         assert self.ingestor is not None
+        try:
+            self._poll_until_stopped(self.ingestor)
+        finally:
+            self.ingestor.close()
+
+    def _poll_until_stopped(self, ingestor: Ingestor) -> None:
         backoff = 0.5
         while not self._stop.is_set():
             try:
-                report = self.ingestor.poll_once()
+                report = ingestor.poll_once()
             except StoreError as exc:
                 self.metrics.ingest_errors.labels("store").inc()
                 _log.error("ingest_store_error", error=str(exc))
@@ -399,6 +472,7 @@ class Daemon:
             staging_dir=staging,
             config=config,
             log_level=self.settings.log_level,
+            daemon_pid=os.getpid(),
         )
 
     def _on_job_done(self, outcome: JobOutcome) -> None:
@@ -408,11 +482,13 @@ class Daemon:
         m.training_running.dec()
         if self.scheduler:
             m.retrain_queue_depth.set(self.scheduler.pending)
-        if outcome.cancelled:
+        if outcome.cancelled or (not outcome.ok and self._cancelling.is_set()):
+            # Not a failure: the job runs again after the restart (its bars are not marked).
             log.warning("training_cancelled", error=outcome.error)
             return
         if not outcome.ok:
             self._record_failure(outcome)
+            self._track(outcome, "failed")
             return
         meta: Mapping[str, Any] = outcome.reply.get("metadata") or {}
         self._count_monitor_output(job.symbol, meta, job.run_id)
@@ -433,6 +509,7 @@ class Daemon:
             m.training_runs.labels(job.symbol, "rejected").inc()
             m.training_duration.labels("rejected").observe(outcome.duration_seconds)
             log.info("candidate_rejected", reason=outcome.reply.get("reason"))
+            self._track(outcome, "rejected")
             return
         version = self.registry.add_version(job.symbol, outcome.staging_dir)
         m.registry_versions.labels(job.symbol).inc()
@@ -449,6 +526,28 @@ class Daemon:
             trainer=outcome.reply.get("chosen"),
             test_accuracy=(meta.get("metrics") or {}).get("test", {}).get("accuracy"),
             seconds=round(outcome.duration_seconds, 3),
+        )
+        self._track(outcome, placed, version)
+
+    def _track(self, outcome: JobOutcome, result: str, version: str | None = None) -> None:
+        """Hand the run to experiment tracking; artifacts from the registry (staging goes away)."""
+        if self.tracking is None:
+            return
+        artifacts: tuple[Path, ...] = ()
+        if version is not None:
+            model = self.registry.model_path(outcome.job.symbol, version)
+            artifacts = (model, model.with_name(METADATA_FILE))
+        self.tracking.submit(
+            TrackedRun(
+                symbol=outcome.job.symbol,
+                run_id=outcome.job.run_id,
+                outcome=result,
+                duration_seconds=outcome.duration_seconds,
+                metadata=outcome.reply.get("metadata") or {},
+                artifacts=artifacts,
+                version=version,
+                error=outcome.error,
+            )
         )
 
     def _record_failure(self, outcome: JobOutcome) -> None:

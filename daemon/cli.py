@@ -1,6 +1,12 @@
 """The ``ctd`` command line: run, demo, status.
 
 Exit codes: 0 success, 1 runtime failure, 2 invalid settings or usage.
+
+``ctd run`` stops on SIGTERM or SIGINT: it drains (daemon/app.py ``Daemon.stop``:
+intake stops, in-flight training gets ``CTD_SHUTDOWN_GRACE_SECONDS`` to finish)
+and exits 0. A second SIGTERM / SIGINT while draining cancels the training at
+once instead of waiting for the deadline; the rest of the shutdown still runs
+in order, and the exit code is still 0.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from types import FrameType
@@ -23,6 +29,7 @@ from rich.table import Table
 from daemon.settings import Settings, SettingsError, load_settings
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+_SIGNAL_CHECK_SECONDS = 0.2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -109,30 +116,64 @@ def _kafka(settings: Settings) -> Iterator[str]:
         yield broker.bootstrap_servers
 
 
-def _stop_on_signals(stop: threading.Event) -> None:
-    def handle(signum: int, _frame: FrameType | None) -> None:
-        stop.set()
+class _StopSignals:
+    """SIGTERM / SIGINT: the first sets ``requested``; each later one calls ``on_repeat``."""
 
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self.on_repeat: Callable[[], None] | None = None
+        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
+
+    def wait(self) -> None:
+        """Block until the first signal.
+
+        Waits in short slices: the kernel may hand the signal to any thread, and
+        Python then runs the handler only when the main thread executes bytecode
+        again, which a wait without timeout never does.
+        """
+        while not self.requested.wait(_SIGNAL_CHECK_SECONDS):
+            pass
+
+    def _handle(self, _signum: int, _frame: FrameType | None) -> None:
+        if self.requested.is_set() and self.on_repeat is not None:
+            self.on_repeat()
+        self.requested.set()
+
+
+def _start_errors() -> tuple[type[Exception], ...]:
+    """Failures to start that the message explains fully: logged without a traceback."""
+    from kafka.errors import KafkaError
+
+    from daemon.broker import BrokerError
+    from daemon.kafka import KafkaSecurityError, TopicSetupError
+    from daemon.tracking import TrackingUnavailableError
+
+    return (BrokerError, KafkaError, KafkaSecurityError, TopicSetupError, TrackingUnavailableError)
 
 
 def _cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
-    from daemon.app import Daemon
     from daemon.logs import configure_logging, get_logger
 
+    # Before importing the daemon: module-level loggers resolve their configuration on import.
     configure_logging(settings.log_level, settings.log_format)
+    from daemon.app import Daemon
+
     log = get_logger(component="cli")
-    stop = threading.Event()
-    _stop_on_signals(stop)
+    signals = _StopSignals()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
         with _kafka(settings) as bootstrap:
-            daemon = Daemon(settings, bootstrap_servers=bootstrap).start()
+            daemon = Daemon(settings, bootstrap_servers=bootstrap)
+            signals.on_repeat = daemon.cancel_training
+            daemon.start()  # on failure it stops what it started
             try:
-                stop.wait()
+                signals.wait()
             finally:
                 daemon.stop(settings.shutdown_grace_seconds)
+    except _start_errors() as exc:
+        log.error("daemon_failed", error=str(exc))
+        return EXIT_FAILURE
     except Exception as exc:
         log.error("daemon_failed", error=str(exc), exc_info=True)
         return EXIT_FAILURE
@@ -140,15 +181,12 @@ def _cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon.app import Daemon
-    from daemon.demo import DemoFeed, live_table, make_generators
-    from daemon.kafka import make_producer
     from daemon.logs import configure_logging
 
     console = Console()
     show_table = not args.no_table and console.is_terminal
-    stop = threading.Event()
-    _stop_on_signals(stop)
+    signals = _StopSignals()
+    stop = signals.requested
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if show_table:
         # With a live table on screen, logs (ours and the worker processes') go to a
@@ -158,8 +196,14 @@ def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
         configure_logging(settings.log_level, "json")
     else:
         configure_logging(settings.log_level, settings.log_format)
+    from daemon.app import Daemon  # after configure_logging, as in _cmd_run
+    from daemon.demo import DemoFeed, live_table, make_generators
+    from daemon.kafka import make_producer
+
     with _kafka(settings) as bootstrap:
-        daemon = Daemon(settings, bootstrap_servers=bootstrap).start()
+        daemon = Daemon(settings, bootstrap_servers=bootstrap)
+        signals.on_repeat = daemon.cancel_training
+        daemon.start()
         assert daemon.store is not None and daemon.http is not None
         producer = make_producer(settings, bootstrap)
         feed = DemoFeed(
@@ -179,7 +223,7 @@ def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
             if show_table:
                 live_table(daemon.store, daemon.registry, feed, stop, console)
             else:
-                stop.wait()
+                signals.wait()
         finally:
             if timer:
                 timer.cancel()

@@ -26,6 +26,34 @@ PRODUCER_LINGER_MS: Final = 5
 
 _DEFAULT_PORT: Final = 9092
 _API_VERSIONS_KEY: Final = 18
+_SASL_HANDSHAKE_KEY: Final = 17
+_SASL_ERRORS: Final = {33: "UNSUPPORTED_SASL_MECHANISM", 34: "ILLEGAL_SASL_STATE"}
+
+
+class MaskedSecret(str):
+    """A secret in the plain ``str`` form kafka-python needs, whose repr stays masked.
+
+    kafka-python logs its whole configuration dict at DEBUG, and a traceback
+    renderer that shows local variables prints the dicts that hold it: both go
+    through ``repr``. Slices stay masked too (rich truncates long strings by
+    slicing before ``repr``). ``str()`` and the string's bytes are the secret.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'**********'"
+
+    def __getitem__(self, key: Any) -> MaskedSecret:
+        return MaskedSecret(str.__getitem__(self, key))
+
+
+class KafkaSecurityError(RuntimeError):
+    """The broker refuses the configured security settings (protocol or SASL mechanism)."""
+
+    def __init__(self, address: str, cause: str) -> None:
+        self.address, self.cause = address, cause
+        super().__init__(f"Kafka broker {address} refuses this client's security settings: {cause}")
 
 
 class TopicSetupError(RuntimeError):
@@ -39,7 +67,7 @@ class TopicSetupError(RuntimeError):
 def client_config(settings: Settings, bootstrap_servers: str) -> dict[str, Any]:
     """Connection and security settings shared by every client.
 
-    The SASL password is unwrapped here and only here.
+    The SASL password is unwrapped here and only here, into a MaskedSecret.
     """
     config: dict[str, Any] = {
         "bootstrap_servers": [s.strip() for s in bootstrap_servers.split(",") if s.strip()],
@@ -53,7 +81,8 @@ def client_config(settings: Settings, bootstrap_servers: str) -> dict[str, Any]:
         config["sasl_mechanism"] = settings.kafka_sasl_mechanism
         config["sasl_plain_username"] = settings.kafka_sasl_username
         if settings.kafka_sasl_password is not None:
-            config["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+            password = settings.kafka_sasl_password
+            config["sasl_plain_password"] = MaskedSecret(password.get_secret_value())
     if settings.kafka_ssl_cafile is not None:
         config["ssl_cafile"] = str(settings.kafka_ssl_cafile)
     return config
@@ -130,7 +159,12 @@ def ensure_topics(
     try:
         admin = KafkaAdminClient(**config)
     except KafkaError as exc:
-        raise TopicSetupError(wanted, f"broker {bootstrap_servers} unreachable: {exc}") from exc
+        # kafka-python reports a refused login, a TLS failure and a dead broker alike.
+        raise TopicSetupError(
+            wanted,
+            f"cannot connect to {bootstrap_servers} ({exc}); check the address,"
+            " CTD_KAFKA_SECURITY_PROTOCOL and the SASL/SSL settings",
+        ) from exc
     try:
         existing = set(admin.list_topics())
         missing = [t for t in wanted if t not in existing]
@@ -189,6 +223,98 @@ def _recv_exactly(sock: socket.socket, n: int) -> bytes | None:
     return data
 
 
+def check_sasl_mechanism(settings: Settings, bootstrap_servers: str, timeout: float) -> None:
+    """Fail fast if the first answering broker does not offer ``kafka_sasl_mechanism``.
+
+    kafka-python retries a refused SASL handshake until its bootstrap timeout
+    and then says only "Unable to bootstrap". One SaslHandshake round trip (no
+    credentials sent) names the problem instead. Unreachable servers are
+    skipped: the clients report those. Wrong credentials are found later, by
+    kafka-python's login. Raises KafkaSecurityError; a no-op unless the
+    security protocol is SASL_*.
+    """
+    mechanism = settings.kafka_sasl_mechanism
+    if mechanism is None or not settings.kafka_security_protocol.startswith("SASL_"):
+        return
+    context = _tls_context(settings)
+    deadline = time.monotonic() + timeout
+    addresses = [a.strip() for a in bootstrap_servers.split(",") if a.strip()]
+    for i, address in enumerate(addresses):
+        share = (deadline - time.monotonic()) / (len(addresses) - i)
+        if share <= 0:
+            return
+        try:
+            problem = _sasl_problem(address, mechanism, context, share)
+        except (OSError, ValueError):
+            continue  # unreachable or silent: not a verdict on the security settings
+        if problem is not None:
+            raise KafkaSecurityError(address, problem)
+        return
+
+
+def _sasl_problem(
+    address: str, mechanism: str, context: ssl.SSLContext | None, timeout: float
+) -> str | None:
+    """What is wrong with ``mechanism`` at ``address``, or None if the broker accepts it.
+
+    Raises OSError when the broker cannot be reached or does not answer in time.
+    """
+    host, port = _split_address(address)
+    with socket.create_connection((host, port), timeout=timeout) as raw:
+        if context is None:
+            return _sasl_handshake(raw, mechanism)
+        try:
+            with context.wrap_socket(raw, server_hostname=host) as tls:
+                return _sasl_handshake(tls, mechanism)
+        except ssl.SSLError as exc:
+            return (
+                f"TLS handshake failed ({exc}); check CTD_KAFKA_SECURITY_PROTOCOL and"
+                " CTD_KAFKA_SSL_CAFILE"
+            )
+
+
+def _sasl_handshake(sock: socket.socket, mechanism: str) -> str | None:
+    """Send SaslHandshake v1; None if the broker accepts ``mechanism``, else why not."""
+    correlation_id = 0x0C7E
+    client_id, name = b"ctd-probe", mechanism.encode()
+    body = (
+        struct.pack(">hhih", _SASL_HANDSHAKE_KEY, 1, correlation_id, len(client_id))
+        + client_id
+        + struct.pack(">h", len(name))
+        + name
+    )
+    sock.sendall(struct.pack(">i", len(body)) + body)
+    size = _recv_exactly(sock, 4)
+    reply = _recv_exactly(sock, struct.unpack(">i", size)[0]) if size else None
+    if reply is None or len(reply) < 10 or struct.unpack_from(">i", reply)[0] != correlation_id:
+        return (
+            f"it hung up on a SASL handshake for {mechanism} (mechanism not enabled, or not a"
+            " SASL listener): check CTD_KAFKA_SASL_MECHANISM and CTD_KAFKA_SECURITY_PROTOCOL"
+        )
+    error_code, count = struct.unpack_from(">hi", reply, 4)
+    if error_code == 0:
+        return None
+    offered, pos = [], 10
+    for _ in range(max(count, 0)):
+        (n,) = struct.unpack_from(">h", reply, pos)
+        offered.append(reply[pos + 2 : pos + 2 + n].decode("utf-8", "replace"))
+        pos += 2 + n
+    kind = _SASL_ERRORS.get(error_code, f"error code {error_code}")
+    return (
+        f"SASL mechanism {mechanism} refused ({kind}; the broker lists"
+        f" {', '.join(offered) or 'none'}): check CTD_KAFKA_SASL_MECHANISM and"
+        " CTD_KAFKA_SECURITY_PROTOCOL"
+    )
+
+
+def _tls_context(settings: Settings | None) -> ssl.SSLContext | None:
+    """The probes' TLS context when the security protocol uses SSL, else None."""
+    if settings is None or settings.kafka_security_protocol not in ("SSL", "SASL_SSL"):
+        return None
+    cafile = str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
+    return ssl.create_default_context(cafile=cafile)
+
+
 def broker_reachable(
     bootstrap_servers: str, timeout: float, *, settings: Settings | None = None
 ) -> bool:
@@ -199,10 +325,7 @@ def broker_reachable(
     the security protocol uses SSL (ApiVersions precedes SASL authentication).
     """
     deadline = time.monotonic() + timeout
-    context: ssl.SSLContext | None = None
-    if settings is not None and settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
-        cafile = str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
-        context = ssl.create_default_context(cafile=cafile)
+    context = _tls_context(settings)
     addresses = [a for a in bootstrap_servers.split(",") if a.strip()]
     for i, address in enumerate(addresses):
         # A fair share of what is left, so one silent server cannot use up the whole budget.

@@ -28,7 +28,9 @@ def configure_logging(
     ]
     renderer: structlog.types.Processor
     if use_console:
-        renderer = structlog.dev.ConsoleRenderer()
+        renderer = structlog.dev.ConsoleRenderer(
+            exception_formatter=structlog.dev.RichTracebackFormatter(show_locals=False)
+        )
     else:
         shared.append(
             structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False))
@@ -49,5 +51,7 @@ def configure_logging(
 
 def get_logger(**context: object) -> structlog.stdlib.BoundLogger:
     """A logger with ``context`` (symbol, version, run_id, ...) bound to every event."""
-    logger: structlog.stdlib.BoundLogger = structlog.get_logger("ctd").bind(**context)
+    # Lazy proxy: resolved at first use, so loggers bound at import time still
+    # follow configure_logging() called later.
+    logger: structlog.stdlib.BoundLogger = structlog.get_logger("ctd", **context)
     return logger

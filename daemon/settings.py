@@ -129,6 +129,14 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
 
+    # Experiment tracking (optional extra `mlflow`, daemon/tracking.py).
+    mlflow_tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; when set, every training run is logged there."
+    )
+    mlflow_experiment: str = Field(
+        "ctd", min_length=1, description="MLflow experiment that receives the runs."
+    )
+
     # Demo feed.
     demo_symbols: Annotated[tuple[str, ...], NoDecode] = ("BTCUSDT", "ETHUSDT", "AAPL")
     demo_bars_per_second: float = Field(200.0, gt=0)
@@ -189,6 +197,14 @@ class Settings(BaseSettings):
             raise ValueError("promotion_max_samples must be >= promotion_min_samples")
         if self.webhook_url and not self.webhook_url.startswith(("http://", "https://")):
             raise ValueError("webhook_url must be an http:// or https:// URL")
+        protocol = self.kafka_security_protocol
+        if protocol.startswith("SASL_") and self.kafka_sasl_mechanism is None:
+            raise ValueError(f"kafka_security_protocol {protocol} needs kafka_sasl_mechanism")
+        if self.kafka_sasl_mechanism is not None and not protocol.startswith("SASL_"):
+            raise ValueError(
+                f"kafka_sasl_mechanism is set but kafka_security_protocol is {protocol} "
+                "(use SASL_PLAINTEXT or SASL_SSL)"
+            )
         if self.kafka_sasl_mechanism and not self.kafka_sasl_username:
             raise ValueError("kafka_sasl_username is required when kafka_sasl_mechanism is set")
         return self
@@ -219,13 +235,13 @@ class Settings(BaseSettings):
 
 def _setting_name(loc: tuple[int | str, ...], message: str) -> str:
     """``CTD_<FIELD>`` of an error: its location, or for a cross-field rule the
-    first setting its message names."""
+    setting its message names first (the longest name at that position)."""
     if loc:
         return f"{ENV_PREFIX}{str(loc[0]).upper()}"
-    for name in sorted(Settings.model_fields, key=len, reverse=True):
-        if name in message:
-            return f"{ENV_PREFIX}{name.upper()}"
-    return "settings"
+    named = [(message.find(n), -len(n), n) for n in Settings.model_fields if n in message]
+    if not named:
+        return "settings"
+    return f"{ENV_PREFIX}{min(named)[2].upper()}"
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -239,6 +255,9 @@ def load_settings(**overrides: Any) -> Settings:
         problems = []
         for err in exc.errors():
             name = _setting_name(err["loc"], err["msg"])
+            if not err["loc"]:  # a cross-field rule: its input is every setting, secrets too
+                problems.append(f"{name}: {err['msg']}")
+                continue
             value = err.get("input")
             shown = "<secret>" if "password" in name.lower() else repr(value)
             problems.append(f"{name}: {err['msg']} (got {shown})")

@@ -71,6 +71,8 @@ def test_missing_toml_file_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
         ("CTD_RETRAIN_CRON", "not a cron"),
         ("CTD_WEBHOOK_URL", "ftp://example"),
         ("CTD_TRAINER_PARAMS", '{"mlp": {"preset": "deep"}}'),
+        ("CTD_KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),  # SASL without a mechanism
+        ("CTD_KAFKA_SASL_MECHANISM", "PLAIN"),  # a mechanism without SASL
     ],
 )
 def test_bad_values_name_the_setting(
@@ -92,7 +94,10 @@ def test_unknown_override_is_rejected() -> None:
 def test_secret_value_is_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
     """A password appears neither in the settings repr nor in a validation error."""
     s = load_settings(
-        kafka_sasl_mechanism="PLAIN", kafka_sasl_username="u", kafka_sasl_password="hunter2"
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_sasl_mechanism="PLAIN",
+        kafka_sasl_username="u",
+        kafka_sasl_password="hunter2",
     )
     assert "hunter2" not in repr(s)
     with pytest.raises(SettingsError) as info:
