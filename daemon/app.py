@@ -175,6 +175,9 @@ class Daemon:
             poll_timeout_ms=s.kafka_poll_timeout_ms,
             max_records=s.kafka_max_poll_records,
         )
+        # Worker processes share the cores with each other: OpenMP thread pools in
+        # xgboost contending on 2 cores cost 30-45% of a fit (bench/e2e.py profile).
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
         self.scheduler = RetrainScheduler(
             workers=s.train_workers,
             make_spec=self._job_spec,

@@ -1,6 +1,6 @@
 """Every trainer on the same bars: fit time, native vs ONNX latency and throughput, size, accuracy.
 
-    python bench/trainers.py [--bars 5000] [--preset lightweight] [--repeats 300]
+    python bench/zoo.py [--bars 5000] [--preset lightweight] [--repeats 300]
 
 One run, one process, 5,000 synthetic bars with a planted signal (strength
 1.0). Each trainer except the naive baseline is fitted with the same preset,
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,11 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-# Run as ``python bench/trainers.py``, this file's directory heads sys.path and its
-# name would shadow the ``trainers`` package: drop it, then import ctd lazily.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 BATCH = 256
 WARMUP = 20

@@ -1,0 +1,197 @@
+"""Live scoring cost per bar: features + champion + shadow + trial + prediction log.
+
+    python bench/live.py [--bars 10000] [--train-bars 3000] [--pairs xgboost,tcn,lstm]
+                         [--preset tiny] [--batches 1,10,100]
+
+For each model family, two versions are trained by ``trainers.pipeline.train_symbol``
+on synthetic bars (planted signal; lenient gates and no walk-forward, since only
+latency matters here), added to a real Registry and placed as champion and shadow.
+A ``deploy.live.LiveScorer`` with a real PredictionStore (SQLite, synchronous=FULL)
+and a real BarStore, all in a temp dir ($CTD_BENCH_DIR or the system's), then
+scores --bars live bars fed with ``on_bars`` (each call's bars stored first,
+untimed, as the daemon does): one bar per call, then batches of 10 and 100 on
+fresh bars. The trial never decides, so every bar pays for it. Each call is timed
+whole (features, both onnxruntime sessions, trial update, the log's commit); the
+log's commit is also timed on its own ("rest" = the call minus its commit:
+features, sessions, trial), since its fsync is the part a faster CPU does not
+shrink. The first 20 calls of each run are warm-up and not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from daemon.events import BarRecord
+from daemon.predictions import PredictionStore
+from daemon.store import BarStore
+from deploy.live import LiveScorer, LogWrite, Prediction, TrialState
+from deploy.registry import Registry
+from deploy.sequential import PromotionTestConfig
+from monitors.gates import GateConfig
+from trainers.data import Bars
+from trainers.pipeline import TrainConfig, train_symbol
+from trainers.synthetic import MarketSpec, generate_bars
+
+WARMUP_CALLS = 20
+LENIENT = GateConfig(
+    max_train_val_gap=1.0, max_val_test_diff=1.0, require_beat_baseline=False, min_test_rows=1
+)
+# A trial that never decides: every bar pays for the test's update.
+NEVER_DECIDES = PromotionTestConfig(alpha=1e-9, min_samples=10**6, max_samples=10**7)
+
+
+@dataclass
+class TimedLog:
+    """The real PredictionStore, with each commit's duration recorded."""
+
+    store: PredictionStore
+    commits: list[float] = field(default_factory=list)
+
+    def load_state(self, symbol: str) -> TrialState | None:
+        return self.store.load_state(symbol)
+
+    def unresolved(self, symbol: str, before_ts: int | None = None) -> list[Prediction]:
+        return self.store.unresolved(symbol, before_ts)
+
+    def recent_outcomes(self, symbol: str, version: str, limit: int) -> list[tuple[float, int]]:
+        return self.store.recent_outcomes(symbol, version, limit)
+
+    def commit(self, writes: Sequence[LogWrite]) -> None:
+        t = time.perf_counter()
+        self.store.commit(writes)
+        self.commits.append(time.perf_counter() - t)
+
+
+def records_of(symbol: str, bars: Bars) -> list[BarRecord]:
+    return [
+        BarRecord(symbol, int(t), float(o), float(h), float(lo), float(c), float(v))
+        for t, o, h, lo, c, v in zip(
+            bars.ts, bars.open, bars.high, bars.low, bars.close, bars.volume, strict=True
+        )
+    ]
+
+
+def slice_bars(bars: Bars, start: int, stop: int) -> Bars:
+    s = slice(start, stop)
+    return Bars(bars.ts[s], bars.open[s], bars.high[s], bars.low[s], bars.close[s], bars.volume[s])
+
+
+def train_version(
+    symbol: str, trainer: str, preset: str, bars: Bars, *, registry: Registry, out: Path
+) -> tuple[str, float]:
+    params = {} if trainer == "xgboost" else {trainer: {"preset": preset}}
+    config = TrainConfig(
+        trainers=(trainer,), trainer_params=params, walk_forward_folds=0, gates=LENIENT
+    )
+    t = time.perf_counter()
+    result = train_symbol(symbol, bars, config, out)
+    seconds = time.perf_counter() - t
+    if not result.passed:
+        raise RuntimeError(f"{symbol} {trainer}: no model ({result.reason})")
+    return registry.add_version(symbol, out), seconds
+
+
+def percentiles(seconds: list[float]) -> tuple[float, float]:
+    us = np.asarray(seconds) * 1e6
+    return float(np.percentile(us, 50)), float(np.percentile(us, 99))
+
+
+def bench_pair(trainer: str, args: argparse.Namespace, tmp: Path) -> list[str]:
+    symbol = f"LIVE{trainer.upper()}"
+    total = args.train_bars + args.bars * len(args.batches) + WARMUP_CALLS * sum(args.batches)
+    bars = generate_bars(MarketSpec(symbol, seed=11, signal_strength=1.0), total)
+    store = BarStore(tmp / f"{trainer}-bars.sqlite")
+    registry = Registry(tmp / f"{trainer}-registry")
+    records = records_of(symbol, bars)
+    store.upsert(records[: args.train_bars])
+
+    train = slice_bars(bars, 0, args.train_bars)
+    older = slice_bars(bars, 0, args.train_bars - args.train_bars // 10)
+    champion, fit_c = train_version(
+        symbol, trainer, args.preset, older, registry=registry, out=tmp / f"{trainer}-c"
+    )
+    shadow, fit_s = train_version(
+        symbol, trainer, args.preset, train, registry=registry, out=tmp / f"{trainer}-s"
+    )
+    registry.place(symbol, champion)
+    registry.place(symbol, shadow)
+    window = registry.metadata(symbol, champion)["onnx"]["window"]
+    preset = "" if trainer == "xgboost" else f" preset {args.preset}"
+    lines = [
+        f"{trainer}{preset}: window {window}, trained in {fit_c:.1f} s / {fit_s:.1f} s "
+        "(champion / shadow)"
+    ]
+
+    log = TimedLog(PredictionStore(tmp / f"{trainer}-predictions.sqlite"))
+    scorer = LiveScorer(registry, log, lambda s, n: store.load(s, last_n=n), NEVER_DECIDES)
+    start = args.train_bars
+    for size in args.batches:
+        calls, seconds = args.bars // size + WARMUP_CALLS, []
+        log.commits.clear()
+        predictions = 0
+        for i in range(calls):
+            batch = records[start + i * size : start + (i + 1) * size]
+            store.upsert(batch)  # as in the daemon: stored first, then scored (not timed)
+            t = time.perf_counter()
+            update = scorer.on_bars(symbol, batch)
+            seconds.append(time.perf_counter() - t)
+            if update.errors:
+                raise RuntimeError(f"live scoring failed: {update.errors}")
+            if i >= WARMUP_CALLS:
+                predictions += update.predictions
+        start += calls * size
+        if predictions != 2 * (calls - WARMUP_CALLS) * size:
+            raise RuntimeError(f"{trainer}: {predictions} predictions, expected 2 per bar")
+        if len(log.commits) != calls:
+            raise RuntimeError(
+                f"{len(log.commits)} log commits for {calls} calls, expected one each"
+            )
+        call_p50, call_p99 = percentiles(seconds[WARMUP_CALLS:])
+        commit_p50, commit_p99 = percentiles(log.commits[WARMUP_CALLS:])
+        rest = [a - b for a, b in zip(seconds, log.commits, strict=True)][WARMUP_CALLS:]
+        rest_p50, rest_p99 = percentiles(rest)
+        per_bar = sum(seconds[WARMUP_CALLS:]) / (calls - WARMUP_CALLS) / size * 1e6
+        lines.append(
+            f"  {size:>4} bar/call  call p50 {call_p50:7.0f} p99 {call_p99:7.0f} us | per bar "
+            f"mean {per_bar:6.0f} us | log commit p50 {commit_p50:6.0f} p99 {commit_p99:6.0f} us"
+            f" | rest p50 {rest_p50:6.0f} p99 {rest_p99:6.0f} us"
+        )
+    log.store.close()
+    store.close()
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bars", type=int, default=10_000, help="live bars per batch size")
+    parser.add_argument("--train-bars", type=int, default=3000)
+    parser.add_argument("--pairs", default="xgboost,tcn,lstm")
+    parser.add_argument("--preset", default="tiny", help="preset of the sequence models")
+    parser.add_argument("--batches", default="1,10,100", help="bars per on_bars call")
+    args = parser.parse_args()
+    args.batches = [int(b) for b in args.batches.split(",")]
+    for size in args.batches:
+        if args.bars % size:
+            parser.error(f"--bars must be a multiple of every batch size ({size})")
+
+    print(
+        f"{args.bars} live bars per batch size, one symbol, champion + shadow of the same family; "
+        f"{os.cpu_count()} CPUs; onnxruntime 1 thread per session"
+    )
+    with tempfile.TemporaryDirectory(dir=os.environ.get("CTD_BENCH_DIR")) as tmp:
+        for trainer in args.pairs.split(","):
+            for line in bench_pair(trainer, args, Path(tmp)):
+                print(line, flush=True)
+    print("target: p99 < 1000 us per bar for XGBoost pairs (bar-at-a-time call)")
+
+
+if __name__ == "__main__":
+    main()
