@@ -48,7 +48,7 @@ from daemon.kafka import (
 from daemon.logs import get_logger
 from daemon.metrics import Metrics
 from daemon.promotions import LivePath
-from daemon.retrain import JobOutcome, RetrainScheduler, TrainJob, TriggerPolicy
+from daemon.retrain import Backoff, JobOutcome, RetrainScheduler, TrainJob, TriggerPolicy
 from daemon.settings import Settings
 from daemon.store import BarStore, StoreError
 from daemon.tracking import MlflowTracker, TrackedRun, TrackingWorker
@@ -113,6 +113,7 @@ class Daemon:
         self._cancelling = threading.Event()
         self._ingest_thread: threading.Thread | None = None
         self._kafka_ok = False
+        self._store_writable = True  # false while the last ingest attempt failed to write
         self._threads: list[threading.Thread] = []
         self._train_config = train_config(settings)
         self._job_target = job_target
@@ -184,6 +185,7 @@ class Daemon:
             staging_root=s.data_dir / "staging",
             timeout_seconds=s.train_timeout_seconds,
             on_done=self._on_job_done,
+            backoff=Backoff(s.retrain_backoff_base_seconds, s.retrain_backoff_cap_seconds),
             target=self._job_target,
             preload=trainer_modules(s.trainers),
         ).start()
@@ -329,6 +331,7 @@ class Daemon:
             "started": self._started.is_set(),
             "not_draining": not self._stop.is_set(),
             "store": store_ok,
+            "store_writable": self._store_writable,
             "broker": self._kafka_ok,
         }
 
@@ -347,6 +350,7 @@ class Daemon:
             try:
                 report = ingestor.poll_once()
             except StoreError as exc:
+                self._store_writable = False
                 self.metrics.ingest_errors.labels("store").inc()
                 _log.error("ingest_store_error", error=str(exc))
                 self._stop.wait(backoff)
@@ -359,6 +363,7 @@ class Daemon:
                 backoff = min(backoff * 2, 30.0)
                 continue
             backoff = 0.5
+            self._store_writable = True
             self._after_batch(report)
 
     def _after_batch(self, report: IngestReport) -> None:
@@ -465,7 +470,6 @@ class Daemon:
 
     # -- training ----------------------------------------------------------------------
     def _job_spec(self, job: TrainJob, staging: Path) -> JobSpec:
-        self.metrics.training_running.inc()
         config = job_config(self._train_config, self.registry, job.symbol)
         return JobSpec(
             symbol=job.symbol,
@@ -475,14 +479,14 @@ class Daemon:
             staging_dir=staging,
             config=config,
             log_level=self.settings.log_level,
-            daemon_pid=os.getpid(),
         )
 
     def _on_job_done(self, outcome: JobOutcome) -> None:
         job = outcome.job
         log = _log.bind(symbol=job.symbol, run_id=job.run_id)
         m = self.metrics
-        m.training_running.dec()
+        if self.scheduler:
+            m.training_running.set(self.scheduler.running)
         if self.scheduler:
             m.retrain_queue_depth.set(self.scheduler.pending)
         if outcome.cancelled or (not outcome.ok and self._cancelling.is_set()):

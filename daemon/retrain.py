@@ -10,7 +10,10 @@ off exponentially (capped) so a poisoned symbol cannot monopolise the pool.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import select
 import shutil
+import signal
 import threading
 import time
 import uuid
@@ -90,6 +93,49 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
+def run_bound_to_daemon(
+    target: Callable[[JobSpec, Connection], None], spec: JobSpec, conn: Connection
+) -> None:
+    """Worker entry point: run ``target``, but never outlive the daemon.
+
+    A worker does not die with a killed daemon (kill -9, OOM) by itself, nor does
+    the forkserver: every forkserver child holds the forkserver's liveness pipe.
+    An orphan would train on for up to the job timeout, for a result no one
+    reads, while the restarted daemon trains the same symbol again. The daemon
+    holds the only read end of ``conn``: when it is gone, the write end reports
+    POLLERR and the worker exits.
+    """
+    watched = os.dup(conn.fileno())  # a dup: the target may close ``conn`` when done
+    threading.Thread(
+        target=_exit_when_orphaned, args=(watched,), name="ctd-orphan-watch", daemon=True
+    ).start()
+    target(spec, conn)
+
+
+def _exit_when_orphaned(fd: int) -> None:
+    poller = select.poll()
+    poller.register(fd, 0)  # no events asked for: POLLERR and POLLHUP are always reported
+    while True:
+        for _fd, _event in poller.poll():
+            os._exit(1)
+
+
+def describe_exit(code: int | None) -> str:
+    """Why a worker that sent no result ended, from its exit code, for history and logs."""
+    if code is None or code == 0:
+        return "worker exited without a result"
+    if code > 0:
+        return f"worker process died (exit code {code})"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    why = f"worker process killed by {name} (exit code {code})"
+    if -code == signal.SIGKILL:
+        why += "; out of memory (the kernel OOM killer sends SIGKILL) or killed by an operator"
+    return why
+
+
 class RetrainScheduler:
     """Runs training jobs in separate processes; calls ``on_done`` on its own thread."""
 
@@ -159,6 +205,12 @@ class RetrainScheduler:
             return set(self._pending) | set(self._running)
 
     def start(self) -> RetrainScheduler:
+        """Start supervising. Left-over staging directories (runs of a killed daemon; each
+        daemon has its own data directory) are removed first: nothing will read them."""
+        if self._staging_root.is_dir():
+            for leftover in self._staging_root.iterdir():
+                shutil.rmtree(leftover, ignore_errors=True)
+                _log.warning("staging_leftover_removed", path=str(leftover))
         self._staging_root.mkdir(parents=True, exist_ok=True)
         self._thread.start()
         return self
@@ -184,18 +236,33 @@ class RetrainScheduler:
 
     def _supervise(self) -> None:
         while not self._stopping.is_set():
-            self._launch_ready()
-            self._reap(timeout=0.5)
+            wake_in = self._launch_ready()
+            self._reap(timeout=wake_in)
             self._kill_overdue()
 
-    def _launch_ready(self) -> None:
+    def _launch_ready(self) -> float:
+        """Launch every pending job that may run now; return how long the supervisor may
+        sleep: at most 0.5 s, less if a pending job's backoff ends sooner.
+
+        A job queued while its symbol's previous run was still going waits out the
+        backoff that run's failure started, like a new request would.
+        """
         while True:
             with self._lock:
                 if len(self._running) >= self._workers:
-                    return
-                job = next((j for s, j in self._pending.items() if s not in self._running), None)
+                    return 0.5
+                now, wake_in, job = self._clock(), 0.5, None
+                for symbol, pending in self._pending.items():
+                    if symbol in self._running:
+                        continue
+                    ready_at = self._not_before.get(symbol, 0.0)
+                    if ready_at > now:
+                        wake_in = min(wake_in, ready_at - now)
+                        continue
+                    job = pending
+                    break
                 if job is None:
-                    return
+                    return wake_in
                 del self._pending[job.symbol]
             self._launch(job)
 
@@ -206,7 +273,9 @@ class RetrainScheduler:
         parent_conn, child_conn = self._ctx.Pipe(duplex=False)
         spec = self._make_spec(job, staging)
         process = self._ctx.Process(
-            target=self._target, args=(spec, child_conn), name=f"ctd-train-{job.symbol}"
+            target=run_bound_to_daemon,
+            args=(self._target, spec, child_conn),
+            name=f"ctd-train-{job.symbol}",
         )
         process.start()
         child_conn.close()
@@ -251,13 +320,7 @@ class RetrainScheduler:
             except (EOFError, OSError):
                 run.reply = None
         if run.reply is None:
-            code = run.process.exitcode
-            why = (
-                f"worker process died (exit code {code})"
-                if code
-                else "worker exited without a result"
-            )
-            self._finish(run, ok=False, error=why)
+            self._finish(run, ok=False, error=describe_exit(run.process.exitcode))
         elif not run.reply.get("ok"):
             self._finish(run, ok=False, error=str(run.reply.get("error")))
         else:

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     train_window_bars: int = Field(5000, ge=50)
     train_workers: int = Field(1, ge=1, le=64)
     train_timeout_seconds: float = Field(1800.0, gt=0)
+    # After consecutive failed runs a symbol waits base x 2^(n-1) seconds, at most cap.
+    retrain_backoff_base_seconds: float = Field(30.0, ge=0)
+    retrain_backoff_cap_seconds: float = Field(1800.0, ge=0)
     trainers: Annotated[tuple[str, ...], NoDecode] = ("xgboost", "tcn", "lstm")
     # Per-trainer keyword overrides as JSON, e.g. {"tcn": {"preset": "deep"}}.
     trainer_params: dict[str, dict[str, Any]] = Field(default_factory=dict)

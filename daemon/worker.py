@@ -8,30 +8,22 @@ small summary; the daemon (the registry's single writer) does the rest.
 The daemon also owns the worker's lifetime: the worker ignores SIGINT and
 SIGTERM (a Ctrl-C in a terminal or a service manager signals the whole process
 group, and the daemon decides whether training finishes within the shutdown
-grace period or is killed), and exits by itself as soon as the daemon process
-is gone (kill -9, crash), since nobody would collect its result.
+grace period or is killed). A worker whose daemon is gone (kill -9, crash) exits
+by itself: see daemon.retrain.run_bound_to_daemon.
 """
 
 from __future__ import annotations
 
-import os
-import select
 import signal
-import threading
-import time
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from daemon.logs import configure_logging, get_logger
 from daemon.store import BarStore
 from trainers.pipeline import TrainConfig, train_symbol
-
-ORPHAN_EXIT_CODE: Final = 75
-"""A worker's exit code when it stops because its daemon is gone."""
-_POLL_SECONDS: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +37,6 @@ class JobSpec:
     staging_dir: Path
     config: TrainConfig
     log_level: str
-    daemon_pid: int | None = None
-    """Exit as soon as this process is gone (None: no watch)."""
 
 
 def run_job(spec: JobSpec, conn: Connection) -> None:
@@ -55,8 +45,6 @@ def run_job(spec: JobSpec, conn: Connection) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     configure_logging(spec.log_level, "json")
     log = get_logger(symbol=spec.symbol, run_id=spec.run_id, process="worker")
-    if spec.daemon_pid is not None:
-        exit_with(spec.daemon_pid)
     reply: dict[str, Any]
     try:
         store = BarStore(spec.store_path, read_only=True)
@@ -82,34 +70,3 @@ def run_job(spec: JobSpec, conn: Connection) -> None:
         }
     conn.send(reply)
     conn.close()
-
-
-def exit_with(pid: int) -> threading.Thread:
-    """Exit this process (``ORPHAN_EXIT_CODE``) as soon as process ``pid`` is gone."""
-    thread = threading.Thread(target=_watch, args=(pid,), name="ctd-daemon-watch", daemon=True)
-    thread.start()
-    return thread
-
-
-def _watch(pid: int) -> None:
-    try:
-        # A pidfd becomes readable when the process exits, and cannot name a reused pid.
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        os._exit(ORPHAN_EXIT_CODE)
-    except OSError:  # no pidfd support (kernel < 5.3): poll
-        while _alive(pid):
-            time.sleep(_POLL_SECONDS)
-    else:
-        select.select([fd], [], [])
-    os._exit(ORPHAN_EXIT_CODE)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
