@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
 
-from daemon.store import BUSY_TIMEOUT_SECONDS, StoreError
+from daemon.store import StoreError, open_sqlite
 from deploy.live import SLOTS, LogWrite, Prediction, Slot, TrialState
 from trainers.data import validate_symbol
 
@@ -91,25 +91,9 @@ class PredictionStore:
             raise PredictionStoreError(self.path, "open", exc) from exc
 
     def _open(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, check_same_thread=False)
-        conn.isolation_level = None  # explicit BEGIN IMMEDIATE ... COMMIT
-        try:
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                conn.executescript(
-                    f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-                )
-            elif version != SCHEMA_VERSION:
-                raise sqlite3.DatabaseError(
-                    f"schema version {version}, this ctd reads version {SCHEMA_VERSION}"
-                )
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+        return open_sqlite(
+            self.path, schema=_SCHEMA, schema_version=SCHEMA_VERSION, synchronous="NORMAL"
+        )
 
     @contextmanager
     def _connection(self, operation: str) -> Iterator[sqlite3.Connection]:

@@ -19,7 +19,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal
 
 from daemon.events import BarRecord
 from trainers.data import Bars, validate_symbol
@@ -82,6 +82,49 @@ class StoreError(RuntimeError):
         super().__init__(f"bar store {str(path)!r}: {operation} failed: {cause}")
 
 
+def open_sqlite(
+    path: Path,
+    *,
+    schema: str,
+    schema_version: int,
+    synchronous: Literal["FULL", "NORMAL"],
+    read_only: bool = False,
+) -> sqlite3.Connection:
+    """A WAL connection with ``schema`` created on first use and its version checked.
+
+    Autocommit: transactions are explicit (BEGIN IMMEDIATE) so their extent is
+    visible. Read-only connections open the file with ``mode=ro`` and create
+    nothing. Raises sqlite3.Error / OSError; the caller names the store.
+    """
+    if read_only:
+        if not path.is_file():
+            raise OSError(f"no such file {str(path)!r}")
+        uri = f"{path.resolve().as_uri()}?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_SECONDS, check_same_thread=False)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, check_same_thread=False)
+    conn.isolation_level = None
+    try:
+        if not read_only:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {synchronous}")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0 and not read_only:
+            # One script: executescript would commit a transaction opened outside it.
+            conn.executescript(
+                f"BEGIN IMMEDIATE; {schema} PRAGMA user_version = {schema_version}; COMMIT;"
+            )
+        elif version != schema_version:
+            raise sqlite3.DatabaseError(
+                f"schema version {version}, this ctd reads version {schema_version}"
+            )
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 class BarStore:
     """Bars by (symbol, ts), per-symbol counts, and retrain bookkeeping.
 
@@ -100,36 +143,13 @@ class BarStore:
             raise StoreError(self.path, "open", exc) from exc
 
     def _open(self) -> sqlite3.Connection:
-        if self.read_only:
-            if not self.path.is_file():
-                raise OSError(f"no such file {str(self.path)!r}")
-            uri = f"{self.path.resolve().as_uri()}?mode=ro"
-            conn = sqlite3.connect(
-                uri, uri=True, timeout=BUSY_TIMEOUT_SECONDS, check_same_thread=False
-            )
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, check_same_thread=False)
-        # Autocommit; transactions are explicit (BEGIN IMMEDIATE) so their extent is visible.
-        conn.isolation_level = None
-        try:
-            if not self.read_only:
-                conn.execute("PRAGMA journal_mode = WAL")
-                conn.execute("PRAGMA synchronous = FULL")
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0 and not self.read_only:
-                # One script: executescript would commit a transaction opened outside it.
-                conn.executescript(
-                    f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-                )
-            elif version != SCHEMA_VERSION:
-                raise sqlite3.DatabaseError(
-                    f"schema version {version}, this ctd reads version {SCHEMA_VERSION}"
-                )
-        except BaseException:
-            conn.close()
-            raise
-        return conn
+        return open_sqlite(
+            self.path,
+            schema=_SCHEMA,
+            schema_version=SCHEMA_VERSION,
+            synchronous="FULL",
+            read_only=self.read_only,
+        )
 
     @contextmanager
     def _connection(self, operation: str) -> Iterator[sqlite3.Connection]:
