@@ -167,6 +167,7 @@ class Daemon:
             if created:
                 _log.info("topics_created", topics=created)
         self.producer = make_producer(s, self.bootstrap_servers)
+        self.live.replay_unannounced()
         consumer = make_consumer(s, self.bootstrap_servers)
         self.ingestor = Ingestor(
             consumer,

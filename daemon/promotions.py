@@ -9,7 +9,12 @@ the ledger) and every decision is announced exactly once.
 
 from __future__ import annotations
 
+import json
+import os
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 from daemon.commands import Command, execute
 from daemon.events import BarRecord
@@ -19,14 +24,56 @@ from daemon.predictions import PredictionStore
 from daemon.settings import Settings
 from daemon.store import BarStore
 from deploy.alerts import WebhookNotifier
-from deploy.events import RegistryEvent
+from deploy.events import PROMOTION_TOPIC_KINDS, RegistryEvent
 from deploy.live import LiveScorer, StaleDecisionError, TrialDecision
 from deploy.registry import Registry
 from deploy.sequential import PromotionTestConfig
 
 _log = get_logger(component="promotions")
+_EVENT_FIELDS = (
+    "event",
+    "symbol",
+    "from_version",
+    "to_version",
+    "evidence",
+    "ts",
+    "actor",
+    "reason",
+)
 
 Publish = Callable[[RegistryEvent], None]
+
+
+class AnnouncementCursor:
+    """Per symbol, the ledger seq up to which decisions were announced (a small JSON file).
+
+    A decision is written to the registry before it is announced; a daemon killed
+    between the two would never announce it. At start-up, every promotion-topic
+    ledger line above the cursor is announced again, so announcements are
+    at-least-once (a kill after publishing but before the cursor moved repeats
+    one). Without a cursor file (first start), nothing old is replayed.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self.fresh = not path.exists()
+        self._seqs: dict[str, int] = {} if self.fresh else json.loads(path.read_text())
+
+    def get(self, symbol: str) -> int | None:
+        return self._seqs.get(symbol)
+
+    def advance(self, symbol: str, seq: int) -> None:
+        with self._lock:
+            if seq <= self._seqs.get(symbol, -1):
+                return
+            self._seqs[symbol] = seq
+            tmp = self.path.with_suffix(".tmp")
+            with tmp.open("w") as f:
+                json.dump(self._seqs, f)
+                f.flush()
+                os.fsync(f.fileno())
+            tmp.replace(self.path)
 
 
 def promotion_config(settings: Settings) -> PromotionTestConfig:
@@ -64,6 +111,7 @@ class LivePath:
             timeout=settings.webhook_timeout_seconds,
             retries=settings.webhook_retries,
         )
+        self.cursor = AnnouncementCursor(settings.data_dir / "announced.json")
         metrics.add_live(self._accuracy_rows, self._trial_rows)
         metrics.add_webhook(
             lambda: {
@@ -148,8 +196,33 @@ class LivePath:
             self.announce(event)
         return event
 
+    def replay_unannounced(self) -> int:
+        """Announce ledger decisions a previous run wrote but may not have announced."""
+        replayed = 0
+        for symbol in self.registry.symbols():
+            lines = self.registry.history(symbol)
+            last = max((int(line.get("seq", 0)) for line in lines), default=0)
+            done = self.cursor.get(symbol)
+            if done is None and self.cursor.fresh:
+                self.cursor.advance(symbol, last)  # first start: nothing old to replay
+                continue
+            for line in lines:
+                if int(line.get("seq", 0)) > (done or 0) and line["event"] in PROMOTION_TOPIC_KINDS:
+                    self._announce_only(_event_of(line))
+                    replayed += 1
+            self.cursor.advance(symbol, last)
+        if replayed:
+            _log.warning("decisions_reannounced", count=replayed)
+        return replayed
+
     def announce(self, event: RegistryEvent) -> None:
-        """Metrics, promotions topic and webhook for one registry event."""
+        """Metrics, promotions topic and webhook for one registry event; then the cursor."""
+        self._announce_only(event)
+        if event.is_promotion_topic_event:
+            lines = self.registry.history(event.symbol)
+            self.cursor.advance(event.symbol, max(int(x.get("seq", 0)) for x in lines))
+
+    def _announce_only(self, event: RegistryEvent) -> None:
         counters = {
             "champion_bootstrapped": self.metrics.champion_bootstraps,
             "shadow_placed": self.metrics.shadow_placements,
@@ -174,3 +247,17 @@ class LivePath:
         for st in self.scorer.status():
             if st.trial is not None:
                 yield st.symbol, st.statistic, st.trial.evidence.n
+
+
+def _event_of(line: Mapping[str, Any]) -> RegistryEvent:
+    """The RegistryEvent a ledger line records."""
+    return RegistryEvent(
+        line["event"],
+        line["symbol"],
+        line.get("from_version"),
+        line.get("to_version"),
+        line.get("evidence") or {},
+        line["ts"],
+        line.get("actor", "daemon"),
+        line.get("reason", ""),
+    )

@@ -233,20 +233,10 @@ def test_promote_killed_mid_write_leaves_previous_or_next_state_and_applies_once
 
 
 def test_promotion_is_announced_exactly_once_despite_the_kill(
-    promote_crash: dict[str, Any], request: pytest.FixtureRequest
+    promote_crash: dict[str, Any],
 ) -> None:
-    """The promotions topic carries the promotion once, whenever the daemon died."""
-    if promote_crash["point"] != "after_slots_tmp_write":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "a decision written to the registry but not yet published when the daemon "
-                    "dies is never announced (needs a start-up re-announce from history in "
-                    "daemon/app.py / daemon/promotions.py; see docs/RELIABILITY.md)"
-                ),
-            )
-        )
+    """The promotions topic carries the promotion once, whenever the daemon died: a decision
+    the registry has but the topic lacks is re-announced at the next start."""
     s: Settings = promote_crash["settings"]
     assert s.kafka_bootstrap_servers is not None
     try:
