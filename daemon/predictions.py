@@ -19,12 +19,11 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from daemon.store import StoreError, open_sqlite
+from daemon.store import SqliteFile, StoreError, open_sqlite
 from deploy.live import SLOTS, LogWrite, Prediction, Slot, TrialState
 from trainers.data import validate_symbol
 
@@ -73,7 +72,7 @@ class PredictionStoreError(StoreError):
         self.args = (f"prediction store {str(path)!r}: {operation} failed: {cause}",)
 
 
-class PredictionStore:
+class PredictionStore(SqliteFile):
     """``deploy.live.PredictionLog`` on SQLite (WAL, synchronous=NORMAL).
 
     Every method raises PredictionStoreError (a daemon.store.StoreError) for
@@ -81,10 +80,13 @@ class PredictionStore:
     parse, and trainers.data.InvalidSymbolError for a bad symbol.
     """
 
+    error = PredictionStoreError
+    _ping_sql = "SELECT 1 FROM trials LIMIT 1"
+
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
+        self._conn = None
         try:
             self._conn = self._open()
         except (sqlite3.Error, OSError) as exc:
@@ -94,16 +96,6 @@ class PredictionStore:
         return open_sqlite(
             self.path, schema=_SCHEMA, schema_version=SCHEMA_VERSION, synchronous="NORMAL"
         )
-
-    @contextmanager
-    def _connection(self, operation: str) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            if self._conn is None:
-                raise PredictionStoreError(self.path, operation, "store is closed")
-            try:
-                yield self._conn
-            except (sqlite3.Error, OSError) as exc:
-                raise PredictionStoreError(self.path, operation, exc) from exc
 
     def load_state(self, symbol: str) -> TrialState | None:
         validate_symbol(symbol)
@@ -173,22 +165,6 @@ class PredictionStore:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-
-    def ping(self) -> bool:
-        """True if the store is open and answers a query (readiness probe)."""
-        try:
-            with self._connection("ping") as conn:
-                conn.execute("SELECT 1 FROM trials LIMIT 1").fetchall()
-        except StoreError:
-            return False
-        return True
-
-    def close(self) -> None:
-        """Close the connection; idempotent. Later calls raise PredictionStoreError."""
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
 
 
 def _slot(value: object) -> Slot:

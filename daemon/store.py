@@ -125,18 +125,63 @@ def open_sqlite(
     return conn
 
 
-class BarStore:
+class SqliteFile:
+    """One SQLite connection behind one lock; errors become ``error`` naming the path.
+
+    One connection rather than one per thread: HTTP request threads come and go,
+    and a connection per thread would leak. Subclasses open ``_conn`` and name
+    the statement ``ping`` runs.
+    """
+
+    error: type[StoreError] = StoreError
+    _ping_sql: str  # a constant statement of the subclass, e.g. "SELECT 1 FROM t LIMIT 1"
+
+    path: Path
+    _lock: threading.Lock
+    _conn: sqlite3.Connection | None
+
+    @contextmanager
+    def _connection(self, operation: str) -> Iterator[sqlite3.Connection]:
+        """The connection under the lock; SQLite errors become ``error`` naming the path."""
+        with self._lock:
+            if self._conn is None:
+                raise self.error(self.path, operation, "store is closed")
+            try:
+                yield self._conn
+            except (sqlite3.Error, OSError) as exc:
+                raise self.error(self.path, operation, exc) from exc
+
+    def ping(self) -> bool:
+        """True if the store is open and answers a query (readiness probe)."""
+        try:
+            with self._connection("ping") as conn:
+                conn.execute(self._ping_sql).fetchall()
+        except StoreError:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Close the connection; idempotent. Later calls raise ``error``."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+class BarStore(SqliteFile):
     """Bars by (symbol, ts), per-symbol counts, and retrain bookkeeping.
 
     Every method raises StoreError for SQLite and file-system failures, and
     trainers.data.InvalidSymbolError for a symbol outside the whitelist.
     """
 
+    _ping_sql = "SELECT 1 FROM symbol_counts LIMIT 1"
+
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = Path(path)
         self.read_only = read_only
         self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
+        self._conn = None
         try:
             self._conn = self._open()
         except (sqlite3.Error, OSError) as exc:
@@ -150,17 +195,6 @@ class BarStore:
             synchronous="FULL",
             read_only=self.read_only,
         )
-
-    @contextmanager
-    def _connection(self, operation: str) -> Iterator[sqlite3.Connection]:
-        """The connection under the lock; SQLite errors become StoreError naming the path."""
-        with self._lock:
-            if self._conn is None:
-                raise StoreError(self.path, operation, "store is closed")
-            try:
-                yield self._conn
-            except (sqlite3.Error, OSError) as exc:
-                raise StoreError(self.path, operation, exc) from exc
 
     @contextmanager
     def _transaction(self, operation: str) -> Iterator[sqlite3.Connection]:
@@ -250,19 +284,3 @@ class BarStore:
         with self._connection("trained_state") as conn:
             rows = conn.execute("SELECT symbol, bar_count, at FROM trained").fetchall()
         return {str(s): (int(n), float(at)) for s, n, at in rows}
-
-    def ping(self) -> bool:
-        """True if the store is open and answers a query (readiness probe)."""
-        try:
-            with self._connection("ping") as conn:
-                conn.execute("SELECT 1 FROM symbol_counts LIMIT 1").fetchall()
-        except StoreError:
-            return False
-        return True
-
-    def close(self) -> None:
-        """Close the connection; idempotent. Later calls raise StoreError."""
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
