@@ -383,18 +383,18 @@ class Daemon:
             m.ingest_lag.set(report.max_event_lag_seconds)
         if any(report.new_bars.values()):
             m.last_ingest.set(time.time())
-        if self.live is not None and self.watch is not None:
-            resolved = self.live.on_batch(report.bars_by_symbol)
-            self.watch.on_batch(report.bars_by_symbol, resolved)
-        for symbol, new in report.new_bars.items():
-            if new <= 0:
-                continue
+        grown = {symbol: new for symbol, new in report.new_bars.items() if new > 0}
+        for symbol, new in grown.items():
             m.store_new_bars.labels(symbol).inc(new)
             if symbol not in self._counts:
                 m.init_symbol(symbol)
-            total = self._counts.get(symbol, 0) + new
-            self._counts[symbol] = total
-            self._maybe_trigger(symbol, total, reason="new_bars")
+            self._counts[symbol] = self._counts.get(symbol, 0) + new
+        # Counts first, so a retrain a live monitor requests carries this batch's count.
+        if self.live is not None and self.watch is not None:
+            resolved = self.live.on_batch(report.bars_by_symbol)
+            self.watch.on_batch(report.bars_by_symbol, resolved)
+        for symbol in grown:
+            self._maybe_trigger(symbol, self._counts[symbol], reason="new_bars")
 
     def _maybe_trigger(self, symbol: str, total: int, *, reason: str) -> None:
         assert self.scheduler is not None
@@ -501,8 +501,11 @@ class Daemon:
         meta: Mapping[str, Any] = outcome.reply.get("metadata") or {}
         self._count_monitor_output(job.symbol, meta, job.run_id)
         assert self.store is not None
-        self.store.mark_trained(job.symbol, job.bar_count, time.time())
-        self._trained[job.symbol] = job.bar_count
+        # Jobs can finish out of order (a monitor-triggered one with an older count
+        # after a newer one): the trained count never moves back.
+        trained = max(job.bar_count, self._trained.get(job.symbol, 0))
+        self.store.mark_trained(job.symbol, trained, time.time())
+        self._trained[job.symbol] = trained
         if not outcome.reply.get("passed"):
             self._audit(
                 "candidate_rejected",
