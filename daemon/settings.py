@@ -122,6 +122,8 @@ class Settings(BaseSettings):
     stale_max_age_seconds: float | None = Field(7 * 86400.0, gt=0)
     stale_max_bars_since_training: int | None = Field(None, ge=1)
     retrain_cooldown_seconds: float = Field(900.0, ge=0)
+    # False: drift / decay / staleness are measured and logged but request no retrain.
+    live_monitor_retrain: bool = True
     retrain_cron: str | None = None
     monitor_check_seconds: float = Field(60.0, gt=0)
 

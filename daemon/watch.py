@@ -145,6 +145,9 @@ class LiveWatch:
 
     # -- helpers -------------------------------------------------------------------------
     def _fire(self, symbol: str, kind: str, reason: str) -> None:
+        if not self.settings.live_monitor_retrain:
+            _log.info("live_monitor_fired_report_only", symbol=symbol, kind=kind, reason=reason)
+            return
         cooldown = self._cooldowns.setdefault(
             symbol, Cooldown(self.settings.retrain_cooldown_seconds, self._clock)
         )
