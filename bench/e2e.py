@@ -49,10 +49,9 @@ def event_to_registry(daemon, producer, topic: str, symbol: str, bars) -> float:
     All bars but the last are sent and stored first, so the clock measures what the
     daemon does for the event that triggers training, not the ingest of the history.
     """
-    from daemon.demo import _records
-    from daemon.events import encode_batch
+    from daemon.events import bar_records, encode_batch
 
-    records = _records(symbol, bars)
+    records = bar_records(symbol, bars)
     history, last = records[:-1], records[-1:]
     for j in range(0, len(history), 1000):
         producer.send(topic, key=symbol.encode(), value=encode_batch(symbol, history[j : j + 1000]))

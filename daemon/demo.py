@@ -19,24 +19,14 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from daemon.events import BarRecord, encode_batch
+from daemon.events import bar_records, encode_batch
 from daemon.status import all_status
 from daemon.store import BarStore
 from deploy.registry import Registry
-from trainers.data import Bars
 from trainers.synthetic import MarketGenerator, MarketSpec
 
 SIGNAL_BY_RANK = (1.0, 0.6)
 BAR_SECONDS = 60
-
-
-def _records(symbol: str, bars: Bars) -> list[BarRecord]:
-    return [
-        BarRecord(symbol, int(t), float(o), float(h), float(lo), float(c), float(v))
-        for t, o, h, lo, c, v in zip(
-            bars.ts, bars.open, bars.high, bars.low, bars.close, bars.volume, strict=True
-        )
-    ]
 
 
 def make_generators(symbols: Sequence[str], store: BarStore) -> dict[str, MarketGenerator]:
@@ -92,7 +82,7 @@ class DemoFeed:
         self._thread.join(timeout=10)
 
     def _send(self, symbol: str, n: int) -> None:
-        records = _records(symbol, self._gens[symbol].next_bars(n))
+        records = bar_records(symbol, self._gens[symbol].next_bars(n))
         for i in range(0, len(records), 500):
             chunk = records[i : i + 500]
             self._producer.send(self._topic, key=symbol.encode(), value=encode_batch(symbol, chunk))

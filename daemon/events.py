@@ -22,7 +22,7 @@ from typing import Any, Final, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trainers.data import InvalidSymbolError, validate_symbol
+from trainers.data import Bars, InvalidSymbolError, validate_symbol
 
 MAX_MESSAGE_BYTES: Final = 1 << 20
 """Messages larger than this are rejected before parsing (JSON parsing cost is unbounded)."""
@@ -339,3 +339,13 @@ def dlq_payload(
         "ts": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
     }
     return _dumps(record)
+
+
+def bar_records(symbol: str, bars: Bars) -> list[BarRecord]:
+    """``bars`` of ``symbol`` as records (the demo feed, benchmarks and tests produce these)."""
+    return [
+        BarRecord(symbol, int(t), float(o), float(h), float(lo), float(c), float(v))
+        for t, o, h, lo, c, v in zip(
+            bars.ts, bars.open, bars.high, bars.low, bars.close, bars.volume, strict=True
+        )
+    ]

@@ -23,7 +23,7 @@ from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry
 
 from daemon.app import Daemon
-from daemon.events import BarRecord, encode_batch
+from daemon.events import bar_records, encode_batch
 from daemon.settings import Settings, load_settings
 from daemon.worker import JobSpec, run_job
 from trainers.data import Bars
@@ -79,15 +79,6 @@ def _crash_or_raise(spec: JobSpec, conn: Connection) -> None:
     run_job(spec, conn)
 
 
-def _records(symbol: str, bars: Bars) -> list[BarRecord]:
-    return [
-        BarRecord(symbol, int(t), float(o), float(h), float(lo), float(c), float(v))
-        for t, o, h, lo, c, v in zip(
-            bars.ts, bars.open, bars.high, bars.low, bars.close, bars.volume, strict=True
-        )
-    ]
-
-
 @dataclasses.dataclass
 class Running:
     daemon: Daemon
@@ -130,7 +121,7 @@ def running(broker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[R
     for key, value in BAD_MESSAGES[:3]:
         producer.send(settings.topic_bars, key=key, value=value)
     for symbol, b in bars.items():
-        records = _records(symbol, b)
+        records = bar_records(symbol, b)
         for i in range(0, len(records), 250):
             producer.send(
                 settings.topic_bars,

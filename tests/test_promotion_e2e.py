@@ -22,9 +22,8 @@ import pytest
 from kafka import KafkaProducer
 
 from daemon.app import Daemon
-from daemon.events import BarRecord, encode_batch
+from daemon.events import bar_records, encode_batch
 from daemon.settings import Settings
-from trainers.data import Bars
 from trainers.synthetic import MarketGenerator, MarketSpec
 
 from .helpers import read_topic, wait_for
@@ -33,15 +32,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REGIME, WALK = "REGIME", "WALK"
 FIRST, WINDOW = 3000, 2500
-
-
-def _records(symbol: str, bars: Bars) -> list[BarRecord]:
-    return [
-        BarRecord(symbol, int(t), float(o), float(h), float(lo), float(c), float(v))
-        for t, o, h, lo, c, v in zip(
-            bars.ts, bars.open, bars.high, bars.low, bars.close, bars.volume, strict=True
-        )
-    ]
 
 
 class Feed:
@@ -59,7 +49,7 @@ class Feed:
 
     def send(self, n: int, chunk: int) -> None:
         for symbol, gen in self.gens.items():
-            records = _records(symbol, gen.next_bars(n))
+            records = bar_records(symbol, gen.next_bars(n))
             for i in range(0, n, chunk):
                 value = encode_batch(symbol, records[i : i + chunk])
                 self.producer.send(self.topic, key=symbol.encode(), value=value)
