@@ -15,8 +15,10 @@ built by ``daemon.kafka.make_consumer`` (the daemon's own client settings):
   daemon  a whole in-process Daemon (no training: min_bars above the bar count):
           ingest thread = Ingestor + metrics + live path + monitors
 
-kafka-python checks record CRCs in pure Python unless the ``crc32c`` package is
-installed; that dominates the raw rate, so the header line says which one ran.
+kafka-python checks every record batch's CRC-32C, in C with the ``crc32c``
+package ctd depends on. ``--crc python`` swaps in kafka-python's pure-Python
+CRC for both paths (what a bare ``pip install kafka-python`` runs): raw consume
+is then 10x slower and the same ingest work is a far smaller share of it.
 
 Group join (~3 s on tansu) is excluded: raw and ingest wait for their partition
 assignment, seek to the beginning, then start the clock. The daemon's join
@@ -42,18 +44,18 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import kafka.record.util
 from kafka import KafkaConsumer, KafkaProducer
-from kafka.record.util import crc32c_c
+from kafka.record._crc32c import crc as crc32c_py
 from prometheus_client import CollectorRegistry
 
 from daemon.app import Daemon
 from daemon.broker import LocalBroker
-from daemon.events import BarRecord, encode_bar, encode_batch
+from daemon.events import bar_records, encode_bar, encode_batch
 from daemon.ingest import Ingestor
 from daemon.kafka import ensure_topics, make_consumer, make_producer
 from daemon.settings import Settings, load_settings
 from daemon.store import BarStore
-from trainers.data import Bars
 from trainers.synthetic import MarketSpec, generate_bars
 
 DEADLINE_SECONDS = 600.0
@@ -76,21 +78,12 @@ class Rate:
         return self.bars / self.seconds
 
 
-def records_of(symbol: str, bars: Bars) -> list[BarRecord]:
-    return [
-        BarRecord(symbol, int(t), float(o), float(h), float(lo), float(c), float(v))
-        for t, o, h, lo, c, v in zip(
-            bars.ts, bars.open, bars.high, bars.low, bars.close, bars.volume, strict=True
-        )
-    ]
-
-
 def messages_for(form: str, symbols: int, bars: int, batch: int) -> list[tuple[bytes, bytes]]:
     """(key, value) of every message, symbols interleaved as a live feed would send them."""
     per_symbol: list[list[tuple[bytes, bytes]]] = []
     for i in range(symbols):
         symbol = f"SYM{i:03d}"
-        recs = records_of(symbol, generate_bars(MarketSpec(symbol, seed=i), bars))
+        recs = bar_records(symbol, generate_bars(MarketSpec(symbol, seed=i), bars))
         key = symbol.encode()
         if form == "batch":
             per_symbol.append(
@@ -248,19 +241,26 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100, help="bars per batch-form message")
     parser.add_argument("--forms", default="batch,single")
     parser.add_argument("--no-daemon", dest="daemon", action="store_false")
+    parser.add_argument(
+        "--crc", choices=("c", "python"), default="c", help="kafka-python's CRC-32C check"
+    )
     args = parser.parse_args()
     if args.bars % args.batch:
         parser.error("--bars must be a multiple of --batch")
+    if args.crc == "python":
+        # calc_crc32c binds its implementation as a default argument at import.
+        kafka.record.util.calc_crc32c.__defaults__ = (crc32c_py,)
 
     results: dict[str, dict[str, Rate]] = {}
     with tempfile.TemporaryDirectory() as tmp, LocalBroker() as broker:
         for form in args.forms.split(","):
             results[form] = run_form(form, args, broker, Path(tmp))
 
-    crc = "C (crc32c package)" if crc32c_c is not None else "pure Python (no crc32c package)"
+    crc = kafka.record.util.calc_crc32c.__defaults__[0]
+    crc_name = "pure Python" if crc is crc32c_py else f"C ({crc.__module__.split('.')[0]} package)"
     print(
         f"\n{args.symbols} symbols x {args.bars} bars; batch form = {args.batch} bars/message; "
-        f"kafka-python CRC: {crc}; {os.cpu_count()} CPUs"
+        f"kafka-python CRC: {crc_name}; {os.cpu_count()} CPUs"
     )
     header = (
         f"{'form':<8}{'path':<8}{'seconds':>9}{'msgs/s':>11}{'bars/s':>11}{'vs raw':>8}"
