@@ -6,7 +6,7 @@
 For each model family, two versions are trained by ``trainers.pipeline.train_symbol``
 on synthetic bars (planted signal; lenient gates and no walk-forward, since only
 latency matters here), added to a real Registry and placed as champion and shadow.
-A ``deploy.live.LiveScorer`` with a real PredictionStore (SQLite, synchronous=FULL)
+A ``deploy.live.LiveScorer`` with a real PredictionStore (SQLite WAL, synchronous=NORMAL)
 and a real BarStore, all in a temp dir ($CTD_BENCH_DIR or the system's), then
 scores --bars live bars fed with ``on_bars`` (each call's bars stored first,
 untimed, as the daemon does): one bar per call, then batches of 10 and 100 on
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.events import BarRecord
+from daemon.events import bar_records
 from daemon.predictions import PredictionStore
 from daemon.store import BarStore
 from deploy.live import LiveScorer, LogWrite, Prediction, TrialState
@@ -70,15 +70,6 @@ class TimedLog:
         self.commits.append(time.perf_counter() - t)
 
 
-def records_of(symbol: str, bars: Bars) -> list[BarRecord]:
-    return [
-        BarRecord(symbol, int(t), float(o), float(h), float(lo), float(c), float(v))
-        for t, o, h, lo, c, v in zip(
-            bars.ts, bars.open, bars.high, bars.low, bars.close, bars.volume, strict=True
-        )
-    ]
-
-
 def slice_bars(bars: Bars, start: int, stop: int) -> Bars:
     s = slice(start, stop)
     return Bars(bars.ts[s], bars.open[s], bars.high[s], bars.low[s], bars.close[s], bars.volume[s])
@@ -110,7 +101,7 @@ def bench_pair(trainer: str, args: argparse.Namespace, tmp: Path) -> list[str]:
     bars = generate_bars(MarketSpec(symbol, seed=11, signal_strength=1.0), total)
     store = BarStore(tmp / f"{trainer}-bars.sqlite")
     registry = Registry(tmp / f"{trainer}-registry")
-    records = records_of(symbol, bars)
+    records = bar_records(symbol, bars)
     store.upsert(records[: args.train_bars])
 
     train = slice_bars(bars, 0, args.train_bars)

@@ -216,15 +216,13 @@ class BarStore(SqliteFile):
         (same key, different values) replaces the row and counts 0. Within one
         call, the last bar for a key wins.
         """
-        by_symbol: dict[str, list[tuple[str, int, float, float, float, float, float]]]
-        by_symbol = defaultdict(list)
+        by_symbol: dict[str, list[BarRecord]] = defaultdict(list)
         for bar in bars:
-            validate_symbol(bar.symbol)
-            by_symbol[bar.symbol].append(
-                (bar.symbol, bar.ts, bar.open, bar.high, bar.low, bar.close, bar.volume)
-            )
+            by_symbol[bar.symbol].append(bar)  # a BarRecord is a row in column order
         if not by_symbol:
             return {}
+        for symbol in by_symbol:
+            validate_symbol(symbol)
         new: dict[str, int] = {}
         with self._transaction("upsert") as conn:
             for symbol, rows in by_symbol.items():

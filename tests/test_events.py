@@ -17,6 +17,8 @@ from daemon.events import (
     MAX_REASON_CHARS,
     BarRecord,
     InvalidMessage,
+    _decode_checked,
+    _decode_fast,
     decode_bar_message,
     dlq_payload,
     encode_bar,
@@ -463,3 +465,138 @@ path_like = st.lists(
 def test_path_like_and_unicode_symbols_are_rejected(symbol: str) -> None:
     """Any symbol outside the whitelist is rejected with 'invalid symbol'."""
     assert "invalid symbol" in reason_of(dumps(bar(symbol=symbol)))
+
+
+# --- the fast path agrees with the checked one ------------------------------------------------
+
+
+def decoded_or_none(decode: Any, value: bytes) -> list[BarRecord] | None:
+    try:
+        out: list[BarRecord] | None = decode(value)
+    except InvalidMessage:
+        return None
+    return out
+
+
+def assert_fast_agrees(value: bytes) -> None:
+    """The fast path never accepts what the checked one rejects, nor decodes it differently."""
+    fast = _decode_fast(value)
+    if fast is not None:
+        assert decoded_or_none(_decode_checked, value) == fast
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            k: json_values | st.just(v) for k, v in {**bar(), "bars": [batch_bar(0)]}.items()
+        },
+    )
+)
+def test_fast_path_agrees_on_near_miss_objects(message: dict[str, Any]) -> None:
+    assert_fast_agrees(json.dumps(message).encode())
+
+
+json_bytes = st.sampled_from(
+    [
+        b'"',
+        b",",
+        b":",
+        b"{",
+        b"}",
+        b"[",
+        b"]",
+        b" ",
+        b"\\",
+        b"e",
+        b"-",
+        b"0",
+        b"1",
+        b".",
+        b"t",
+        b"z",
+        b"T",
+        b"Z",
+        b'"ts":1,',
+        b'"open":2,',
+        b'"symbol":"B",',
+        b"\\u0074",
+    ]
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    symbols.flatmap(
+        lambda s: st.lists(records(s), min_size=1, max_size=3, unique_by=lambda r: r.ts)
+    ),
+    st.booleans(),
+    st.lists(st.tuples(st.integers(min_value=0), json_bytes, st.booleans()), max_size=3),
+)
+def test_fast_path_agrees_on_mutated_messages(
+    batch: list[BarRecord], single: bool, edits: list[tuple[int, bytes, bool]]
+) -> None:
+    """Valid messages with bytes spliced in or overwritten: duplicate keys, escapes, 't'/'z'..."""
+    value = encode_bar(batch[0]) if single else encode_batch(batch[0].symbol, batch)
+    for at, text, overwrite in edits:
+        i = at % (len(value) + 1)
+        value = value[:i] + text + value[i + overwrite :]
+    assert_fast_agrees(value)
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [
+        "2025-01-01t00:00:00z",
+        "2025-01-01T00:00:00z",
+        "2025-01-01 00:00:00Z",
+        "2025-01-01T00:00Z",
+        "20250101T000000Z",
+        "2025-01-01T00:00:00.000Z",
+        "2025-01-01T00:00:00.5Z",
+        "2025-01-01T00:00:00.0000001Z",
+        "2025-01-01T00:00:00-00:00",
+        "2025-01-01T00:00:00",
+        "2025-W01-1T00:00:00Z",
+        "\u0032025-01-01T00:00:00Z",
+        -2208988801,
+        253402300800,
+        10**30,
+    ],
+)
+def test_fast_path_agrees_on_timestamp_spellings(ts: object) -> None:
+    assert_fast_agrees(dumps(bar(ts=ts)))
+    assert_fast_agrees(dumps({"symbol": "A", "bars": [{**batch_bar(0), "ts": ts}]}))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        dumps(bar()),
+        dumps(bar(ts=TS_2025, open=100, high=110, low=90, close=105, volume=0)),
+        dumps({"symbol": "ETH-USD", "bars": [batch_bar(i) for i in range(3)]}),
+        dumps({"bars": [batch_bar(0)], "symbol": "ETH-USD"}),
+        b'{ "symbol" : "X1", "ts" : "2025-01-01T00:00:00+02:00", "open" : 1, "high" : 1,'
+        b' "low" : 1, "close" : 1, "volume" : 0 }',
+    ],
+)
+def test_ordinary_messages_take_the_fast_path(value: bytes) -> None:
+    fast = _decode_fast(value)
+    assert fast is not None
+    assert fast == _decode_checked(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b'{"symbol":"A","ts":1735689600,"open":1,"open":1,"high":1,"low":1,"close":1,"volume":0}',
+        b'{"symbol":"A","bars":[{"ts":1735689600,"ts":"2025-01-01T00:00:00Z","open":1,"high":1,'
+        b'"low":1,"close":1,"volume":0}]}',
+        b'{"symbol":"A","symbol":"A","bars":[{"ts":1735689600,"open":1,"high":1,"low":1,'
+        b'"close":1,"volume":0}]}',
+    ],
+)
+def test_duplicate_keys_leave_the_fast_path_and_are_rejected(value: bytes) -> None:
+    assert _decode_fast(value) is None
+    assert "duplicate key" in reason_of(value)

@@ -15,7 +15,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from daemon.events import BarRecord
+from daemon.events import BarRecord, bar_records
 from daemon.predictions import PredictionStore
 from daemon.store import BarStore
 from deploy.live import (
@@ -175,12 +175,7 @@ class Rig:
 
 
 def records(bars: Bars) -> list[BarRecord]:
-    return [
-        BarRecord(SYMBOL, int(t), float(o), float(h), float(lo), float(c), float(v))
-        for t, o, h, lo, c, v in zip(
-            bars.ts, bars.open, bars.high, bars.low, bars.close, bars.volume, strict=True
-        )
-    ]
+    return bar_records(SYMBOL, bars)
 
 
 @pytest.fixture

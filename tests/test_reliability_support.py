@@ -40,7 +40,6 @@ from kafka import KafkaProducer
 from daemon.events import BarRecord, encode_batch
 from daemon.settings import Settings
 from deploy.registry import Registry
-from trainers.data import Bars
 
 from .helpers import wait_for
 
@@ -62,15 +61,7 @@ Row = tuple[str, int, float, float, float, float, float]
 
 
 def row(record: BarRecord) -> Row:
-    return (
-        record.symbol,
-        record.ts,
-        record.open,
-        record.high,
-        record.low,
-        record.close,
-        record.volume,
-    )
+    return tuple(record)  # a BarRecord is a store row in column order
 
 
 def stored_rows(store_path: Path) -> list[Row]:
@@ -107,16 +98,6 @@ def count_by_symbol(rows: Iterable[Row]) -> dict[str, int]:
     for r in rows:
         out[r[0]] = out.get(r[0], 0) + 1
     return out
-
-
-def records(symbol: str, bars: Bars) -> list[BarRecord]:
-    """``trainers.synthetic`` bars as BarRecords."""
-    return [
-        BarRecord(symbol, int(t), float(o), float(h), float(lo), float(c), float(v))
-        for t, o, h, lo, c, v in zip(
-            bars.ts, bars.open, bars.high, bars.low, bars.close, bars.volume, strict=True
-        )
-    ]
 
 
 def make_producer(bootstrap: str, **config: Any) -> KafkaProducer:

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from daemon.commands import Command
+from daemon.events import bar_records
 from daemon.settings import Settings
 from deploy.registry import Registry, Slots
 from trainers.pipeline import TrainConfig, train_symbol
@@ -31,7 +32,6 @@ from .test_reliability_support import (
     assert_registry_consistent,
     free_port,
     make_producer,
-    records,
     send_batches,
 )
 from .test_reliability_targets import SLOW_SECONDS_ENV
@@ -83,7 +83,7 @@ def test_kill_9_during_training_leaves_no_trace_and_the_job_runs_again_after_res
     try:
         first.start()
         send_batches(
-            settings.kafka_bootstrap_servers, settings.topic_bars, records(SYMBOL, _bars())
+            settings.kafka_bootstrap_servers, settings.topic_bars, bar_records(SYMBOL, _bars())
         )
         # daemon + resource tracker + forkserver + the worker (forked once the forkserver
         # has imported the training stack).
