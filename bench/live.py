@@ -23,6 +23,7 @@ import argparse
 import os
 import tempfile
 import time
+import timeit
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ from deploy.registry import Registry
 from deploy.sequential import PromotionTestConfig
 from monitors.gates import GateConfig
 from trainers.data import Bars
+from trainers.features import FEATURE_SPEC, compute_features
 from trainers.pipeline import TrainConfig, train_symbol
 from trainers.synthetic import MarketSpec, generate_bars
 
@@ -93,6 +95,17 @@ def train_version(
 def percentiles(seconds: list[float]) -> tuple[float, float]:
     us = np.asarray(seconds) * 1e6
     return float(np.percentile(us, 50)), float(np.percentile(us, 99))
+
+
+def feature_costs() -> str:
+    """compute_features on one bar's dependency window and on a training-sized history."""
+    bars = generate_bars(MarketSpec("FEAT", seed=3), 5000)
+    tail = bars.tail(FEATURE_SPEC.lookback)
+    out = []
+    for name, b, n in (("one bar (its lookback tail)", tail, 2000), ("5,000 bars", bars, 20)):
+        best = min(timeit.repeat(lambda b=b: compute_features(b), number=n, repeat=5)) / n
+        out.append(f"{name} {best * 1e6:,.0f} us")
+    return "features (best of 5): " + ", ".join(out)
 
 
 def bench_pair(trainer: str, args: argparse.Namespace, tmp: Path) -> list[str]:
@@ -177,6 +190,7 @@ def main() -> None:
         f"{args.bars} live bars per batch size, one symbol, champion + shadow of the same family; "
         f"{os.cpu_count()} CPUs; onnxruntime 1 thread per session"
     )
+    print(feature_costs())
     with tempfile.TemporaryDirectory(dir=os.environ.get("CTD_BENCH_DIR")) as tmp:
         for trainer in args.pairs.split(","):
             for line in bench_pair(trainer, args, Path(tmp)):

@@ -36,6 +36,7 @@ undecided trial the change ended.
 
 from __future__ import annotations
 
+import copy
 import math
 import threading
 import time
@@ -821,9 +822,8 @@ class _Walk:
 
     def __init__(self, st: _Symbol) -> None:
         self.trial = st.trial
-        self.test = (
-            None if st.trial is None else PairedSequentialTest.from_dict(st.trial.test.to_dict())
-        )
+        # Its state is scalars only: a shallow copy is a full one.
+        self.test = None if st.trial is None else copy.copy(st.trial.test)
         self.first_bar_ts = None if st.trial is None else st.trial.first_bar_ts
         self.last_bar_ts = None if st.trial is None else st.trial.last_bar_ts
         self.pending = dict(st.pending)

@@ -12,6 +12,8 @@ trained on a 60,000 price works on a 100 price.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -115,60 +117,66 @@ def _validate(bars: Bars) -> None:
             )
 
 
-def _windowed_dot(x: FloatArray, weights: FloatArray) -> FloatArray:
-    """``out[t] = sum_j weights[j] * x[t - W + 1 + j]`` (oldest first); NaN for t < W - 1.
+def _lagged(x: FloatArray, w: int) -> FloatArray:
+    """Row ``j`` of the ``(w, n - w + 1)`` result is ``x[j : j + n - w + 1]``: column t holds
+    the window ending at ``x[t + w - 1]``, oldest first. C-contiguous, for ``_sum_rows``."""
+    x = np.ascontiguousarray(x)
+    view = np.ndarray((w, len(x) - w + 1), x.dtype, x, strides=(x.itemsize, x.itemsize))
+    return np.ascontiguousarray(view)
 
-    Summed slice by slice in a fixed order, so each row's rounding is independent
-    of where the row sits in ``x``.
+
+def _sum_rows(terms: FloatArray) -> FloatArray:
+    """Column sums of ``terms``, added row by row, oldest first (``acc += row``).
+
+    numpy reduces the first axis of a C-contiguous array in exactly that order
+    (tests/test_features.py pins it against a slice-by-slice loop), so a
+    column's rounding depends only on its own window, not on where the window
+    sits in the series. A handful of numpy calls instead of one per window
+    element: live scoring of one bar is dominated by call overhead.
     """
-    n, w = len(x), len(weights)
-    out = np.full(n, np.nan)
-    m = n - w + 1
-    if m <= 0:
-        return out
-    acc = weights[0] * x[0:m]
-    for j in range(1, w):
-        acc += weights[j] * x[j : j + m]
-    out[w - 1 :] = acc
+    out: FloatArray = np.add.reduce(terms, axis=0)
     return out
+
+
+def _rolled(x: FloatArray, w: int, reduce: Callable[[FloatArray], FloatArray]) -> FloatArray:
+    """``reduce(_lagged(x, w))`` aligned to ``x``: NaN where a window is incomplete."""
+    out = np.full(len(x), np.nan)
+    if len(x) >= w:
+        out[w - 1 :] = reduce(_lagged(x, w))
+    return out
+
+
+def _windowed_dot(x: FloatArray, weights: FloatArray) -> FloatArray:
+    """``out[t] = sum_j weights[j] * x[t - W + 1 + j]`` (oldest first); NaN for t < W - 1."""
+    return _rolled(x, len(weights), lambda lagged: _sum_rows(lagged * weights[:, None]))
 
 
 def _rolling_sum(x: FloatArray, w: int) -> FloatArray:
-    n = len(x)
-    out = np.full(n, np.nan)
-    m = n - w + 1
-    if m <= 0:
-        return out
-    acc = x[0:m].copy()
-    for j in range(1, w):
-        acc += x[j : j + m]
-    out[w - 1 :] = acc
-    return out
+    return _rolled(x, w, _sum_rows)
 
 
 def _rolling_mean_std(x: FloatArray, w: int) -> tuple[FloatArray, FloatArray]:
     """Rolling mean and population std, two-pass (no catastrophic cancellation)."""
-    n = len(x)
+
     mean = _rolling_sum(x, w) / w
-    sq = np.full(n, np.nan)
-    m = n - w + 1
-    if m > 0:
-        mu = mean[w - 1 :]
-        d = x[0:m] - mu
-        acc = d * d
-        for j in range(1, w):
-            d = x[j : j + m] - mu
-            acc += d * d
-        sq[w - 1 :] = acc
-    return mean, np.sqrt(sq / w)
+
+    def std(lagged: FloatArray) -> FloatArray:
+        d = lagged - mean[w - 1 :]
+        out: FloatArray = np.sqrt(_sum_rows(d * d) / w)
+        return out
+
+    return mean, _rolled(x, w, std)
 
 
+@functools.cache
 def _ema_weights(span: int) -> FloatArray:
     """Normalised EMA weights over a truncated window, oldest first."""
     alpha = 2.0 / (span + 1)
     lags = np.arange(_ema_window(span) - 1, -1, -1, dtype=np.float64)
     w: FloatArray = (1.0 - alpha) ** lags
-    return w / float(w.sum())
+    w /= float(w.sum())
+    w.flags.writeable = False  # cached and shared
+    return w
 
 
 def _safe_ratio(num: FloatArray, den: FloatArray, ok: BoolArray, fallback: float) -> FloatArray:
