@@ -67,7 +67,8 @@ class TopicSetupError(RuntimeError):
 def client_config(settings: Settings, bootstrap_servers: str) -> dict[str, Any]:
     """Connection and security settings shared by every client.
 
-    The SASL password is unwrapped here and only here, into a MaskedSecret.
+    The SASL password and the TLS key passphrase are unwrapped here, into
+    MaskedSecrets; the rest of the product, the probes included, reads them from here.
     """
     config: dict[str, Any] = {
         "bootstrap_servers": [s.strip() for s in bootstrap_servers.split(",") if s.strip()],
@@ -85,6 +86,12 @@ def client_config(settings: Settings, bootstrap_servers: str) -> dict[str, Any]:
             config["sasl_plain_password"] = MaskedSecret(password.get_secret_value())
     if settings.kafka_ssl_cafile is not None:
         config["ssl_cafile"] = str(settings.kafka_ssl_cafile)
+    if settings.kafka_ssl_certfile is not None:
+        config["ssl_certfile"] = str(settings.kafka_ssl_certfile)
+    if settings.kafka_ssl_keyfile is not None:
+        config["ssl_keyfile"] = str(settings.kafka_ssl_keyfile)
+    if settings.kafka_ssl_key_password is not None:
+        config["ssl_password"] = MaskedSecret(settings.kafka_ssl_key_password.get_secret_value())
     return config
 
 
@@ -312,7 +319,13 @@ def _tls_context(settings: Settings | None) -> ssl.SSLContext | None:
     if settings is None or settings.kafka_security_protocol not in ("SSL", "SASL_SSL"):
         return None
     cafile = str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
-    return ssl.create_default_context(cafile=cafile)
+    context = ssl.create_default_context(cafile=cafile)
+    if settings.kafka_ssl_certfile is not None:  # a broker that wants mTLS wants it of probes too
+        config = client_config(settings, "")
+        context.load_cert_chain(
+            config["ssl_certfile"], config.get("ssl_keyfile"), config.get("ssl_password")
+        )
+    return context
 
 
 def broker_reachable(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -62,6 +63,11 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_cafile: Path | None = None
+    # Mutual TLS: the client certificate (PEM), its key if not in the same file, the key's
+    # passphrase if it is encrypted.
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_key_password: SecretStr | None = None
     create_topics: bool = True
     topic_partitions: int = Field(6, ge=1)
     topic_replication_factor: int = Field(1, ge=1)
@@ -202,6 +208,10 @@ class Settings(BaseSettings):
             raise ValueError("promotion_max_samples must be >= promotion_min_samples")
         if self.webhook_url and not self.webhook_url.startswith(("http://", "https://")):
             raise ValueError("webhook_url must be an http:// or https:// URL")
+        return self
+
+    @model_validator(mode="after")
+    def _sasl_consistent(self) -> Settings:
         protocol = self.kafka_security_protocol
         if protocol.startswith("SASL_") and self.kafka_sasl_mechanism is None:
             raise ValueError(f"kafka_security_protocol {protocol} needs kafka_sasl_mechanism")
@@ -212,6 +222,35 @@ class Settings(BaseSettings):
             )
         if self.kafka_sasl_mechanism and not self.kafka_sasl_username:
             raise ValueError("kafka_sasl_username is required when kafka_sasl_mechanism is set")
+        return self
+
+    @model_validator(mode="after")
+    def _tls_consistent(self) -> Settings:
+        protocol = self.kafka_security_protocol
+        tls_files = {
+            "kafka_ssl_cafile": self.kafka_ssl_cafile,
+            "kafka_ssl_certfile": self.kafka_ssl_certfile,
+            "kafka_ssl_keyfile": self.kafka_ssl_keyfile,
+        }
+        for name, path in tls_files.items():
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name} {str(path)!r} is not a readable file")
+        client_tls = {"kafka_ssl_certfile", "kafka_ssl_keyfile"} & {
+            name for name, path in tls_files.items() if path is not None
+        }
+        if self.kafka_ssl_key_password is not None:
+            client_tls.add("kafka_ssl_key_password")
+        if client_tls and self.kafka_ssl_certfile is None:
+            raise ValueError(f"{', '.join(sorted(client_tls))} set without kafka_ssl_certfile")
+        if client_tls and protocol not in ("SSL", "SASL_SSL"):
+            raise ValueError(
+                f"kafka_ssl_certfile is set but kafka_security_protocol is {protocol} "
+                "(use SSL or SASL_SSL)"
+            )
+        if self.kafka_ssl_certfile is not None:
+            _check_client_certificate(
+                self.kafka_ssl_certfile, self.kafka_ssl_keyfile, self.kafka_ssl_key_password
+            )
         return self
 
     @classmethod
@@ -247,6 +286,22 @@ def _setting_name(loc: tuple[int | str, ...], message: str) -> str:
     if not named:
         return "settings"
     return f"{ENV_PREFIX}{min(named)[2].upper()}"
+
+
+def _check_client_certificate(
+    certfile: Path, keyfile: Path | None, password: SecretStr | None
+) -> None:
+    """Load the mTLS key pair once at start-up: a wrong passphrase or a key that belongs to
+    another certificate fails here, naming the settings, not at the first connection."""
+    try:
+        ssl.create_default_context().load_cert_chain(
+            certfile, keyfile, None if password is None else password.get_secret_value()
+        )
+    except (ssl.SSLError, OSError) as exc:
+        raise ValueError(
+            "kafka_ssl_certfile / kafka_ssl_keyfile / kafka_ssl_key_password: cannot load "
+            f"the client certificate and key: {exc}"
+        ) from None
 
 
 def load_settings(**overrides: Any) -> Settings:

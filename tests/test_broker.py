@@ -210,6 +210,7 @@ def test_round_trip_bytes_through_the_factories(
 def test_client_config_unwraps_secrets_and_paths(tmp_path: Path) -> None:
     """client_config passes SASL/SSL settings through, with the password unwrapped."""
     cafile = tmp_path / "ca.pem"
+    cafile.write_text("a CA bundle\n")
     settings = load_settings(
         kafka_client_id="ctd-test",
         kafka_security_protocol="SASL_SSL",

@@ -219,12 +219,14 @@ def test_client_config_passes_security_settings_and_masks_the_password(
 ) -> None:
     """client_config maps every security setting to kafka-python's names; the password is the
     real string for kafka-python but renders masked in repr, str of the dict, %s and slices."""
+    cafile = tmp_path / "ca.pem"
+    cafile.write_text("a CA bundle\n")
     settings = load_settings(
         kafka_security_protocol="SASL_SSL",
         kafka_sasl_mechanism="SCRAM-SHA-256",
         kafka_sasl_username="ctd",
         kafka_sasl_password=secret,
-        kafka_ssl_cafile=tmp_path / "ca.pem",
+        kafka_ssl_cafile=cafile,
     )
     config = client_config(settings, "a:9093")
     assert {k: config[k] for k in config if k.startswith(("security", "sasl", "ssl"))} == {
@@ -232,7 +234,7 @@ def test_client_config_passes_security_settings_and_masks_the_password(
         "sasl_mechanism": "SCRAM-SHA-256",
         "sasl_plain_username": "ctd",
         "sasl_plain_password": secret,
-        "ssl_cafile": str(tmp_path / "ca.pem"),
+        "ssl_cafile": str(cafile),
     }
     password = config["sasl_plain_password"]
     assert isinstance(password, MaskedSecret)
@@ -278,7 +280,8 @@ def _log_failure_with_config_in_locals(settings: Settings) -> str:
 
 
 def test_only_client_config_unwraps_a_secret() -> None:
-    """get_secret_value() is called in exactly one place of the product: kafka.client_config."""
+    """get_secret_value() is called in two audited places: kafka.client_config (every client)
+    and the start-up check that the mTLS key loads."""
     calls = []
     for package in PACKAGES:
         for path in sorted((REPO / package).rglob("*.py")):
@@ -289,4 +292,7 @@ def test_only_client_config_unwraps_a_secret() -> None:
                 for node in ast.walk(func):
                     if isinstance(node, ast.Attribute) and node.attr == "get_secret_value":
                         calls.append(f"{path.relative_to(REPO)}::{func.name}")
-    assert calls == ["daemon/kafka.py::client_config"]
+    assert sorted(set(calls)) == [
+        "daemon/kafka.py::client_config",
+        "daemon/settings.py::_check_client_certificate",
+    ]
