@@ -6,7 +6,7 @@ layers; causal (left-only) padding means an output never sees a later row.
 The presets give it about the parameter count of the LSTM preset of the same
 name. Convolutions parallelise over time, which pays on a GPU or many cores;
 on one CPU thread and these small sizes an LSTM trains faster
-(``bench/trainers.py`` prints the ratio).
+(``bench/zoo.py`` prints the ratio).
 """
 
 from __future__ import annotations
@@ -42,10 +42,10 @@ class TemporalBlock(nn.Module):
         self.body = nn.Sequential(
             CausalConv1d(c_in, c_out, kernel_size, dilation),
             nn.ReLU(),
-            nn.Dropout(dropout),
+            nn.Dropout1d(dropout),
             CausalConv1d(c_out, c_out, kernel_size, dilation),
             nn.ReLU(),
-            nn.Dropout(dropout),
+            nn.Dropout1d(dropout),
         )
         self.skip = nn.Conv1d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
