@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import urllib.request
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import pytest
 from kafka import KafkaProducer
 
 from daemon.app import Daemon
-from daemon.events import BarRecord, encode_batch
+from daemon.events import bar_records, encode_batch
 from daemon.settings import Settings
 from trainers.synthetic import MarketGenerator, MarketSpec
 
@@ -19,13 +20,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _send(producer: KafkaProducer, topic: str, gen: MarketGenerator, symbol: str, n: int) -> None:
-    bars = gen.next_bars(n)
-    records = [
-        BarRecord(symbol, int(t), float(o), float(h), float(lo), float(c), float(v))
-        for t, o, h, lo, c, v in zip(
-            bars.ts, bars.open, bars.high, bars.low, bars.close, bars.volume, strict=True
-        )
-    ]
+    records = bar_records(symbol, gen.next_bars(n))
     for i in range(0, n, 50):
         producer.send(topic, key=symbol.encode(), value=encode_batch(symbol, records[i : i + 50]))
     producer.flush()
@@ -96,6 +91,59 @@ def test_volatility_regime_change_fires_drift_once_and_retrains(
         assert _value(text, 'ctd_feature_psi{feature="vol_20",symbol="GAMMA"}') < 0.35
         runs = "ctd_training_runs_total{outcome="
         assert _value(text, runs) - _value(text, 'ctd_training_runs_total{outcome="champion"') == 1
+    finally:
+        daemon.stop(10)
+        producer.close()
+
+
+def test_cron_retrain_retrains_every_symbol_with_a_champion(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    """The retrain_cron job, run by the daemon's scheduler, queues one retrain per symbol that
+    has a champion and none for a symbol without one; the retrain runs to a registry outcome."""
+    settings = settings_factory(
+        http_port=0,
+        min_bars=1500,
+        retrain_every_bars=1_000_000,
+        trainers=("xgboost",),
+        walk_forward_folds=0,
+        retrain_cron="0 3 * * *",
+        monitor_check_seconds=3600,
+    )
+    gens = {
+        s: MarketGenerator(MarketSpec(symbol=s, seed=seed, signal_strength=strength))
+        for s, seed, strength in (("ALPHA", 0, 1.0), ("WALK", 5, 0.0))
+    }
+    producer = KafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", enable_idempotence=False
+    )
+    daemon = Daemon(settings, bootstrap_servers=str(settings.kafka_bootstrap_servers)).start()
+
+    def trained(symbol: str) -> float:
+        """Finished training runs of ``symbol``, whatever their outcome."""
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in _metrics(daemon).splitlines()
+            if line.startswith("ctd_training_runs_total{") and f'symbol="{symbol}"' in line
+        )
+
+    try:
+        for symbol, gen in gens.items():
+            _send(producer, settings.topic_bars, gen, symbol, 1500)
+        wait_for(lambda: daemon.registry.slots("ALPHA").champion is not None, timeout=120)
+        wait_for(lambda: trained("WALK") == 1, timeout=120, message="the random walk trained")
+        assert daemon.registry.slots("WALK").champion is None
+        assert daemon.jobs is not None
+        job = daemon.jobs.get_job("cron-retrain")
+        assert job is not None and "hour='3'" in str(job.trigger)
+        before = trained("ALPHA")
+
+        job.modify(next_run_time=datetime.now(UTC))  # the scheduler runs it now
+        wait_for(lambda: trained("ALPHA") == before + 1, timeout=120, message="cron retrain")
+        text = _metrics(daemon)
+        assert _value(text, 'ctd_live_monitor_triggers_total{kind="schedule",symbol="ALPHA"}') == 1
+        assert _value(text, 'ctd_live_monitor_triggers_total{kind="schedule",symbol="WALK"}') == 0
+        assert trained("WALK") == 1
     finally:
         daemon.stop(10)
         producer.close()
