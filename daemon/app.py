@@ -21,7 +21,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from multiprocessing.connection import Connection
@@ -37,7 +37,7 @@ from prometheus_client import CollectorRegistry
 from daemon.commands import Command, InvalidCommand, decode_command
 from daemon.http import HttpServer, make_app
 from daemon.ingest import Ingestor, IngestReport
-from daemon.jobs import candidate_summary, job_config, train_config
+from daemon.jobs import job_config, train_config
 from daemon.kafka import (
     broker_reachable,
     check_sasl_mechanism,
@@ -47,16 +47,17 @@ from daemon.kafka import (
 )
 from daemon.logs import get_logger
 from daemon.metrics import Metrics
+from daemon.outcomes import RunRecorder
 from daemon.promotions import LivePath
 from daemon.retrain import Backoff, JobOutcome, RetrainScheduler, TrainJob, TriggerPolicy
 from daemon.settings import Settings
 from daemon.store import BarStore, StoreError
-from daemon.tracking import MlflowTracker, TrackedRun, TrackingWorker
+from daemon.tracking import MlflowTracker, TrackingWorker
 from daemon.watch import LiveWatch
 from daemon.worker import JobSpec, run_job
 from deploy.errors import RegistryError
-from deploy.events import EventKind, RegistryEvent, utc_now
-from deploy.registry import METADATA_FILE, Registry
+from deploy.events import RegistryEvent
+from deploy.registry import Registry
 
 _log = get_logger(component="daemon")
 
@@ -102,6 +103,7 @@ class Daemon:
         self.ingestor: Ingestor | None = None
         self.scheduler: RetrainScheduler | None = None
         self.live: LivePath | None = None
+        self.runs: RunRecorder | None = None
         self.watch: LiveWatch | None = None
         self.jobs: BackgroundScheduler | None = None
         self.tracking: TrackingWorker | None = None
@@ -144,6 +146,14 @@ class Daemon:
         self._load_state()
         self.metrics.add_model_age(self._slot_ages)
         self.live = LivePath(s, self.registry, self.store, self.metrics, self._publish)
+        self.runs = RunRecorder(
+            registry=self.registry,
+            store=self.store,
+            live=self.live,
+            metrics=self.metrics,
+            tracking=self.tracking,
+            trained=self._trained,
+        )
         self.watch = LiveWatch(
             s,
             registry=self.registry,
@@ -307,7 +317,11 @@ class Daemon:
         self._counts = self.store.counts()
         for symbol in self._counts:
             self.metrics.init_symbol(symbol)
-        self._trained = {sym: count for sym, (count, _at) in self.store.trained_state().items()}
+        # In place: the run recorder updates this same dict.
+        self._trained.clear()
+        self._trained.update(
+            (sym, count) for sym, (count, _at) in self.store.trained_state().items()
+        )
 
     def _slot_ages(self) -> dict[tuple[str, str], float]:
         """Creation time of the model in each slot, read at scrape time (cached per version)."""
@@ -483,123 +497,20 @@ class Daemon:
         )
 
     def _on_job_done(self, outcome: JobOutcome) -> None:
-        job = outcome.job
-        log = _log.bind(symbol=job.symbol, run_id=job.run_id)
-        m = self.metrics
         if self.scheduler:
-            m.training_running.set(self.scheduler.running)
-        if self.scheduler:
-            m.retrain_queue_depth.set(self.scheduler.pending)
+            self.metrics.training_running.set(self.scheduler.running)
+            self.metrics.retrain_queue_depth.set(self.scheduler.pending)
         if outcome.cancelled or (not outcome.ok and self._cancelling.is_set()):
             # Not a failure: the job runs again after the restart (its bars are not marked).
-            log.warning("training_cancelled", error=outcome.error)
-            return
-        if not outcome.ok:
-            self._record_failure(outcome)
-            self._track(outcome, "failed")
-            return
-        meta: Mapping[str, Any] = outcome.reply.get("metadata") or {}
-        self._count_monitor_output(job.symbol, meta, job.run_id)
-        assert self.store is not None
-        # Jobs can finish out of order (a monitor-triggered one with an older count
-        # after a newer one): the trained count never moves back.
-        trained = max(job.bar_count, self._trained.get(job.symbol, 0))
-        self.store.mark_trained(job.symbol, trained, time.time())
-        self._trained[job.symbol] = trained
-        if not outcome.reply.get("passed"):
-            self._audit(
-                "candidate_rejected",
-                job.symbol,
-                {
-                    "run_id": job.run_id,
-                    "reason": outcome.reply.get("reason"),
-                    "candidates": candidate_summary(meta),
-                },
-                reason=str(outcome.reply.get("reason", "")),
-            )
-            m.training_runs.labels(job.symbol, "rejected").inc()
-            m.training_duration.labels("rejected").observe(outcome.duration_seconds)
-            log.info("candidate_rejected", reason=outcome.reply.get("reason"))
-            self._track(outcome, "rejected")
-            return
-        version = self.registry.add_version(job.symbol, outcome.staging_dir)
-        m.registry_versions.labels(job.symbol).inc()
-        assert self.live is not None
-        events = self.live.place(job.symbol, version, reason=f"run {job.run_id}")
-        bootstrapped = any(e.event == "champion_bootstrapped" for e in events)
-        placed = "champion" if bootstrapped else "shadow"
-        m.training_runs.labels(job.symbol, placed).inc()
-        m.training_duration.labels(placed).observe(outcome.duration_seconds)
-        log.info(
-            "model_registered",
-            version=version,
-            slot=placed,
-            trainer=outcome.reply.get("chosen"),
-            test_accuracy=(meta.get("metrics") or {}).get("test", {}).get("accuracy"),
-            seconds=round(outcome.duration_seconds, 3),
-        )
-        self._track(outcome, placed, version)
-
-    def _track(self, outcome: JobOutcome, result: str, version: str | None = None) -> None:
-        """Hand the run to experiment tracking; artifacts from the registry (staging goes away)."""
-        if self.tracking is None:
-            return
-        artifacts: tuple[Path, ...] = ()
-        if version is not None:
-            model = self.registry.model_path(outcome.job.symbol, version)
-            artifacts = (model, model.with_name(METADATA_FILE))
-        self.tracking.submit(
-            TrackedRun(
+            _log.warning(
+                "training_cancelled",
                 symbol=outcome.job.symbol,
                 run_id=outcome.job.run_id,
-                outcome=result,
-                duration_seconds=outcome.duration_seconds,
-                metadata=outcome.reply.get("metadata") or {},
-                artifacts=artifacts,
-                version=version,
                 error=outcome.error,
             )
-        )
-
-    def _record_failure(self, outcome: JobOutcome) -> None:
-        job = outcome.job
-        self.metrics.training_runs.labels(job.symbol, "failed").inc()
-        self.metrics.training_duration.labels("failed").observe(outcome.duration_seconds)
-        self._audit(
-            "training_failed",
-            job.symbol,
-            {"run_id": job.run_id, "error": outcome.error, "bar_count": job.bar_count},
-            reason=outcome.error or "",
-        )
-        _log.error("training_failed", symbol=job.symbol, run_id=job.run_id, error=outcome.error)
-
-    def _audit(
-        self, kind: EventKind, symbol: str, evidence: dict[str, Any], *, reason: str
-    ) -> None:
-        """A history line that changes no slot (failed runs, rejected candidates)."""
-        self.registry.record(
-            RegistryEvent(kind, symbol, None, None, evidence, utc_now(), reason=reason)
-        )
-
-    def _count_monitor_output(self, symbol: str, meta: Mapping[str, Any], run_id: str) -> None:
-        """Every monitor warning and gate verdict of a run: a metric and a log event."""
-        for cand in meta.get("candidates") or []:
-            trainer = str(cand.get("trainer"))
-            for warning in cand.get("warnings") or []:
-                kind = str(warning.get("kind"))
-                self.metrics.training_warnings.labels(symbol, trainer, kind).inc()
-                _log.warning(
-                    "training_warning",
-                    symbol=symbol,
-                    run_id=run_id,
-                    trainer=trainer,
-                    kind=kind,
-                    step=warning.get("step"),
-                    message=warning.get("message"),
-                )
-            for verdict in cand.get("gates") or []:
-                outcome = "pass" if verdict.get("passed") else "fail"
-                self.metrics.gate_verdicts.labels(trainer, str(verdict.get("gate")), outcome).inc()
+            return
+        assert self.runs is not None
+        self.runs.record(outcome)
 
     def _publish(self, event: RegistryEvent) -> None:
         if not event.is_promotion_topic_event or self.producer is None:
