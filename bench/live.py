@@ -33,9 +33,10 @@ import numpy as np
 from daemon.events import bar_records
 from daemon.predictions import PredictionStore
 from daemon.store import BarStore
-from deploy.live import LiveScorer, LogWrite, Prediction, TrialState
+from deploy.live import LiveScorer
 from deploy.registry import Registry
 from deploy.sequential import PromotionTestConfig
+from deploy.trial import LogWrite, Prediction, TrialState
 from monitors.gates import GateConfig
 from trainers.data import Bars
 from trainers.features import FEATURE_SPEC, compute_features

@@ -1,6 +1,6 @@
 """The prediction log: live predictions, their labels and each symbol's trial state, in SQLite.
 
-Implements ``deploy.live.PredictionLog`` in its own file (``<data_dir>/predictions.sqlite``),
+Implements ``deploy.trial.PredictionLog`` in its own file (``<data_dir>/predictions.sqlite``),
 separate from the bar store so that scoring never contends with ingest for one
 write lock. ``commit`` writes one ingest batch (every symbol's new predictions, labels of
 earlier ones and trial state) in one transaction: after a crash the evidence in
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Final
 
 from daemon.store import SqliteFile, StoreError, open_sqlite
-from deploy.live import SLOTS, LogWrite, Prediction, Slot, TrialState
+from deploy.trial import SLOTS, LogWrite, Prediction, Slot, TrialState
 from trainers.data import validate_symbol
 
 SCHEMA_VERSION: Final = 1
@@ -73,7 +73,7 @@ class PredictionStoreError(StoreError):
 
 
 class PredictionStore(SqliteFile):
-    """``deploy.live.PredictionLog`` on SQLite (WAL, synchronous=NORMAL).
+    """``deploy.trial.PredictionLog`` on SQLite (WAL, synchronous=NORMAL).
 
     Every method raises PredictionStoreError (a daemon.store.StoreError) for
     SQLite and file-system failures and for a stored trial state that does not

@@ -25,9 +25,10 @@ from daemon.settings import Settings
 from daemon.store import BarStore
 from deploy.alerts import WebhookNotifier
 from deploy.events import PROMOTION_TOPIC_KINDS, RegistryEvent
-from deploy.live import LiveScorer, StaleDecisionError, TrialDecision
+from deploy.live import LiveScorer
 from deploy.registry import Registry
 from deploy.sequential import PromotionTestConfig
+from deploy.trial import StaleDecisionError, TrialDecision
 
 _log = get_logger(component="promotions")
 _EVENT_FIELDS = (

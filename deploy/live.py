@@ -13,7 +13,7 @@ For each new bar of a symbol, in ts order, ``LiveScorer.on_batch`` / ``on_bars``
    sessions (sequence models get their last ``window`` rows) and logs both.
 
 Everything a batch changes (predictions, resolutions, trial states of all its
-symbols) goes to the ``PredictionLog`` in one ``commit``; memory follows only
+symbols) goes to the ``PredictionLog`` (deploy.trial) in one ``commit``; memory follows only
 after it succeeds, and a symbol whose batch failed is reloaded from the log and
 the bar store. So a crash never leaves evidence and state apart, a restart
 continues every trial exactly, and bars the store kept but the log never saw
@@ -43,20 +43,29 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, Protocol
+from typing import Final, Protocol
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from deploy.events import RegistryEvent
 from deploy.registry import Registry
-from deploy.sequential import Decision, Evidence, PairedSequentialTest, PromotionTestConfig
+from deploy.sequential import Decision, PairedSequentialTest, PromotionTestConfig
+from deploy.trial import (
+    SLOTS,
+    LogWrite,
+    Prediction,
+    PredictionLog,
+    Resolution,
+    Slot,
+    TrialDecision,
+    TrialState,
+    apply_decision,
+)
 from trainers.data import Bars, FloatArray, validate_symbol
 from trainers.features import FEATURE_SPEC, compute_features
 from trainers.onnx_io import OnnxScorer
 
-Slot = Literal["champion", "shadow"]
-SLOTS: Final[tuple[Slot, Slot]] = ("champion", "shadow")
 PROBA_CLIP: Final = 1e-6
 """Probabilities are clipped to [PROBA_CLIP, 1 - PROBA_CLIP] before taking log losses."""
 
@@ -69,19 +78,7 @@ class LiveModelError(ValueError):
         super().__init__(f"{symbol} {version}: {problem}")
 
 
-class StaleDecisionError(RuntimeError):
-    """A decision about a champion/shadow pair that no longer holds the slots."""
-
-    def __init__(self, decision: TrialDecision, champion: str | None, shadow: str | None) -> None:
-        self.decision = decision
-        super().__init__(
-            f"{decision.symbol}: decision {decision.decision.value} was about champion "
-            f"{decision.champion_version} / shadow {decision.shadow_version}, but the slots now "
-            f"hold {champion} / {shadow}"
-        )
-
-
-# --- the prediction log port -----------------------------------------------------------
+# --- the bars it reads --------------------------------------------------------------------
 
 
 class BarLike(Protocol):
@@ -99,187 +96,6 @@ class BarLike(Protocol):
     def close(self) -> float: ...
     @property
     def volume(self) -> float: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Prediction:
-    """One slot's P(up) for the bar at ``bar_ts`` (the move to the next bar)."""
-
-    bar_ts: int
-    slot: Slot
-    version: str
-    proba_up: float
-
-
-@dataclass(frozen=True, slots=True)
-class Resolution:
-    """The realised label of ``bar_ts``: 1 if the next close is higher, else 0."""
-
-    bar_ts: int
-    label: int
-
-
-@dataclass(frozen=True, slots=True)
-class TrialState:
-    """What the log keeps per symbol so that a restart continues exactly.
-
-    ``last_ts``: newest bar processed. ``test``: ``PairedSequentialTest.to_dict()``
-    of the running trial (None without a shadow). ``first_bar_ts`` /
-    ``last_bar_ts``: the first and last bar fed to the test.
-    """
-
-    last_ts: int | None
-    champion_version: str | None
-    shadow_version: str | None
-    test: Mapping[str, Any] | None = None
-    first_bar_ts: int | None = None
-    last_bar_ts: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "last_ts": self.last_ts,
-            "champion_version": self.champion_version,
-            "shadow_version": self.shadow_version,
-            "test": None if self.test is None else dict(self.test),
-            "first_bar_ts": self.first_bar_ts,
-            "last_bar_ts": self.last_bar_ts,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TrialState:
-        """Raise ValueError naming the field for a malformed state."""
-        for key in ("last_ts", "first_bar_ts", "last_bar_ts"):
-            value = d.get(key)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-                raise ValueError(f"trial state {key} must be an integer or null, got {value!r}")
-        for key in ("champion_version", "shadow_version"):
-            if d.get(key) is not None and not isinstance(d.get(key), str):
-                raise ValueError(f"trial state {key} must be a string or null, got {d.get(key)!r}")
-        test = d.get("test")
-        if test is not None and not isinstance(test, Mapping):
-            raise ValueError(f"trial state test must be an object or null, got {test!r}")
-        return cls(
-            d.get("last_ts"),
-            d.get("champion_version"),
-            d.get("shadow_version"),
-            test,
-            d.get("first_bar_ts"),
-            d.get("last_bar_ts"),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class LogWrite:
-    """Everything one batch changes for one symbol; written together or not at all."""
-
-    symbol: str
-    predictions: Sequence[Prediction]
-    resolutions: Sequence[Resolution]
-    state: TrialState
-
-
-class PredictionLog(Protocol):
-    """Durable predictions and trial state of every symbol (daemon.predictions implements it).
-
-    Every method raises the implementation's storage error on failure; a failed
-    ``commit`` writes nothing.
-    """
-
-    def load_state(self, symbol: str) -> TrialState | None:
-        """The state of the last successful commit for ``symbol``; None if never committed."""
-        ...
-
-    def unresolved(self, symbol: str, before_ts: int | None = None) -> list[Prediction]:
-        """Predictions without a label (bar_ts < before_ts if given), oldest first."""
-        ...
-
-    def recent_outcomes(self, symbol: str, version: str, limit: int) -> list[tuple[float, int]]:
-        """(proba_up, label) of the newest ``limit`` resolved predictions of a version, oldest
-        first."""
-        ...
-
-    def commit(self, writes: Sequence[LogWrite]) -> None:
-        """Atomically, for every write: insert its predictions (an existing (symbol, bar_ts,
-        slot) is kept), then label the unlabelled predictions of each resolution's bar, then
-        store its state."""
-        ...
-
-
-# --- decisions ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class TrialDecision:
-    """A trial's outcome (PROMOTE / REJECT), or a snapshot of one (CONTINUE) when it is
-    ended early by a slot change or asked for by the caller."""
-
-    symbol: str
-    decision: Decision
-    champion_version: str
-    shadow_version: str
-    evidence: Evidence
-    config: PromotionTestConfig
-    first_bar_ts: int | None = None
-    last_bar_ts: int | None = None
-
-    @property
-    def reason(self) -> str:
-        ev, cfg = self.evidence, self.config
-        acc = f"live accuracy shadow {_fmt(ev.shadow_accuracy)} vs champion "
-        acc += f"{_fmt(ev.champion_accuracy)} over {ev.n} bars"
-        if self.decision is Decision.PROMOTE:
-            return f"shadow better: e-value {ev.e_value_better:.3g} >= 1/alpha; {acc}"
-        if self.decision is Decision.REJECT:
-            if ev.e_value_worse >= 1.0 / cfg.alpha:
-                return f"shadow worse: e-value {ev.e_value_worse:.3g} >= 1/alpha; {acc}"
-            return f"shadow not shown better within max_samples {cfg.max_samples}; {acc}"
-        return f"trial ended undecided; {acc}"
-
-    def evidence_dict(self) -> dict[str, Any]:
-        """The ledger's evidence: counts, live accuracies, e-values, statistic, settings."""
-        cfg = self.config
-        return {
-            **self.evidence.to_dict(),
-            "decision": self.decision.value,
-            "test": "paired betting e-process on accuracy (deploy.sequential)",
-            # 1/e at a stopping time is a valid p-value (Markov on the stopped e-process).
-            "p_value": 1.0 / max(1.0, self.evidence.e_value_better),
-            "alpha": cfg.alpha,
-            "min_samples": cfg.min_samples,
-            "max_samples": cfg.max_samples,
-            "min_effect": cfg.min_effect,
-            "champion_version": self.champion_version,
-            "shadow_version": self.shadow_version,
-            "first_bar_ts": self.first_bar_ts,
-            "last_bar_ts": self.last_bar_ts,
-        }
-
-
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.3f}"
-
-
-def apply_decision(
-    registry: Registry, decision: TrialDecision, *, actor: str = "daemon", reason: str = ""
-) -> RegistryEvent:
-    """Promote or reject the shadow in the registry, with the trial's evidence in the ledger.
-
-    Raises ValueError for a CONTINUE snapshot and StaleDecisionError if the slots
-    no longer hold the decision's pair (an operator or another decision got there
-    first); registry errors pass through.
-    """
-    if decision.decision is Decision.CONTINUE:
-        raise ValueError(f"{decision.symbol}: a CONTINUE snapshot is not a decision to apply")
-    slots = registry.slots(decision.symbol)
-    if (slots.champion, slots.shadow) != (decision.champion_version, decision.shadow_version):
-        raise StaleDecisionError(decision, slots.champion, slots.shadow)
-    action = registry.promote if decision.decision is Decision.PROMOTE else registry.reject
-    return action(
-        decision.symbol,
-        evidence=decision.evidence_dict(),
-        actor=actor,
-        reason=reason or decision.reason,
-    )
 
 
 # --- models -------------------------------------------------------------------------------

@@ -18,16 +18,10 @@ from onnx import TensorProto, helper
 from daemon.events import BarRecord, bar_records
 from daemon.predictions import PredictionStore
 from daemon.store import BarStore
-from deploy.live import (
-    LiveScorer,
-    LiveUpdate,
-    StaleDecisionError,
-    TrialDecision,
-    apply_decision,
-    feature_tail,
-)
+from deploy.live import LiveScorer, LiveUpdate, feature_tail
 from deploy.registry import Registry
 from deploy.sequential import Decision, PairedSequentialTest, PromotionTestConfig
+from deploy.trial import StaleDecisionError, TrialDecision, apply_decision
 from trainers.data import Bars
 from trainers.features import FEATURE_SPEC, compute_features, compute_labels
 from trainers.naive import NaiveModel

@@ -21,9 +21,9 @@ from daemon.offline import CsvFormatError, manifest, read_ohlcv_csv, train_csv
 from daemon.predictions import PredictionStore
 from daemon.reports import NothingToReportError, compare, render_compare_table, report
 from daemon.settings import Settings, load_settings
-from deploy.live import LogWrite, TrialState
 from deploy.registry import Registry
 from deploy.sequential import PairedSequentialTest, PromotionTestConfig
+from deploy.trial import LogWrite, TrialState
 from trainers.data import Bars, InvalidSymbolError
 from trainers.errors import InsufficientDataError, UnknownTrainerError
 from trainers.features import FEATURE_SPEC

@@ -10,8 +10,8 @@ import pytest
 
 from daemon.predictions import PredictionStore, PredictionStoreError
 from daemon.store import StoreError
-from deploy.live import LogWrite, Prediction, Resolution, TrialState
 from deploy.sequential import PairedSequentialTest, PromotionTestConfig
+from deploy.trial import LogWrite, Prediction, Resolution, TrialState
 from trainers.data import InvalidSymbolError
 
 SYMBOL = "BTCUSDT"
