@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from daemon.settings import Settings
 
 T = TypeVar("T")
 
@@ -66,3 +69,30 @@ def read_topic(
         return seen
     finally:
         consumer.close()
+
+
+def round_trip(
+    settings: Settings, bootstrap: str, sent: set[tuple[bytes, bytes]], timeout: float = 15.0
+) -> set[tuple[bytes, bytes]]:
+    """Produce ``sent`` (key, value) pairs to the bars topic with ctd's producer factory and
+    read them back with its consumer factory; return every pair that came back."""
+    from daemon.kafka import make_consumer, make_producer
+
+    producer = make_producer(settings, bootstrap)
+    for key, value in sent:
+        producer.send(settings.topic_bars, key=key, value=value)
+    producer.flush(timeout=timeout)
+    producer.close()
+    consumer = make_consumer(settings, bootstrap, topic=settings.topic_bars)
+    got: set[tuple[bytes, bytes]] = set()
+
+    def all_arrived() -> bool:
+        for records in consumer.poll(timeout_ms=200).values():
+            got.update((r.key, r.value) for r in records)
+        return len(got) >= len(sent)
+
+    try:
+        wait_for(all_arrived, timeout, interval=0, message=f"{len(sent)} records round trip")
+    finally:
+        consumer.close(autocommit=False)
+    return got

@@ -18,12 +18,11 @@ from daemon.kafka import (
     client_config,
     ensure_topics,
     make_consumer,
-    make_producer,
 )
 from daemon.settings import Settings, load_settings
 
 from .conftest import Topics
-from .helpers import wait_for
+from .helpers import round_trip
 
 
 def _pid_alive(pid: int) -> bool:
@@ -186,25 +185,8 @@ def test_round_trip_bytes_through_the_factories(
 ) -> None:
     """Bytes produced by make_producer come back unchanged, keys included, via make_consumer."""
     settings = settings_factory()
-    producer = make_producer(settings, broker.bootstrap_servers)
     sent = {(b"K%d" % (i % 3), b"\x00value-%d\xff" % i) for i in range(20)}
-    for key, value in sent:
-        producer.send(topics.bars, key=key, value=value)
-    producer.flush(timeout=10)
-    producer.close()
-    consumer = make_consumer(settings, broker.bootstrap_servers)
-    got: set[tuple[bytes, bytes]] = set()
-
-    def all_arrived() -> bool:
-        for records in consumer.poll(timeout_ms=200).values():
-            got.update((r.key, r.value) for r in records)
-        return len(got) >= len(sent)
-
-    try:
-        wait_for(all_arrived, timeout=15, interval=0, message="20 records round trip")
-    finally:
-        consumer.close(autocommit=False)
-    assert got == sent
+    assert round_trip(settings, broker.bootstrap_servers, sent) == sent
 
 
 def test_client_config_unwraps_secrets_and_paths(tmp_path: Path) -> None:

@@ -412,17 +412,14 @@ json_values = st.recursive(
     ),
     max_leaves=20,
 )
+near_miss_objects = st.fixed_dictionaries(
+    {},
+    optional={k: json_values | st.just(v) for k, v in {**bar(), "bars": [batch_bar(0)]}.items()},
+)
 
 
 @settings(max_examples=300, deadline=None)
-@given(
-    st.fixed_dictionaries(
-        {},
-        optional={
-            k: json_values | st.just(v) for k, v in {**bar(), "bars": [batch_bar(0)]}.items()
-        },
-    )
-)
+@given(near_miss_objects)
 def test_arbitrary_json_objects_raise_only_invalid_message(message: dict[str, Any]) -> None:
     """Near-miss JSON objects either decode to valid records or raise InvalidMessage."""
     try:
@@ -486,14 +483,7 @@ def assert_fast_agrees(value: bytes) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(
-    st.fixed_dictionaries(
-        {},
-        optional={
-            k: json_values | st.just(v) for k, v in {**bar(), "bars": [batch_bar(0)]}.items()
-        },
-    )
-)
+@given(near_miss_objects)
 def test_fast_path_agrees_on_near_miss_objects(message: dict[str, Any]) -> None:
     assert_fast_agrees(json.dumps(message).encode())
 

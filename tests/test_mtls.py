@@ -24,12 +24,10 @@ from daemon.kafka import (
     broker_reachable,
     client_config,
     ensure_topics,
-    make_consumer,
-    make_producer,
 )
 from daemon.settings import SettingsError, load_settings
 
-from .helpers import wait_for
+from .helpers import round_trip
 from .tls_proxy import TlsProxy
 
 PASSPHRASE = "correct horse battery staple"  # noqa: S105 (a test key's passphrase)
@@ -102,25 +100,8 @@ def test_records_round_trip_over_mutual_tls(
     bootstrap = f"127.0.0.1:{proxy.port}"
     assert broker_reachable(bootstrap, timeout=5.0, settings=settings)
     ensure_topics(settings, bootstrap)
-    producer = make_producer(settings, bootstrap)
     sent = {(f"K{i}".encode(), f"v{i}".encode()) for i in range(10)}
-    for key, value in sent:
-        producer.send(settings.topic_bars, key=key, value=value)
-    producer.flush(timeout=15)
-    producer.close()
-    consumer = make_consumer(settings, bootstrap, topic=settings.topic_bars)
-    got: set[tuple[bytes, bytes]] = set()
-
-    def all_arrived() -> bool:
-        for records in consumer.poll(timeout_ms=200).values():
-            got.update((r.key, r.value) for r in records)
-        return len(got) >= len(sent)
-
-    try:
-        wait_for(all_arrived, timeout=30, interval=0, message="10 records over mTLS")
-    finally:
-        consumer.close(autocommit=False)
-    assert got == sent
+    assert round_trip(settings, bootstrap, sent, timeout=30) == sent
 
 
 @pytest.mark.integration
