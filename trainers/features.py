@@ -157,7 +157,6 @@ def _rolling_sum(x: FloatArray, w: int) -> FloatArray:
 
 def _rolling_mean_std(x: FloatArray, w: int) -> tuple[FloatArray, FloatArray]:
     """Rolling mean and population std, two-pass (no catastrophic cancellation)."""
-
     mean = _rolling_sum(x, w) / w
 
     def std(lagged: FloatArray) -> FloatArray:
