@@ -14,6 +14,7 @@ cancels it then, and closes the rest.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import multiprocessing
@@ -31,9 +32,11 @@ from typing import Any, Final
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata
+from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
+from daemon.codecs import check_codecs
 from daemon.commands import Command, InvalidCommand, decode_command
 from daemon.http import HttpServer, make_app
 from daemon.ingest import Ingestor, IngestReport
@@ -53,6 +56,7 @@ from daemon.retrain import Backoff, JobOutcome, RetrainScheduler, TrainJob, Trig
 from daemon.settings import Settings
 from daemon.store import BarStore, StoreError
 from daemon.tracking import MlflowTracker, TrackingWorker
+from daemon.undecodable import UndecodableBatch, UndecodableBatches
 from daemon.watch import LiveWatch
 from daemon.worker import JobSpec, run_job
 from deploy.errors import RegistryError
@@ -132,6 +136,7 @@ class Daemon:
 
     def _start(self) -> None:
         s = self.settings
+        check_codecs()
         if s.mlflow_tracking_uri:
             tracker = MlflowTracker(s.mlflow_tracking_uri, s.mlflow_experiment)
             self.tracking = TrackingWorker(tracker, self.metrics.registry)
@@ -186,6 +191,8 @@ class Daemon:
             dlq_topic=s.topic_dlq,
             poll_timeout_ms=s.kafka_poll_timeout_ms,
             max_records=s.kafka_max_poll_records,
+            undecodable_retries=s.ingest_undecodable_retries,
+            undecodable_backoff_seconds=s.ingest_undecodable_backoff_seconds,
         )
         # Worker processes share the cores with each other: OpenMP thread pools in
         # xgboost contending on 2 cores cost 30-45% of a fit (bench/e2e.py profile).
@@ -386,9 +393,11 @@ class Daemon:
         if report.messages:
             m.ingest_messages.inc(report.messages)
         if report.invalid:
-            m.dlq_messages.inc(report.invalid)
+            m.dlq_messages.labels("message").inc(report.invalid)
             for reason in report.dlq_reasons[:5]:
                 _log.warning("message_dead_lettered", reason=reason)
+        if report.undecodable is not None:
+            self._undecodable(report.undecodable, skipped=report.undecodable_skipped)
         for symbol, records in report.bars_by_symbol.items():
             m.ingest_bars.labels(symbol).inc(len(records))
         if report.valid_bars:
@@ -409,6 +418,16 @@ class Daemon:
             self.watch.on_batch(report.bars_by_symbol, resolved)
         for symbol in grown:
             self._maybe_trigger(symbol, self._counts[symbol], reason="new_bars")
+
+    def _undecodable(self, batch: UndecodableBatch, *, skipped: bool) -> None:
+        tp = batch.partition
+        where = {"topic": tp.topic, "partition": tp.partition, "offsets": [batch.first, batch.end]}
+        if skipped:
+            self.metrics.dlq_messages.labels("undecodable_batch").inc()
+            _log.error("undecodable_batch_dead_lettered", reason=batch.reason, **where)
+        else:
+            self.metrics.ingest_errors.labels("undecodable").inc()
+            _log.warning("undecodable_batch_retry", reason=batch.reason, **where)
 
     def _maybe_trigger(self, symbol: str, total: int, *, reason: str) -> None:
         assert self.scheduler is not None
@@ -432,10 +451,19 @@ class Daemon:
             topic=s.topic_commands,
             group_id=f"{s.kafka_group_id}.commands",
         )
+        undecodable = UndecodableBatches(
+            consumer,
+            retries=s.ingest_undecodable_retries,
+            backoff_seconds=s.ingest_undecodable_backoff_seconds,
+        )
         try:
             while not self._stop.is_set():
+                undecodable.resume_due()
                 try:
                     batches = consumer.poll(timeout_ms=s.kafka_poll_timeout_ms)
+                except UndecodableBatch as exc:
+                    self._undecodable_commands(consumer, undecodable, exc)
+                    continue
                 except Exception as exc:
                     _log.error("commands_poll_failed", error=str(exc))
                     self._stop.wait(1.0)
@@ -447,6 +475,21 @@ class Daemon:
                     consumer.commit()
         finally:
             consumer.close()
+
+    def _undecodable_commands(
+        self, consumer: KafkaConsumer, undecodable: UndecodableBatches, exc: UndecodableBatch
+    ) -> None:
+        """Commands that cannot be decoded are skipped after the retries, counted and logged
+        with their offsets (no command is executed from a batch that does not decode)."""
+        where = {"partition": exc.partition.partition, "offsets": [exc.first, exc.end]}
+        if not undecodable.failed(exc):
+            _log.warning("commands_undecodable_retry", reason=exc.reason, **where)
+            return
+        undecodable.skip(exc)
+        with contextlib.suppress(KafkaError):
+            consumer.commit({exc.partition: OffsetAndMetadata(exc.end, "", -1)})
+        self.metrics.commands.labels("invalid", "undecodable").inc()
+        _log.error("commands_undecodable_skipped", reason=exc.reason, **where)
 
     def _command_message(self, value: bytes | None) -> None:
         try:

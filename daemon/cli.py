@@ -146,10 +146,18 @@ def _start_errors() -> tuple[type[Exception], ...]:
     from kafka.errors import KafkaError
 
     from daemon.broker import BrokerError
+    from daemon.codecs import CodecUnavailableError
     from daemon.kafka import KafkaSecurityError, TopicSetupError
     from daemon.tracking import TrackingUnavailableError
 
-    return (BrokerError, KafkaError, KafkaSecurityError, TopicSetupError, TrackingUnavailableError)
+    return (
+        BrokerError,
+        CodecUnavailableError,
+        KafkaError,
+        KafkaSecurityError,
+        TopicSetupError,
+        TrackingUnavailableError,
+    )
 
 
 def _cmd_run(settings: Settings, _args: argparse.Namespace) -> int:

@@ -381,15 +381,19 @@ def dlq_payload(
     partition: int,
     offset: int,
     key: bytes | None,
+    end_offset: int | None = None,
 ) -> bytes:
-    """The JSON record produced to the DLQ topic for one rejected message.
+    """The JSON record produced to the DLQ topic for one rejected message, or for a
+    record batch that could not be decoded (``end_offset`` given).
 
-    ``original_base64`` (null for a null value) restores the exact bytes;
-    ``original_text`` is a convenience for humans, present when the value is
-    UTF-8 and at most DLQ_TEXT_MAX_BYTES. ``key_encoding`` says how to read
-    ``key``: "utf-8", "base64", or null when there was no key. The payload is
-    about 4/3 of the original's size: the DLQ producer's max request size must
-    allow for that.
+    ``kind`` is "message" (one record at ``offset``) or "undecodable_batch" (the
+    records ``offset`` <= o < ``end_offset``; no original bytes exist).
+    ``end_offset`` is exclusive in both. ``original_base64`` (null for a null
+    value) restores the exact bytes; ``original_text`` is a convenience for
+    humans, present when the value is UTF-8 and at most DLQ_TEXT_MAX_BYTES.
+    ``key_encoding`` says how to read ``key``: "utf-8", "base64", or null when
+    there was no key. The payload is about 4/3 of the original's size: the DLQ
+    producer's max request size must allow for that.
     """
     key_field: str | None = None
     key_encoding: str | None = None
@@ -405,10 +409,12 @@ def dlq_payload(
         except UnicodeDecodeError:
             original_text = None
     record = {
+        "kind": "message" if end_offset is None else "undecodable_batch",
         "reason": _one_line(reason),
         "topic": topic,
         "partition": partition,
         "offset": offset,
+        "end_offset": offset + 1 if end_offset is None else end_offset,
         "key": key_field,
         "key_encoding": key_encoding,
         "original_base64": None if value is None else base64.b64encode(value).decode("ascii"),

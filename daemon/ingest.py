@@ -6,6 +6,12 @@ valid bar is in one durable store transaction. A failure before the commit
 rewinds the consumer to the start of the batch, so the batch comes again
 (at-least-once); the store's idempotent upsert by (symbol, ts) turns
 re-delivery into exactly one row per bar.
+
+A record batch the consumer cannot decode (daemon/undecodable.py) pauses its
+partition alone for a bounded number of retries; then a reference to it
+(topic, partition, offset range, reason) is confirmed on the DLQ, the
+partition's position moves past it and that offset is committed. Those
+records, and only those, are not stored.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from kafka.errors import KafkaError, MessageSizeTooLargeError
 from daemon.events import BarRecord, InvalidMessage, decode_bar_message, dlq_payload
 from daemon.logs import get_logger
 from daemon.store import BarStore, StoreError
+from daemon.undecodable import UndecodableBatch, UndecodableBatches
 
 _log = get_logger(component="ingest")
 
@@ -55,6 +62,13 @@ class IngestReport:
     """False if the offset commit failed (bars are stored; the batch may come again)."""
     partitions: dict[TopicPartition, tuple[int, int]] = field(default_factory=dict)
     """Per partition: (first offset, last offset + 1) of this batch."""
+    undecodable: UndecodableBatch | None = None
+    """The batch that failed to decode in this poll (nothing else was delivered)."""
+    undecodable_skipped: bool = False
+    """True when ``undecodable`` was out of retries: dead-lettered by reference, skipped."""
+
+
+_NOTHING = IngestReport(0, 0, 0, {}, {}, [], None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +92,8 @@ class Ingestor:
         dlq_topic: str,
         poll_timeout_ms: int,
         max_records: int,
+        undecodable_retries: int = 3,
+        undecodable_backoff_seconds: float = 1.0,
     ) -> None:
         self._consumer = consumer
         self._producer = producer
@@ -88,20 +104,28 @@ class Ingestor:
         # Bounded by the clients' own timeouts (from Settings), never forever.
         self._send_timeout = producer.config["delivery_timeout_ms"] / 1000 + _SEND_GRACE_SECONDS
         self._commit_timeout_ms: int = consumer.config["request_timeout_ms"]
+        self._undecodable = UndecodableBatches(
+            consumer, retries=undecodable_retries, backoff_seconds=undecodable_backoff_seconds
+        )
 
     def poll_once(self) -> IngestReport:
         """Process one poll's batch.
 
         Raises StoreError (store failed) or DeadLetterError (DLQ failed) after
         rewinding the consumer to the batch's first offsets; nothing of the
-        batch is committed then. Bad message content never raises.
+        batch is committed then. Bad message content never raises, nor does a
+        record batch that cannot be decoded (reported in ``undecodable``).
         """
-        batch: dict[TopicPartition, list[Any]] = self._consumer.poll(
-            timeout_ms=self._poll_timeout_ms, max_records=self._max_records
-        )
+        self._undecodable.resume_due()
+        try:
+            batch: dict[TopicPartition, list[Any]] = self._consumer.poll(
+                timeout_ms=self._poll_timeout_ms, max_records=self._max_records
+            )
+        except UndecodableBatch as exc:
+            return self._on_undecodable(exc)
         spans = {tp: (msgs[0].offset, msgs[-1].offset + 1) for tp, msgs in batch.items() if msgs}
         if not spans:
-            return IngestReport(0, 0, 0, {}, {}, [], None)
+            return _NOTHING
         bars: list[BarRecord] = []
         rejected: list[_Rejected] = []
         for tp, msgs in batch.items():
@@ -139,6 +163,41 @@ class Ingestor:
             max_event_lag_seconds=lag,
             committed=committed,
             partitions=spans,
+        )
+
+    def _on_undecodable(self, exc: UndecodableBatch) -> IngestReport:
+        """Pause the partition for a retry, or (out of retries) dead-letter a reference to
+        the batch, skip it and commit past it. Raises DeadLetterError if the DLQ fails:
+        the partition then stays where it is and the next retry tries again."""
+        if not self._undecodable.failed(exc):
+            return IngestReport(0, 0, 0, {}, {}, [], None, undecodable=exc)
+        tp = exc.partition
+        reference = dlq_payload(
+            None,
+            exc.reason,
+            topic=tp.topic,
+            partition=tp.partition,
+            offset=exc.first,
+            end_offset=exc.end,
+            key=None,
+        )
+        try:
+            self._producer.send(self._dlq_topic, value=reference).get(timeout=self._send_timeout)
+        except (KafkaError, OSError) as err:
+            raise DeadLetterError(self._dlq_topic, err) from err
+        self._undecodable.skip(exc)
+        committed = self._commit({tp: (exc.first, exc.end)})
+        return IngestReport(
+            0,
+            0,
+            0,
+            {},
+            {},
+            [],
+            None,
+            committed=committed,
+            undecodable=exc,
+            undecodable_skipped=True,
         )
 
     def _dead_letter(self, rejected: list[_Rejected]) -> None:

@@ -20,6 +20,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from daemon.settings import Settings
+from daemon.undecodable import guard_consumer
 
 PRODUCER_LINGER_MS: Final = 5
 """Small enough to add no visible latency, large enough to batch a burst of sends."""
@@ -103,8 +104,8 @@ def make_consumer(
     group_id: str | None = None,
 ) -> KafkaConsumer:
     """A group consumer (default: ``topic_bars`` in ``kafka_group_id``) with manual
-    commits; values arrive as raw bytes."""
-    return KafkaConsumer(
+    commits; values arrive as raw bytes. A batch it cannot decode raises UndecodableBatch."""
+    consumer = KafkaConsumer(
         topic or settings.topic_bars,
         group_id=group_id or settings.kafka_group_id,
         enable_auto_commit=False,
@@ -118,10 +119,12 @@ def make_consumer(
         max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
         **client_config(settings, bootstrap_servers),
     )
+    return guard_consumer(consumer)
 
 
 def make_producer(settings: Settings, bootstrap_servers: str) -> KafkaProducer:
-    """A producer that waits for all replicas; values and keys are sent as given (bytes).
+    """A producer that waits for all replicas and compresses with ``kafka_compression_type``;
+    values and keys are sent as given (bytes).
 
     Not idempotent: kafka-python 3's idempotent producer fails every send after
     a broker restart while ``flush()`` returns quietly (NOTES.md).
@@ -129,6 +132,9 @@ def make_producer(settings: Settings, bootstrap_servers: str) -> KafkaProducer:
     return KafkaProducer(
         acks="all",
         enable_idempotence=False,
+        compression_type=None
+        if settings.kafka_compression_type == "none"
+        else settings.kafka_compression_type,
         linger_ms=PRODUCER_LINGER_MS,
         # Fail a send within one request timeout, not kafka-python's default two minutes.
         delivery_timeout_ms=settings.kafka_request_timeout_ms + PRODUCER_LINGER_MS,

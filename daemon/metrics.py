@@ -123,8 +123,14 @@ class Metrics:
             registry=r,
         )
         self.dlq_messages = Counter(
-            "ctd_dlq_messages_total", "Invalid messages sent to the dead-letter topic.", registry=r
+            "ctd_dlq_messages_total",
+            "Records sent to the dead-letter topic, by kind: message (invalid content, with its"
+            " bytes) or undecodable_batch (a reference to records that could not be decoded).",
+            ["kind"],
+            registry=r,
         )
+        for kind in ("message", "undecodable_batch"):
+            self.dlq_messages.labels(kind)
         self.ingest_errors = Counter(
             "ctd_ingest_errors_total",
             "Ingest batches that failed and will be re-delivered, by kind.",

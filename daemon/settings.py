@@ -68,6 +68,14 @@ class Settings(BaseSettings):
     kafka_ssl_certfile: Path | None = None
     kafka_ssl_keyfile: Path | None = None
     kafka_ssl_key_password: SecretStr | None = None
+    # Compression of what ctd produces (DLQ, promotions): lz4 is cheap on CPU and read by
+    # every Kafka client. Consuming decodes every codec whatever this says.
+    kafka_compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "lz4"
+    # A fetched record batch that cannot be decoded (corrupt, CRC mismatch) is retried this
+    # many times, its partition paused base x 2^(n-1) s between tries (the other partitions
+    # keep flowing), then dead-lettered by reference and skipped (daemon/undecodable.py).
+    ingest_undecodable_retries: int = Field(3, ge=0, le=20)
+    ingest_undecodable_backoff_seconds: float = Field(1.0, ge=0)
     create_topics: bool = True
     topic_partitions: int = Field(6, ge=1)
     topic_replication_factor: int = Field(1, ge=1)

@@ -160,6 +160,7 @@ def test_every_alert_is_labelled_annotated_and_has_a_firing_and_a_quiet_unit_tes
         "CtdBrokerUnreachable",
         "CtdChampionStale",
         "CtdDlqRate",
+        "CtdUndecodableBatchSkipped",
         "CtdDown",
     }
     assert alerts == expected

@@ -339,7 +339,7 @@ def test_a_thousand_bad_messages_go_to_the_dlq_and_every_good_bar_is_stored_once
         assert daemon.alive(), daemon.log_tail()
         assert daemon.get("/healthz")[0] == 200
         assert daemon.get("/readyz")[0] == 200
-        assert daemon.sample("ctd_dlq_messages_total") == N_BAD
+        assert daemon.sample("ctd_dlq_messages_total", kind="message") == N_BAD
         assert daemon.sample("ctd_ingest_messages_total") == len(mixed)
         assert daemon.terminate() == 0, daemon.log_tail()
     finally:
