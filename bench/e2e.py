@@ -23,10 +23,10 @@ from pathlib import Path
 
 def bare_fit_export(bars, settings, out: Path) -> float:
     from monitors.base import NullMonitor
-    from trainers.base import make_trainer
     from trainers.dataset import Dataset
     from trainers.features import FEATURE_SPEC, training_matrix
     from trainers.splits import chronological_split
+    from trainers.table import make_trainer
 
     t = time.perf_counter()
     matrix = training_matrix(bars)

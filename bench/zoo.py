@@ -51,9 +51,9 @@ def throughput(call: Callable[[np.ndarray], object], batches: list[np.ndarray]) 
 
 def bench_one(name: str, data: Any, preset: str, repeats: int, tmp: Path) -> dict[str, float]:
     from monitors.base import NullMonitor
-    from trainers.base import make_trainer
     from trainers.metrics import classification_metrics
     from trainers.onnx_io import OnnxScorer
+    from trainers.table import make_trainer
 
     params = {"preset": preset}
     started = time.perf_counter()
@@ -92,12 +92,12 @@ def main() -> None:
     args = parser.parse_args()
 
     from monitors.base import NullMonitor
-    from trainers.base import TRAINERS, make_trainer
     from trainers.dataset import Dataset
     from trainers.features import FEATURE_SPEC, training_matrix
     from trainers.metrics import classification_metrics
     from trainers.splits import chronological_split
     from trainers.synthetic import MarketSpec, generate_bars
+    from trainers.table import TRAINERS, make_trainer
 
     bars = generate_bars(MarketSpec("BENCH", 7, signal_strength=1.0), args.bars)
     m = training_matrix(bars)

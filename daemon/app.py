@@ -15,14 +15,13 @@ cancels it then, and closes the rest.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import multiprocessing
 import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from multiprocessing.connection import Connection
@@ -62,6 +61,7 @@ from daemon.worker import JobSpec, run_job
 from deploy.errors import RegistryError
 from deploy.events import RegistryEvent
 from deploy.registry import Registry
+from trainers.table import trainer_backends
 
 _log = get_logger(component="daemon")
 
@@ -78,11 +78,6 @@ def ctd_version() -> str:
 
 def runtime_file(settings: Settings) -> Path:
     return settings.data_dir / "daemon.json"
-
-
-def trainer_modules(names: Sequence[str]) -> list[str]:
-    """Backend modules of the configured trainers (``trainers.<name>``) that exist."""
-    return [f"trainers.{n}" for n in names if importlib.util.find_spec(f"trainers.{n}") is not None]
 
 
 class Daemon:
@@ -205,7 +200,7 @@ class Daemon:
             on_done=self._on_job_done,
             backoff=Backoff(s.retrain_backoff_base_seconds, s.retrain_backoff_cap_seconds),
             target=self._job_target,
-            preload=trainer_modules(s.trainers),
+            preload=trainer_backends(s.trainers),
         ).start()
         self._kafka_ok = True
         self.metrics.kafka_connected.set(1)

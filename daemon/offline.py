@@ -31,11 +31,11 @@ from daemon.jobs import candidate_summary, job_config, train_config
 from daemon.settings import Settings
 from deploy.events import RegistryEvent, utc_now
 from deploy.registry import Registry
-from trainers.base import TRAINERS
 from trainers.data import Bars, validate_symbol
 from trainers.errors import InvalidInputError, UnknownTrainerError
 from trainers.onnx_io import OnnxScorer
 from trainers.pipeline import train_symbol
+from trainers.table import TRAINERS
 
 TIME_COLUMNS: Final = ("ts", "timestamp", "date")
 PRICE_COLUMNS: Final = ("open", "high", "low", "close")

@@ -23,8 +23,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from trainers.base import TRAINERS
 from trainers.data import validate_symbol
+from trainers.table import TRAINERS
 
 ENV_PREFIX = "CTD_"
 

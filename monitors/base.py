@@ -2,10 +2,9 @@
 
 A trainer reports every epoch / boosting round to a ``TrainingMonitor`` and
 obeys the returned ``Action``. Monitors are pure logic and import no other ctd
-package, so trainers (and later the deploy side) depend on this module, never
-the reverse. The rules beyond the non-finite check (divergence, overfitting,
-stall, exploding gradients) and their ``MonitorConfig`` live in
-``monitors.training``; ``default_monitor`` assembles them.
+package, so trainers (and the deploy side) depend on this module, never the
+reverse. The rules live in ``monitors.rules``; their thresholds
+(``MonitorConfig``) and ``default_monitor`` in ``monitors.training``.
 """
 
 from __future__ import annotations
@@ -14,13 +13,10 @@ import enum
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, runtime_checkable
+from typing import Any, Final, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
-
-if TYPE_CHECKING:
-    from monitors.training import MonitorConfig
 
 
 class Action(enum.Enum):
@@ -116,46 +112,6 @@ class NullMonitor:
         return ()
 
 
-class NonFiniteLossMonitor:
-    """Fires on the first NaN or infinite loss or ``extra`` metric: nothing after it can be trusted.
-
-    One warning per run. With ``action`` "stop" or "abort" every later step
-    returns that action too; with "warn" later steps continue silently.
-    """
-
-    kind = "non_finite"
-
-    def __init__(self, action: Response = "abort") -> None:
-        self._action = response_action(action)
-        self._warning: MonitorWarning | None = None
-
-    def on_step(
-        self,
-        step: int,
-        train_loss: float,
-        val_loss: float | None,
-        extra: Mapping[str, float] | None = None,
-    ) -> Action:
-        if self._warning is not None:
-            return self._action
-        values = {"train loss": train_loss, "val loss": val_loss}
-        values |= {f"metric {key}": value for key, value in (extra or {}).items()}
-        for name, value in values.items():
-            if value is not None and not math.isfinite(value):
-                self._warning = MonitorWarning(
-                    kind=self.kind,
-                    step=step,
-                    message=f"{name} is {value} at step {step}",
-                    value=value,
-                )
-                return self._action
-        return Action.CONTINUE
-
-    @property
-    def warnings(self) -> Sequence[MonitorWarning]:
-        return () if self._warning is None else (self._warning,)
-
-
 class CompositeMonitor:
     """Several monitors as one: every monitor sees every step; the strongest action wins."""
 
@@ -177,14 +133,3 @@ class CompositeMonitor:
     @property
     def warnings(self) -> Sequence[MonitorWarning]:
         return tuple(w for m in self._monitors for w in m.warnings)
-
-
-def default_monitor(config: MonitorConfig | None = None) -> TrainingMonitor:
-    """Every training-time rule of ``config`` (default: ``MonitorConfig()``) as one monitor.
-
-    Callable with no argument, so it serves as a per-candidate monitor factory.
-    """
-    # monitors.training builds on this module's types, so it is imported on use.
-    from monitors.training import MonitorConfig, build_monitor  # noqa: PLC0415
-
-    return build_monitor(config if config is not None else MonitorConfig())

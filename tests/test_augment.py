@@ -9,12 +9,12 @@ import trainers.torch_base
 import trainers.xgboost
 from monitors.base import NullMonitor
 from trainers.augment import AugmentConfig, augment_training, multiplier
-from trainers.base import make_trainer
 from trainers.dataset import Dataset
 from trainers.errors import InvalidInputError
 from trainers.features import FEATURE_SPEC, training_matrix
 from trainers.splits import chronological_split
 from trainers.synthetic import MarketSpec, generate_bars
+from trainers.table import make_trainer
 
 RNG_SEED = 11
 

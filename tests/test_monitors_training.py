@@ -10,22 +10,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from monitors.base import (
-    Action,
-    MonitorWarning,
-    NonFiniteLossMonitor,
-    NullMonitor,
-    TrainingMonitor,
-    default_monitor,
-)
-from monitors.training import (
+from monitors.base import Action, MonitorWarning, NullMonitor, TrainingMonitor
+from monitors.rules import (
     DivergenceMonitor,
     ExplodingGradientMonitor,
-    MonitorConfig,
+    NonFiniteLossMonitor,
     OverfittingMonitor,
     StallMonitor,
-    build_monitor,
 )
+from monitors.training import MonitorConfig, build_monitor, default_monitor
 
 LN2 = math.log(2.0)
 

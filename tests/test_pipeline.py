@@ -11,9 +11,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-import trainers.base
+import trainers.table
 from monitors.base import Action, MonitorWarning
-from trainers.base import TRAINERS
 from trainers.dataset import Dataset, sequence_windows
 from trainers.errors import InsufficientDataError, InvalidInputError
 from trainers.features import FEATURE_SPEC, training_matrix
@@ -22,6 +21,7 @@ from trainers.pipeline import TrainConfig, TrainResult, train_symbol
 from trainers.repro import config_sha256
 from trainers.splits import chronological_split
 from trainers.synthetic import MarketSpec, generate_bars
+from trainers.table import TRAINERS
 
 # A sequence model beside xgboost, both small; the signal run is the chosen one's
 # full path (windows, ONNX, walk-forward). Other tests use XGB alone to stay fast.
@@ -232,8 +232,8 @@ class ExplodingTrainer:
 
 def test_failing_candidate_is_recorded_and_others_proceed(tmp_path, monkeypatch):
     """A candidate that raises is recorded with its error; the next one is trained and chosen."""
-    registry = {**trainers.base.TRAINERS, "exploding": ExplodingTrainer}
-    monkeypatch.setattr(trainers.base, "TRAINERS", registry)
+    table = {**trainers.table.TRAINERS, "exploding": f"{__name__}:ExplodingTrainer"}
+    monkeypatch.setattr(trainers.table, "TRAINERS", table)
     config = TrainConfig(
         trainers=("exploding", "xgboost"), trainer_params=XGB.trainer_params, walk_forward_folds=0
     )

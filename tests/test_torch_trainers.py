@@ -14,11 +14,11 @@ import torch
 
 from monitors.base import Action, NullMonitor
 from tests.test_trainers import TORCH_TRAINERS, RecordingMonitor, dataset
-from trainers.base import make_trainer
 from trainers.dataset import Dataset, sequence_windows
 from trainers.errors import InvalidInputError
 from trainers.metrics import classification_metrics
-from trainers.tcn import CausalConv1d
+from trainers.table import make_trainer
+from trainers.torch_layers import CausalConv1d
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def noise() -> Dataset:
 def test_importing_the_pipeline_loads_neither_torch_nor_xgboost():
     """The daemon imports the pipeline and trainer map without paying for torch or xgboost."""
     code = (
-        "import sys, trainers.pipeline, trainers.base, trainers.onnx_io;"
+        "import sys, trainers.pipeline, trainers.table, trainers.onnx_io;"
         "print(sorted(m for m in ('torch', 'xgboost') if m in sys.modules))"
     )
     out = subprocess.run(

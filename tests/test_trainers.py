@@ -10,15 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from monitors.base import (
-    Action,
-    CompositeMonitor,
-    MonitorWarning,
-    NonFiniteLossMonitor,
-    NullMonitor,
-    default_monitor,
-)
-from trainers.base import TRAINERS, FittedModel, make_trainer
+from monitors.base import Action, CompositeMonitor, MonitorWarning, NullMonitor
+from monitors.rules import NonFiniteLossMonitor
+from monitors.training import default_monitor
+from trainers.base import FittedModel
 from trainers.dataset import Dataset
 from trainers.errors import (
     InsufficientDataError,
@@ -31,18 +26,10 @@ from trainers.metrics import classification_metrics
 from trainers.onnx_io import OnnxScorer, check_parity
 from trainers.splits import chronological_split
 from trainers.synthetic import MarketSpec, generate_bars
+from trainers.table import TRAINERS, make_trainer, trainer_class
+from trainers.torch_base import TorchTrainer
 
-# Small settings keep the suite fast; every trainer name must appear here.
-SMALL_PARAMS: Mapping[str, Mapping[str, object]] = {
-    "naive": {},
-    "xgboost": {"preset": "tiny"},
-    "lstm": {"preset": "tiny"},
-    "tcn": {"preset": "tiny"},
-    "attention_lstm": {"preset": "tiny"},
-    "cnn_lstm": {"preset": "tiny"},
-    "mlp": {"preset": "tiny"},
-}
-TORCH_TRAINERS = ("lstm", "tcn", "attention_lstm", "cnn_lstm", "mlp")
+TORCH_TRAINERS = tuple(n for n in sorted(TRAINERS) if issubclass(trainer_class(n), TorchTrainer))
 
 
 def dataset(n_bars: int, *, seed: int, strength: float) -> Dataset:
@@ -58,7 +45,8 @@ def dataset(n_bars: int, *, seed: int, strength: float) -> Dataset:
 
 
 def small(name: str, **extra: Any):
-    return make_trainer(name, **SMALL_PARAMS[name], **extra)
+    """The trainer with its own small unit-test parameters (``Trainer.unit_test_params``)."""
+    return make_trainer(name, **trainer_class(name).unit_test_params, **extra)
 
 
 class RecordingMonitor:
@@ -110,9 +98,12 @@ def fitted(data, pristine) -> Callable[[str], tuple[FittedModel, RecordingMonito
     return get
 
 
-def test_every_trainer_has_small_params():
-    """The conformance suite covers every registered trainer."""
-    assert set(SMALL_PARAMS) == set(TRAINERS)
+def test_every_trainer_supplies_small_unit_test_params():
+    """Every registered trainer names small parameters the conformance suite can fit with."""
+    for name in TRAINERS:
+        params = trainer_class(name).unit_test_params
+        assert isinstance(params, Mapping), name
+        make_trainer(name, **params)  # valid keywords
 
 
 # --- conformance: every trainer -------------------------------------------------------

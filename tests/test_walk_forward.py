@@ -9,17 +9,18 @@ from typing import Any
 import numpy as np
 import pytest
 
-import trainers.base
-from monitors.base import NullMonitor, default_monitor
+import trainers.table
+from monitors.base import NullMonitor
 from monitors.gates import GateConfig
+from monitors.training import default_monitor
 from tests.test_trainers import dataset
-from trainers.base import make_trainer
 from trainers.dataset import Dataset
 from trainers.features import training_matrix
 from trainers.metrics import classification_metrics
 from trainers.pipeline import TrainConfig, TrainResult, train_symbol
 from trainers.splits import Split
 from trainers.synthetic import MarketSpec, generate_bars
+from trainers.table import make_trainer
 from trainers.walk_forward import fold_accuracy_std, walk_forward
 
 XGB_TINY = {"xgboost": {"preset": "tiny"}}
@@ -134,8 +135,8 @@ class FoldFailingTrainer:
 
 def test_a_failing_fold_is_recorded_and_leaves_the_stats_out(tmp_path, monkeypatch, run):
     """A fold whose fit raises is recorded with its error; the candidate itself stands."""
-    registry = {**trainers.base.TRAINERS, "fold_failing": FoldFailingTrainer}
-    monkeypatch.setattr(trainers.base, "TRAINERS", registry)
+    table = {**trainers.table.TRAINERS, "fold_failing": f"{__name__}:FoldFailingTrainer"}
+    monkeypatch.setattr(trainers.table, "TRAINERS", table)
     train = run.metadata["split"]["train"]
     monkeypatch.setattr(FoldFailingTrainer, "min_train_rows", train[1] - train[0])
     config = replace(CONFIG, trainers=("fold_failing",))

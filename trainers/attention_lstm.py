@@ -8,7 +8,7 @@ that context with the last state.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -41,6 +41,7 @@ class AttentionLSTMTrainer(TorchTrainer):
     """Attention-LSTM on windows of feature rows (``trainers.torch_base``)."""
 
     name = "attention_lstm"
+    unit_test_params: ClassVar[Mapping[str, Any]] = {"preset": "tiny"}
     arch_presets: Mapping[str, Mapping[str, Any]] = {
         "tiny": {"hidden": 16, "layers": 1},
         "lightweight": {"hidden": 32, "layers": 1},

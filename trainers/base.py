@@ -1,28 +1,24 @@
-"""The trainer extension point: one protocol, one explicit name -> factory map.
+"""The trainer extension point: the protocols a trainer and its model satisfy, and the
+helpers every trainer shares (hyperparameter resolution, checks, abort reasons).
 
 A trainer turns a chronologically split ``Dataset`` (``trainers.dataset``)
 plus a ``TrainingMonitor`` into a ``FittedModel`` that predicts P(up) and
-exports itself to ONNX. Every trainer validates its input with
-``validate_dataset`` so that all of them reject bad data the same way, with
-the same message.
-
-The map holds small factories that import their backend on first use, so that
-importing this module (the daemon does) never pulls xgboost or torch.
+exports itself to ONNX. Trainers are found by name in ``trainers.table``;
+this module imports none of them, so backends depend on it and never the reverse.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any, Final, Protocol
+from typing import Any, ClassVar, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from monitors.base import TrainingMonitor
 from trainers.dataset import Dataset
-from trainers.errors import InvalidInputError, UnknownTrainerError
+from trainers.errors import InvalidInputError
 
 PRESETS: Final = ("tiny", "lightweight", "deep")
 """Size presets every trainer offers: ``tiny`` for tests (about a second on 2 cores),
@@ -62,9 +58,14 @@ class Trainer(Protocol):
     raises ``InsufficientDataError`` or ``InvalidInputError`` (via
     ``validate_dataset``) for data it cannot train on. Constructors raise
     ``InvalidInputError`` naming a bad or unknown hyperparameter.
+
+    ``unit_test_params`` are keywords that make the trainer fit in about a
+    second on a few hundred rows; the conformance suite
+    (tests/unit/trainers/test_conformance.py) runs every trainer with them.
     """
 
     name: str
+    unit_test_params: ClassVar[Mapping[str, Any]]
 
     def fit(self, data: Dataset, monitor: TrainingMonitor, seed: int) -> FittedModel: ...
 
@@ -104,69 +105,3 @@ def abort_reason(monitor: TrainingMonitor) -> str:
     """Why a monitor aborted: its latest warning, for the ``TrainingAborted`` message."""
     warnings = monitor.warnings
     return warnings[-1].message if warnings else "the monitor returned ABORT"
-
-
-# Backends load on first use: importing this module must not pull xgboost or torch.
-def _naive(**params: Any) -> Trainer:
-    from trainers.naive import NaiveTrainer  # noqa: PLC0415
-
-    return NaiveTrainer(**params)
-
-
-def _xgboost(**params: Any) -> Trainer:
-    from trainers.xgboost import XGBoostTrainer  # noqa: PLC0415
-
-    return XGBoostTrainer(**params)
-
-
-def _lstm(**params: Any) -> Trainer:
-    from trainers.lstm import LSTMTrainer  # noqa: PLC0415
-
-    return LSTMTrainer(**params)
-
-
-def _tcn(**params: Any) -> Trainer:
-    from trainers.tcn import TCNTrainer  # noqa: PLC0415
-
-    return TCNTrainer(**params)
-
-
-def _attention_lstm(**params: Any) -> Trainer:
-    from trainers.attention_lstm import AttentionLSTMTrainer  # noqa: PLC0415
-
-    return AttentionLSTMTrainer(**params)
-
-
-def _cnn_lstm(**params: Any) -> Trainer:
-    from trainers.cnn_lstm import CNNLSTMTrainer  # noqa: PLC0415
-
-    return CNNLSTMTrainer(**params)
-
-
-def _mlp(**params: Any) -> Trainer:
-    from trainers.mlp import MLPTrainer  # noqa: PLC0415
-
-    return MLPTrainer(**params)
-
-
-TRAINERS: Final[Mapping[str, Callable[..., Trainer]]] = MappingProxyType(
-    {
-        "naive": _naive,
-        "xgboost": _xgboost,
-        "lstm": _lstm,
-        "tcn": _tcn,
-        "attention_lstm": _attention_lstm,
-        "cnn_lstm": _cnn_lstm,
-        "mlp": _mlp,
-    }
-)
-"""Every trainer by name. Adding a trainer means adding one line here."""
-
-
-def make_trainer(name: str, **params: Any) -> Trainer:
-    """Build the trainer registered as ``name``; ``UnknownTrainerError`` lists the valid names."""
-    try:
-        factory = TRAINERS[name]
-    except KeyError:
-        raise UnknownTrainerError(name, TRAINERS) from None
-    return factory(**params)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from trainers.tcn import CausalConv1d
 from trainers.torch_base import TorchTrainer
+from trainers.torch_layers import CausalConv1d
 
 
 class CNNLSTMNet(nn.Module):
@@ -44,6 +44,7 @@ class CNNLSTMTrainer(TorchTrainer):
     """CNN-LSTM on windows of feature rows (``trainers.torch_base``)."""
 
     name = "cnn_lstm"
+    unit_test_params: ClassVar[Mapping[str, Any]] = {"preset": "tiny"}
     arch_presets: Mapping[str, Mapping[str, Any]] = {
         "tiny": {"conv_channels": 16, "kernel_size": 3, "hidden": 16, "layers": 1},
         "lightweight": {"conv_channels": 32, "kernel_size": 3, "hidden": 32, "layers": 1},

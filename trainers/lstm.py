@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -33,6 +33,7 @@ class LSTMTrainer(TorchTrainer):
     """Long short-term memory network on windows of feature rows (``trainers.torch_base``)."""
 
     name = "lstm"
+    unit_test_params: ClassVar[Mapping[str, Any]] = {"preset": "tiny"}
     arch_presets: Mapping[str, Mapping[str, Any]] = {
         "tiny": {"hidden": 16, "layers": 1},
         "lightweight": {"hidden": 32, "layers": 1},

@@ -8,7 +8,7 @@ xgboost. Set ``window`` above 1 to give it the flattened window instead.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -40,6 +40,7 @@ class MLPTrainer(TorchTrainer):
     """Multilayer perceptron on (flattened windows of) feature rows (``trainers.torch_base``)."""
 
     name = "mlp"
+    unit_test_params: ClassVar[Mapping[str, Any]] = {"preset": "tiny"}
     arch_presets: Mapping[str, Mapping[str, Any]] = {
         "tiny": {"window": 1, "hidden": 32, "layers": 2},
         "lightweight": {"window": 1, "hidden": 64, "layers": 2},

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -82,6 +82,7 @@ class NaiveTrainer:
     """
 
     name = "naive"
+    unit_test_params: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, *, augment: bool = False) -> None:
         self.augment = augment

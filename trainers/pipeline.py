@@ -22,10 +22,11 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from monitors.base import NullMonitor, TrainingMonitor, default_monitor
+from monitors.base import NullMonitor, TrainingMonitor
 from monitors.drift import FeatureReference
 from monitors.gates import GateConfig, PairedCounts, candidate_score, evaluate_gates
-from trainers.base import FittedModel, make_trainer
+from monitors.training import default_monitor
+from trainers.base import FittedModel
 from trainers.data import Bars, validate_symbol
 from trainers.dataset import PARTS, Dataset
 from trainers.errors import InvalidInputError
@@ -34,6 +35,7 @@ from trainers.metrics import classification_metrics
 from trainers.onnx_io import OnnxScorer, max_abs_diff
 from trainers.repro import bars_sha256, config_sha256, package_versions, seed_everything
 from trainers.splits import chronological_split
+from trainers.table import make_trainer
 from trainers.walk_forward import fold_accuracy_std, walk_forward
 
 MODEL_FILE: Final = "model.onnx"

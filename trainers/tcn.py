@@ -12,24 +12,13 @@ on one CPU thread and these small sizes an LSTM trains faster
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from trainers.torch_base import TorchTrainer
-
-
-class CausalConv1d(nn.Conv1d):
-    """A Conv1d over ``(N, C, T)`` padded on the left only: output t sees inputs <= t."""
-
-    def __init__(self, c_in: int, c_out: int, kernel_size: int, dilation: int = 1) -> None:
-        super().__init__(c_in, c_out, kernel_size, dilation=dilation)
-        self.left_pad = (kernel_size - 1) * dilation
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = super().forward(nn.functional.pad(x, (self.left_pad, 0)))
-        return out
+from trainers.torch_layers import CausalConv1d
 
 
 class TemporalBlock(nn.Module):
@@ -78,6 +67,7 @@ class TCNTrainer(TorchTrainer):
     """Temporal convolutional network on windows of feature rows (``trainers.torch_base``)."""
 
     name = "tcn"
+    unit_test_params: ClassVar[Mapping[str, Any]] = {"preset": "tiny"}
     arch_presets: Mapping[str, Mapping[str, Any]] = {
         "tiny": {"channels": 8, "levels": 3, "kernel_size": 3},
         "lightweight": {"channels": 16, "levels": 4, "kernel_size": 3},

@@ -21,11 +21,12 @@ import numpy as np
 import numpy.typing as npt
 
 from monitors.base import TrainingMonitor
-from trainers.base import FittedModel, make_trainer
+from trainers.base import FittedModel
 from trainers.dataset import Dataset
 from trainers.errors import InsufficientDataError
 from trainers.metrics import classification_metrics
 from trainers.splits import walk_forward_splits
+from trainers.table import make_trainer
 
 
 def walk_forward(

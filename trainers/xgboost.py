@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -163,6 +163,7 @@ class XGBoostTrainer:
     """
 
     name = "xgboost"
+    unit_test_params: ClassVar[Mapping[str, Any]] = {"preset": "tiny"}
 
     def __init__(
         self, *, preset: str = "lightweight", augment: bool = False, **params: Any
