@@ -49,7 +49,8 @@ def event_to_registry(daemon, producer, topic: str, symbol: str, bars) -> float:
     All bars but the last are sent and stored first, so the clock measures what the
     daemon does for the event that triggers training, not the ingest of the history.
     """
-    from daemon.events import bar_records, encode_batch
+    from daemon.kafka.bars import encode_batch
+    from trainers.data import bar_records
 
     records = bar_records(symbol, bars)
     history, last = records[:-1], records[-1:]
@@ -80,9 +81,9 @@ def main() -> None:
     from prometheus_client import CollectorRegistry
 
     from daemon.app import Daemon
-    from daemon.broker import LocalBroker
-    from daemon.jobs import train_config
+    from daemon.kafka.broker import LocalBroker
     from daemon.settings import load_settings
+    from daemon.training.jobs import train_config
     from trainers.pipeline import train_symbol
     from trainers.synthetic import MarketSpec, generate_bars
 

@@ -50,12 +50,13 @@ from kafka.record._crc32c import crc as crc32c_py
 from prometheus_client import CollectorRegistry
 
 from daemon.app import Daemon
-from daemon.broker import LocalBroker
-from daemon.events import bar_records, encode_bar, encode_batch
-from daemon.ingest import Ingestor
-from daemon.kafka import ensure_topics, make_consumer, make_producer
+from daemon.kafka.bars import encode_bar, encode_batch
+from daemon.kafka.broker import LocalBroker
+from daemon.kafka.clients import ensure_topics, make_consumer, make_producer
+from daemon.kafka.ingest import Ingestor
 from daemon.settings import Settings, load_settings
-from daemon.store import BarStore
+from daemon.store.bars import BarStore
+from trainers.data import bar_records
 from trainers.synthetic import MarketSpec, generate_bars
 
 DEADLINE_SECONDS = 600.0

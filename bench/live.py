@@ -30,17 +30,17 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.events import bar_records
-from daemon.predictions import PredictionStore
-from daemon.store import BarStore
+from daemon.store.bars import BarStore
+from daemon.store.predictions import PredictionStore
 from deploy.live import LiveScorer
 from deploy.registry import Registry
 from deploy.sequential import PromotionTestConfig
 from deploy.trial import LogWrite, Prediction, TrialState
 from monitors.gates import GateConfig
-from trainers.data import Bars
+from trainers.config import TrainConfig
+from trainers.data import Bars, bar_records
 from trainers.features import FEATURE_SPEC, compute_features
-from trainers.pipeline import TrainConfig, train_symbol
+from trainers.pipeline import train_symbol
 from trainers.synthetic import MarketSpec, generate_bars
 
 WARMUP_CALLS = 20

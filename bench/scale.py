@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
     from daemon.app import Daemon
-    from daemon.retrain import JobOutcome
+    from daemon.training.scheduler import JobOutcome
 
 # ctd is imported inside the functions: a forkserver worker re-imports this main module
 # before running its job, and a heavy import list here would add ~0.5 s to every job
@@ -125,7 +125,8 @@ class Sampler(threading.Thread):
 
 def messages(symbols: list[str], bars: int, batch: int) -> list[tuple[bytes, bytes]]:
     """Round r holds bars [r * batch, (r + 1) * batch) of every symbol."""
-    from daemon.events import BarRecord, encode_batch
+    from daemon.kafka.bars import encode_batch
+    from trainers.data import BarRecord
     from trainers.synthetic import MarketSpec, generate_bars
 
     per_symbol = []
@@ -174,7 +175,7 @@ def run(args: argparse.Namespace, symbols: list[str], msgs: list[tuple[bytes, by
     from prometheus_client import CollectorRegistry
 
     from daemon.app import Daemon
-    from daemon.broker import LocalBroker
+    from daemon.kafka.broker import LocalBroker
     from daemon.settings import load_settings
 
     res = Result()

@@ -77,21 +77,50 @@ class LiveCollector(Collector):
         yield from (acc, stat, samples)
 
 
-class WebhookCollector(Collector):
-    """``ctd_webhook_deliveries_total{outcome}`` from the notifier's own counters."""
+class AlertDeliveriesCollector(Collector):
+    """``ctd_alert_deliveries_total{sink,outcome}`` from each alert sink's own counters."""
 
-    def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
+    def __init__(self, counts: Callable[[], Iterable[tuple[str, str, int]]]) -> None:
         self._counts = counts
 
     def collect(self) -> Iterable[CounterMetricFamily]:
         family = CounterMetricFamily(
-            "ctd_webhook_deliveries",
-            "Promotion webhook POSTs by outcome (sent, failed, dropped).",
-            labels=["outcome"],
+            "ctd_alert_deliveries",
+            "Decisions announced, by alert sink and outcome (sent, failed, dropped).",
+            labels=["sink", "outcome"],
         )
-        for outcome, n in sorted(self._counts().items()):
-            family.add_metric([outcome], n)
+        for sink, outcome, n in sorted(self._counts()):
+            family.add_metric([sink, outcome], n)
         yield family
+
+
+MonitorReading = tuple[str, str, str, float]  # symbol, monitor kind, reading name, value
+
+
+class LiveMonitorCollector(Collector):
+    """Readings of the live monitors at scrape time: drift's as ``ctd_feature_psi{symbol,
+    feature}``, every other monitor's as ``ctd_live_monitor_reading{symbol,monitor,reading}``."""
+
+    def __init__(self, readings: Callable[[], Iterable[MonitorReading]]) -> None:
+        self._readings = readings
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        psi = GaugeMetricFamily(
+            "ctd_feature_psi",
+            "Population stability index of each feature: live window vs champion training data.",
+            labels=["symbol", "feature"],
+        )
+        other = GaugeMetricFamily(
+            "ctd_live_monitor_reading",
+            "Current readings of the live monitors of each champion.",
+            labels=["symbol", "monitor", "reading"],
+        )
+        for symbol, kind, name, value in self._readings():
+            if kind == "drift":
+                psi.add_metric([symbol, name], value)
+            else:
+                other.add_metric([symbol, kind, name], value)
+        yield from (psi, other)
 
 
 class Metrics:
@@ -220,21 +249,10 @@ class Metrics:
             ["action", "outcome"],
             registry=r,
         )
-        self.feature_psi = Gauge(
-            "ctd_feature_psi",
-            "Population stability index of each feature: live window vs champion training data.",
-            ["symbol", "feature"],
-            registry=r,
-        )
         self.live_monitor_triggers = Counter(
             "ctd_live_monitor_triggers_total",
             "Retrains requested by live monitors and schedules, by kind.",
             ["symbol", "kind"],
-            registry=r,
-        )
-        self.promotion_publish_errors = Counter(
-            "ctd_promotion_publish_errors_total",
-            "Promotion events that could not be published to Kafka.",
             registry=r,
         )
 
@@ -259,8 +277,11 @@ class Metrics:
     ) -> None:
         self.registry.register(LiveCollector(accuracy, trials))
 
-    def add_webhook(self, counts: Callable[[], Mapping[str, int]]) -> None:
-        self.registry.register(WebhookCollector(counts))
+    def add_alert_deliveries(self, counts: Callable[[], Iterable[tuple[str, str, int]]]) -> None:
+        self.registry.register(AlertDeliveriesCollector(counts))
+
+    def add_live_monitors(self, readings: Callable[[], Iterable[MonitorReading]]) -> None:
+        self.registry.register(LiveMonitorCollector(readings))
 
     def add_model_age(self, created_at: Callable[[], Mapping[tuple[str, str], float]]) -> None:
         self.registry.register(ModelAgeCollector(created_at))

@@ -23,18 +23,13 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from daemon.errors import SettingsError
+from daemon.paths import DataPaths
+from monitors.training import MonitorConfig
 from trainers.data import validate_symbol
 from trainers.table import TRAINERS
 
 ENV_PREFIX = "CTD_"
-
-
-class SettingsError(ValueError):
-    """Start-up configuration is invalid; the message names each bad setting."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("invalid settings:\n  " + "\n  ".join(problems))
 
 
 class Settings(BaseSettings):
@@ -103,6 +98,9 @@ class Settings(BaseSettings):
     trainers: Annotated[tuple[str, ...], NoDecode] = ("xgboost", "tcn", "lstm")
     # Per-trainer keyword overrides as JSON, e.g. {"tcn": {"preset": "deep"}}.
     trainer_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Training-time monitor thresholds as JSON (monitors.training.MonitorConfig fields), e.g.
+    # {"divergence_factor": 5, "overfit_action": "stop"}; recorded in every run's config.
+    training_monitor: dict[str, Any] = Field(default_factory=dict)
     walk_forward_folds: int = Field(3, ge=0)
     augment: bool = False
     seed: int = Field(0, ge=0)
@@ -194,6 +192,24 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("training_monitor")
+    @classmethod
+    def _monitor_valid(cls, value: dict[str, Any]) -> dict[str, Any]:
+        known = MonitorConfig.__dataclass_fields__
+        unknown = sorted(set(value) - set(known))
+        if unknown:
+            raise ValueError(f"unknown key(s) {unknown}; valid keys: {', '.join(sorted(known))}")
+        try:
+            MonitorConfig(**value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @property
+    def monitor_config(self) -> MonitorConfig:
+        """The training-time monitor thresholds (``training_monitor`` over the defaults)."""
+        return MonitorConfig(**self.training_monitor)
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.kafka_heartbeat_interval_ms * 3 > self.kafka_session_timeout_ms:
@@ -277,12 +293,9 @@ class Settings(BaseSettings):
         return tuple(sources)
 
     @property
-    def registry_dir(self) -> Path:
-        return self.data_dir / "registry"
-
-    @property
-    def store_path(self) -> Path:
-        return self.data_dir / "bars.sqlite"
+    def paths(self) -> DataPaths:
+        """Every file under ``data_dir``."""
+        return DataPaths(self.data_dir)
 
 
 def _setting_name(loc: tuple[int | str, ...], message: str) -> str:

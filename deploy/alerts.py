@@ -1,6 +1,10 @@
-"""Webhook alerts: POST each promotion-topic event as JSON, without ever blocking the caller.
+"""Alert sinks: where registry decisions are announced. One protocol; the webhook first.
 
-``notify`` only enqueues (a full queue drops the event and counts it); one
+``AlertSink`` is the extension point: the daemon hands every promotion-topic
+event to each configured sink (``daemon.live.announce``), and exports each
+sink's delivery counts as ``ctd_alert_deliveries_total{sink, outcome}``.
+
+The webhook: ``notify`` only enqueues (a full queue drops the event and counts it); one
 background thread posts, with a timeout per attempt and exponential backoff
 between retries. A webhook that is slow, failing or gone costs the daemon
 nothing but the counters it exports (``sent``, ``failed``, ``dropped``).
@@ -14,7 +18,8 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Final
+from collections.abc import Mapping
+from typing import Final, Protocol
 
 from deploy.events import RegistryEvent
 
@@ -23,8 +28,28 @@ _STOP: Final = object()
 _RETRYABLE_4XX: Final = frozenset({408, 429})
 
 
+class AlertSink(Protocol):
+    """Takes registry decisions somewhere people or systems see them.
+
+    ``notify`` never raises and never blocks for long: a sink that cannot
+    deliver counts it and carries on. It returns whether the event was accepted
+    (queued or delivered). ``deliveries`` maps an outcome ("sent", "failed",
+    "dropped") to its count so far. ``close`` delivers what it can within
+    ``timeout`` seconds.
+    """
+
+    name: str
+
+    def notify(self, event: RegistryEvent) -> bool: ...
+
+    def deliveries(self) -> Mapping[str, int]: ...
+
+    def close(self, timeout: float) -> None: ...
+
+
 class WebhookNotifier:
-    """POSTs ``RegistryEvent.to_json()`` of promotion-topic events to ``url``.
+    """An ``AlertSink`` that POSTs ``RegistryEvent.to_json()`` of promotion-topic events to
+    ``url``.
 
     ``url=None`` disables it (``notify`` returns False). Each event gets
     ``1 + retries`` attempts, sleeping ``backoff * 2**i`` before retry i+1;
@@ -71,9 +96,14 @@ class WebhookNotifier:
             self._thread = threading.Thread(target=self._run, name="ctd-webhook", daemon=True)
             self._thread.start()
 
+    name = "webhook"
+
     @property
     def enabled(self) -> bool:
         return self.url is not None
+
+    def deliveries(self) -> Mapping[str, int]:
+        return {"sent": self.sent, "failed": self.failed, "dropped": self.dropped}
 
     @property
     def pending(self) -> int:

@@ -80,6 +80,8 @@ class NothingToRollBackError(RegistryError):
 
 
 class RegistryCorrupt(RegistryError):
-    def __init__(self, path: Path, problem: str) -> None:
-        self.path, self.problem = path, problem
-        super().__init__(f"{path}: {problem}")
+    """``where``: the file or object (a path or a storage URL) that is corrupt."""
+
+    def __init__(self, where: str | Path, problem: str) -> None:
+        self.where, self.problem = str(where), problem
+        super().__init__(f"{where}: {problem}")

@@ -74,6 +74,8 @@ class RegistryEvent:
     ts: str
     actor: str = "daemon"
     reason: str = ""
+    seq: int | None = None
+    """Position in the symbol's ledger, once recorded there (None before)."""
 
     def __post_init__(self) -> None:
         if self.event not in EVENT_KINDS:
@@ -91,8 +93,9 @@ class RegistryEvent:
         object.__setattr__(self, "evidence", MappingProxyType(evidence))
 
     def to_dict(self) -> dict[str, Any]:
-        """A fresh JSON-ready dict (the promotions-topic fields plus actor and reason)."""
-        return {
+        """A fresh JSON-ready dict (the promotions-topic fields plus actor, reason and, once
+        recorded, the ledger ``seq``)."""
+        out = {
             "event": self.event,
             "symbol": self.symbol,
             "from_version": self.from_version,
@@ -102,6 +105,38 @@ class RegistryEvent:
             "actor": self.actor,
             "reason": self.reason,
         }
+        if self.seq is not None:
+            out["seq"] = self.seq
+        return out
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> RegistryEvent:
+        """Inverse of ``to_dict``; ValueError names the bad or missing field."""
+        try:
+            seq = doc.get("seq")
+            if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool)):
+                raise ValueError(f"seq must be an integer, got {seq!r}")
+            for key in ("from_version", "to_version"):
+                if doc.get(key) is not None and not isinstance(doc.get(key), str):
+                    raise ValueError(f"{key} must be a string or null, got {doc.get(key)!r}")
+            evidence = doc.get("evidence") or {}
+            if not isinstance(evidence, Mapping):
+                raise ValueError(f"evidence must be an object, got {evidence!r}")
+            return cls(
+                doc["event"],
+                doc["symbol"],
+                doc.get("from_version"),
+                doc.get("to_version"),
+                evidence,
+                doc["ts"],
+                str(doc.get("actor", "daemon")),
+                str(doc.get("reason", "")),
+                seq,
+            )
+        except KeyError as exc:
+            raise ValueError(f"event has no {exc.args[0]!r} field") from None
+        except TypeError as exc:
+            raise ValueError(f"malformed event: {exc}") from None
 
     def to_json(self) -> bytes:
         """Compact UTF-8 JSON of ``to_dict()``, e.g. a Kafka message value."""

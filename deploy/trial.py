@@ -16,7 +16,7 @@ from typing import Any, Final, Literal, Protocol
 
 from deploy.events import RegistryEvent
 from deploy.registry import Registry
-from deploy.sequential import Decision, Evidence, PromotionTestConfig
+from deploy.sequential import Decision, Evidence, PairedSequentialTest, PromotionTestConfig
 
 Slot = Literal["champion", "shadow"]
 SLOTS: Final[tuple[Slot, Slot]] = ("champion", "shadow")
@@ -212,4 +212,31 @@ def apply_decision(
         evidence=decision.evidence_dict(),
         actor=actor,
         reason=reason or decision.reason,
+    )
+
+
+def saved_trial(log: PredictionLog, registry: Registry, symbol: str) -> TrialDecision | None:
+    """The running trial of ``symbol`` as the prediction log last saved it: a snapshot of
+    its evidence, or None when no trial is saved for the pair that holds the slots now.
+
+    For the tools that act without the daemon's memory (an operator's promote,
+    ``ctd train`` replacing a shadow, reports): at most the bars since the last
+    commit are missing from it.
+    """
+    state = log.load_state(symbol)
+    slots = registry.slots(symbol)
+    if state is None or state.test is None or slots.champion is None or slots.shadow is None:
+        return None
+    if (state.champion_version, state.shadow_version) != (slots.champion, slots.shadow):
+        return None
+    test = PairedSequentialTest.from_dict(state.test)
+    return TrialDecision(
+        symbol,
+        test.decision,
+        slots.champion,
+        slots.shadow,
+        test.evidence,
+        test.config,
+        state.first_bar_ts,
+        state.last_bar_ts,
     )

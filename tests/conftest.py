@@ -17,8 +17,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import kafka  # noqa: F401
 
-from daemon.broker import LocalBroker
-from daemon.kafka import ensure_topics
+from daemon.kafka.broker import LocalBroker
+from daemon.kafka.clients import ensure_topics
 from daemon.settings import Settings, load_settings
 
 # Short group timeouts: tansu answers a JoinGroup after ~session_timeout/2 (NOTES.md),

@@ -1,4 +1,4 @@
-"""Bars as column arrays, and the symbol rule every package shares.
+"""Bars as column arrays and as row records, and the symbol rule every package shares.
 
 A symbol becomes a path component (registry/<SYMBOL>/...) and a metric label,
 so it is validated once, here, by a strict whitelist rather than by escaping.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -97,3 +97,29 @@ class Bars:
         return Bars(
             self.ts[s], self.open[s], self.high[s], self.low[s], self.close[s], self.volume[s]
         )
+
+
+class BarRecord(NamedTuple):
+    """One validated OHLCV bar. ``ts`` is Unix seconds, UTC, at the bar's open.
+
+    A tuple in the store's column order: ingest builds hundreds of thousands a
+    second, and the store inserts them as rows without a copy.
+    """
+
+    symbol: str
+    ts: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+
+
+def bar_records(symbol: str, bars: Bars) -> list[BarRecord]:
+    """``bars`` of ``symbol`` as records (the demo feed, benchmarks and tests produce these)."""
+    return [
+        BarRecord(symbol, int(t), float(o), float(h), float(lo), float(c), float(v))
+        for t, o, h, lo, c, v in zip(
+            bars.ts, bars.open, bars.high, bars.low, bars.close, bars.volume, strict=True
+        )
+    ]

@@ -7,7 +7,8 @@ Hierarchy::
     ├── InvalidInputError(TrainingError, ValueError)      NaN/inf features, wrong shapes, bad labels
     ├── UnknownTrainerError(TrainingError, KeyError)      a trainer name not in the registry map
     ├── TrainingAborted(TrainingError)                    a monitor aborted the run
-    └── ParityError(TrainingError)                        ONNX output differs from native output
+    ├── ParityError(TrainingError)                        ONNX output differs from native output
+    └── MetadataError(TrainingError, ValueError)          metadata.json of unknown schema or shape
 """
 
 from __future__ import annotations
@@ -53,3 +54,11 @@ class ParityError(TrainingError):
             f"{trainer}: ONNX probabilities differ from native by {max_abs_diff:.3g} "
             f"(tolerance {tolerance:.3g})"
         )
+
+
+class MetadataError(TrainingError, ValueError):
+    """A metadata.json that cannot be read as a model's metadata (``trainers.metadata``)."""
+
+    def __init__(self, source: object, problem: str) -> None:
+        self.source, self.problem = str(source), problem
+        super().__init__(f"{source}: {problem}")

@@ -24,8 +24,9 @@ from monitors.base import TrainingMonitor
 from trainers.base import FittedModel
 from trainers.dataset import Dataset
 from trainers.errors import InsufficientDataError
+from trainers.metadata import FoldError, FoldRecord, MeanStd, Rows, WalkForwardRecord
 from trainers.metrics import classification_metrics
-from trainers.splits import walk_forward_splits
+from trainers.splits import Split, walk_forward_splits
 from trainers.table import make_trainer
 
 
@@ -41,16 +42,14 @@ def walk_forward(
     seed: int,
     last_model: FittedModel,
     monitor_factory: Callable[[], TrainingMonitor],
-) -> dict[str, Any]:
+) -> WalkForwardRecord:
     """Per-fold test metrics and, per metric, their mean and sample std (ddof=1) over folds.
 
-    Returns ``{"folds": k, "skipped": None, "error": None, "per_fold": [...],
-    "<metric>": {"mean": .., "std": ..}, ...}``. Data too small for ``k`` folds
-    gives ``"skipped"`` (a reason) and a fold whose fit fails gives ``"error"``;
-    both leave the statistics out rather than failing the candidate. ``data``
-    and ``last_model`` are the pipeline's split and its model.
+    Data too small for ``folds`` folds gives ``skipped`` (a reason) and a fold
+    whose fit fails gives ``error``; both leave the statistics out rather than
+    failing the candidate. ``data`` and ``last_model`` are the pipeline's split
+    and its model.
     """
-    result: dict[str, Any] = {"folds": folds, "skipped": None, "error": None, "per_fold": []}
     try:
         splits = walk_forward_splits(
             len(data.features),
@@ -60,9 +59,9 @@ def walk_forward(
             embargo=data.split.embargo,
         )
     except InsufficientDataError as exc:
-        result["skipped"] = str(exc)
-        return result
-    fold_metrics = []
+        return WalkForwardRecord(folds=folds, skipped=str(exc))
+    fold_metrics: list[dict[str, float | None]] = []
+    per_fold: list[FoldRecord] = []
     for index, split in enumerate(splits):
         fold = Dataset(data.features, data.labels, split)
         monitor = None
@@ -73,35 +72,37 @@ def walk_forward(
             try:
                 model = make_trainer(trainer, **params).fit(fold, monitor, seed)
             except Exception as exc:  # a fold that cannot train leaves the stats out
-                result["error"] = {"fold": index, "type": type(exc).__name__, "message": str(exc)}
-                return result
+                error = FoldError(fold=index, type=type(exc).__name__, message=str(exc))
+                return WalkForwardRecord(folds=folds, error=error, per_fold=tuple(per_fold))
         proba = model.predict_proba(fold.inputs("test", model.window))
         metrics = classification_metrics(fold.y("test"), proba, fwd_returns[split.test])
         fold_metrics.append(metrics)
-        result["per_fold"].append(
-            {
-                "split": split.to_dict(),
-                "test": metrics,
-                "refit": monitor is not None,
-                "warnings": [w.to_dict() for w in monitor.warnings] if monitor is not None else [],
-            }
+        per_fold.append(
+            FoldRecord(
+                split=split_record(split),
+                test=metrics,
+                refit=monitor is not None,
+                warnings=tuple(monitor.warnings) if monitor is not None else (),
+            )
         )
-    for key in fold_metrics[0]:
-        if key != "n":
-            result[key] = _mean_std([m[key] for m in fold_metrics])
-    return result
+    stats = {
+        key: _mean_std([m[key] for m in fold_metrics]) for key in fold_metrics[0] if key != "n"
+    }
+    return WalkForwardRecord(folds=folds, per_fold=tuple(per_fold), stats=stats)
 
 
-def _mean_std(values: list[float | None]) -> dict[str, float | None]:
+def _mean_std(values: list[float | None]) -> MeanStd:
     if any(v is None or not math.isfinite(v) for v in values):
-        return {"mean": None, "std": None}
+        return MeanStd(mean=None, std=None)
     arr = np.asarray(values, dtype=np.float64)
-    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1))}
+    return MeanStd(mean=float(arr.mean()), std=float(arr.std(ddof=1)))
 
 
-def fold_accuracy_std(result: Mapping[str, Any] | None) -> float | None:
-    """The test-accuracy std of a ``walk_forward`` result, None when it was not measured."""
-    if result is None:
-        return None
-    accuracy = result.get("accuracy")
-    return None if accuracy is None else accuracy["std"]
+def split_record(split: Split) -> Rows:
+    """A split's row ranges as recorded in metadata."""
+    return Rows(
+        train=(split.train.start, split.train.stop),
+        val=(split.val.start, split.val.stop),
+        test=(split.test.start, split.test.stop),
+        embargo=split.embargo,
+    )

@@ -1,0 +1,1 @@
+"""The ``ctd`` command line (``main``) and the operator tools it runs."""

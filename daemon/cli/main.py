@@ -1,0 +1,170 @@
+"""The ``ctd`` command line: one sub-command per operator task, one exit-code rule.
+
+Exit codes: 0 success, 1 runtime failure, 2 invalid settings or usage. Every
+error ctd raises on purpose carries its code (``daemon.errors.CtdError``); the
+few errors of the other packages that mean "bad input" are usage errors too.
+Heavy modules are imported inside the commands, so ``ctd status`` answers
+without loading the training stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from daemon.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CtdError
+from daemon.settings import Settings, load_settings
+from deploy.errors import RegistryError
+from trainers.data import InvalidSymbolError
+from trainers.errors import InsufficientDataError, InvalidInputError, UnknownTrainerError
+
+USAGE_ERRORS = (InvalidSymbolError, InsufficientDataError, InvalidInputError, UnknownTrainerError)
+"""Errors of other packages that mean the command's input was wrong (exit 2)."""
+
+Handler = Callable[[Settings, argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        return _handlers()[args.command](settings, args)
+    except CtdError as exc:
+        print(f"ctd {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except USAGE_ERRORS as exc:
+        print(f"ctd {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except RegistryError as exc:
+        print(f"ctd {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _handlers() -> dict[str, Handler]:
+    from daemon.cli.run import cmd_demo, cmd_run
+
+    return {
+        "run": cmd_run,
+        "demo": cmd_demo,
+        "status": _cmd_status,
+        "promote": _cmd_operator,
+        "reject": _cmd_operator,
+        "rollback": _cmd_operator,
+        "retrain": _cmd_operator,
+        "train": _cmd_train,
+        "compare": _cmd_compare,
+        "report": _cmd_report,
+        "manifest": _cmd_manifest,
+    }
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ctd", description="Continuous training daemon for market-prediction models."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser(
+        "run", help="run the daemon (bundled local broker if CTD_KAFKA_BOOTSTRAP_SERVERS is unset)"
+    )
+    demo = sub.add_parser(
+        "demo", help="run the daemon with a synthetic live market feed and a live table"
+    )
+    demo.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+    demo.add_argument("--no-table", action="store_true", help="log only, no live table")
+    status = sub.add_parser("status", help="champion / shadow per symbol, from the data directory")
+    status.add_argument("symbol", nargs="?", default=None)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    helps = {
+        "promote": "make the shadow the champion (the old champion is kept for rollback)",
+        "reject": "remove the shadow",
+        "rollback": "restore the previous champion from the ledger",
+        "retrain": "queue a retrain of the symbol in the running daemon",
+    }
+    for action, text in helps.items():
+        op = sub.add_parser(action, help=text)
+        op.add_argument("symbol")
+        op.add_argument("--reason", default="", help="why (kept in the ledger)")
+        op.add_argument("--actor", default=None, help="who (default: operator:$USER)")
+    train = sub.add_parser(
+        "train", help="train a symbol from an OHLCV CSV into the registry (no Kafka)"
+    )
+    train.add_argument("--csv", type=Path, required=True, metavar="FILE")
+    train.add_argument("--symbol", required=True)
+    train.add_argument(
+        "--trainers", nargs="+", default=None, metavar="NAME", help="default: CTD_TRAINERS"
+    )
+    compare = sub.add_parser("compare", help="versions x candidates table and a PNG chart")
+    compare.add_argument("symbol")
+    compare.add_argument("--png", type=Path, default=None)
+    report = sub.add_parser("report", help="markdown report of one symbol")
+    report.add_argument("symbol")
+    report.add_argument("--out", type=Path, default=None)
+    manifest = sub.add_parser(
+        "manifest", help="JSON deployment manifest of all champions and shadows"
+    )
+    manifest.add_argument("--out", type=Path, default=None)
+    return parser
+
+
+def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from daemon.cli.status import print_status
+
+    return print_status(settings, args.symbol, as_json=args.json, console=Console())
+
+
+def _cmd_operator(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.actions import Command
+    from daemon.cli.operator import run
+    from trainers.data import validate_symbol
+
+    symbol = validate_symbol(args.symbol)
+    actor = args.actor or f"operator:{os.environ.get('USER', 'unknown')}"
+    line = run(settings, Command(args.command, symbol, args.reason, actor))
+    print(json.dumps(line, indent=2))
+    return EXIT_OK
+
+
+def _cmd_train(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.cli.train import train_csv
+    from daemon.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    outcome = train_csv(settings, args.csv, args.symbol, args.trainers)
+    print(json.dumps(asdict(outcome), indent=2))
+    return EXIT_OK if outcome.passed else EXIT_FAILURE
+
+
+def _cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from daemon.cli.compare import compare, render_compare_table
+
+    png = args.png or settings.paths.compare_png(args.symbol)
+    rows = compare(settings, args.symbol, png)
+    console = Console()
+    console.print(render_compare_table(rows))
+    console.print(f"chart: {png}")
+    return EXIT_OK
+
+
+def _cmd_report(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.cli.report import report
+
+    print(report(settings, args.symbol, args.out))
+    return EXIT_OK
+
+
+def _cmd_manifest(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.cli.manifest import manifest
+
+    out: Path = args.out or settings.paths.manifest
+    manifest(settings, out)
+    print(out)
+    return EXIT_OK

@@ -1,0 +1,115 @@
+"""One row of status per symbol, read from the store and the registry on disk.
+
+Shared by ``ctd status`` (works whether or not a daemon is running) and the
+demo's live table, so both always show the same thing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from daemon.errors import EXIT_FAILURE, EXIT_OK
+from daemon.settings import Settings
+from daemon.store.bars import BarStore
+from deploy.registry import Registry
+
+
+@dataclass(frozen=True, slots=True)
+class SymbolStatus:
+    symbol: str
+    bars: int
+    versions: int
+    champion: str | None
+    shadow: str | None
+    champion_trainer: str | None
+    champion_test_accuracy: float | None
+    baseline_test_accuracy: float | None
+    last_event: str | None
+    last_event_ts: str | None
+    failures: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+def symbol_status(symbol: str, bars: int, registry: Registry) -> SymbolStatus:
+    slots = registry.slots(symbol)
+    meta = None if slots.champion is None else registry.metadata(symbol, slots.champion)
+    history = registry.history(symbol)
+    last = history[-1] if history else None
+    return SymbolStatus(
+        symbol=symbol,
+        bars=bars,
+        versions=len(registry.versions(symbol)),
+        champion=slots.champion,
+        shadow=slots.shadow,
+        champion_trainer=None if meta is None else meta.trainer,
+        champion_test_accuracy=None if meta is None else meta.test_accuracy,
+        baseline_test_accuracy=None if meta is None else meta.baseline_test_accuracy,
+        last_event=None if last is None else last.event,
+        last_event_ts=None if last is None else last.ts,
+        failures=sum(1 for e in history if e.event == "training_failed"),
+    )
+
+
+def all_status(
+    store: BarStore | None, registry: Registry, only: str | None = None
+) -> list[SymbolStatus]:
+    counts = store.counts() if store is not None else {}
+    symbols = sorted(set(counts) | set(registry.symbols()))
+    if only is not None:
+        symbols = [s for s in symbols if s == only]
+    return [symbol_status(s, counts.get(s, 0), registry) for s in symbols]
+
+
+def print_status(settings: Settings, symbol: str | None, *, as_json: bool, console: Console) -> int:
+    """``ctd status``: a table (or JSON) of every symbol, or of one; exit code."""
+    bars = settings.paths.bars
+    store = BarStore(bars, read_only=True) if bars.exists() else None
+    try:
+        rows = all_status(store, Registry(settings.paths.registry), symbol)
+    finally:
+        if store is not None:
+            store.close()
+    if symbol is not None and not rows:
+        print(f"ctd: no data for symbol {symbol!r} in {settings.data_dir}", file=sys.stderr)
+        return EXIT_FAILURE
+    if as_json:
+        print(json.dumps([r.to_dict() for r in rows], indent=2))
+        return EXIT_OK
+    table = Table(title=f"ctd status ({settings.data_dir})")
+    for col in (
+        "symbol",
+        "bars",
+        "versions",
+        "champion",
+        "trainer",
+        "test acc",
+        "shadow",
+        "last event",
+        "at",
+        "failures",
+    ):
+        table.add_column(col)
+    for r in rows:
+        acc = "-" if r.champion_test_accuracy is None else f"{100 * r.champion_test_accuracy:.1f}%"
+        table.add_row(
+            r.symbol,
+            str(r.bars),
+            str(r.versions),
+            r.champion or "-",
+            r.champion_trainer or "-",
+            acc,
+            r.shadow or "-",
+            r.last_event or "-",
+            r.last_event_ts or "-",
+            str(r.failures),
+        )
+    console.print(table)
+    return EXIT_OK

@@ -1,0 +1,180 @@
+"""Kafka clients built from Settings: the one module that constructs kafka-python clients.
+
+Every tuning value comes from Settings (or is derived from one), so that an
+operator changes behaviour through ``CTD_KAFKA_*`` and not by patching code.
+Choices forced by the broker or by kafka-python 3 are explained in NOTES.md:
+manual commits, ``earliest`` reset, explicit topic creation, no idempotent
+producer, bytes in / bytes out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Final
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from daemon.errors import TopicSetupError
+from daemon.kafka.undecodable import guard_consumer
+from daemon.settings import Settings
+
+PRODUCER_LINGER_MS: Final = 5
+"""Small enough to add no visible latency, large enough to batch a burst of sends."""
+
+
+class MaskedSecret(str):
+    """A secret in the plain ``str`` form kafka-python needs, whose repr stays masked.
+
+    kafka-python logs its whole configuration dict at DEBUG, and a traceback
+    renderer that shows local variables prints the dicts that hold it: both go
+    through ``repr``. Slices stay masked too (rich truncates long strings by
+    slicing before ``repr``). ``str()`` and the string's bytes are the secret.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'**********'"
+
+    def __getitem__(self, key: Any) -> MaskedSecret:
+        return MaskedSecret(str.__getitem__(self, key))
+
+
+def client_config(settings: Settings, bootstrap_servers: str) -> dict[str, Any]:
+    """Connection and security settings shared by every client.
+
+    The SASL password and the TLS key passphrase are unwrapped here, into
+    MaskedSecrets; the rest of the product, the probes included, reads them from here.
+    """
+    config: dict[str, Any] = {
+        "bootstrap_servers": [s.strip() for s in bootstrap_servers.split(",") if s.strip()],
+        "client_id": settings.kafka_client_id,
+        "request_timeout_ms": settings.kafka_request_timeout_ms,
+        # The constructors block on bootstrap; never longer than one request.
+        "bootstrap_timeout_ms": settings.kafka_request_timeout_ms,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_sasl_mechanism is not None:
+        config["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        config["sasl_plain_username"] = settings.kafka_sasl_username
+        if settings.kafka_sasl_password is not None:
+            password = settings.kafka_sasl_password
+            config["sasl_plain_password"] = MaskedSecret(password.get_secret_value())
+    if settings.kafka_ssl_cafile is not None:
+        config["ssl_cafile"] = str(settings.kafka_ssl_cafile)
+    if settings.kafka_ssl_certfile is not None:
+        config["ssl_certfile"] = str(settings.kafka_ssl_certfile)
+    if settings.kafka_ssl_keyfile is not None:
+        config["ssl_keyfile"] = str(settings.kafka_ssl_keyfile)
+    if settings.kafka_ssl_key_password is not None:
+        config["ssl_password"] = MaskedSecret(settings.kafka_ssl_key_password.get_secret_value())
+    return config
+
+
+def make_consumer(
+    settings: Settings,
+    bootstrap_servers: str,
+    *,
+    topic: str | None = None,
+    group_id: str | None = None,
+) -> KafkaConsumer:
+    """A group consumer (default: ``topic_bars`` in ``kafka_group_id``) with manual
+    commits; values arrive as raw bytes. A batch it cannot decode raises UndecodableBatch."""
+    consumer = KafkaConsumer(
+        topic or settings.topic_bars,
+        group_id=group_id or settings.kafka_group_id,
+        enable_auto_commit=False,
+        # 'latest' re-delivers the last batch on tansu (NOTES.md); committed offsets rule anyway.
+        auto_offset_reset="earliest",
+        # A missing topic would be auto-created with the broker's partition count.
+        allow_auto_create_topics=False,
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+        max_poll_records=settings.kafka_max_poll_records,
+        max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
+        **client_config(settings, bootstrap_servers),
+    )
+    return guard_consumer(consumer)
+
+
+def make_producer(settings: Settings, bootstrap_servers: str) -> KafkaProducer:
+    """A producer that waits for all replicas and compresses with ``kafka_compression_type``;
+    values and keys are sent as given (bytes).
+
+    Not idempotent: kafka-python 3's idempotent producer fails every send after
+    a broker restart while ``flush()`` returns quietly (NOTES.md).
+    """
+    return KafkaProducer(
+        acks="all",
+        enable_idempotence=False,
+        compression_type=None
+        if settings.kafka_compression_type == "none"
+        else settings.kafka_compression_type,
+        linger_ms=PRODUCER_LINGER_MS,
+        # Fail a send within one request timeout, not kafka-python's default two minutes.
+        delivery_timeout_ms=settings.kafka_request_timeout_ms + PRODUCER_LINGER_MS,
+        max_block_ms=settings.kafka_request_timeout_ms,
+        allow_auto_create_topics=False,
+        **client_config(settings, bootstrap_servers),
+    )
+
+
+def default_topics(settings: Settings) -> list[str]:
+    return [
+        settings.topic_bars,
+        settings.topic_dlq,
+        settings.topic_commands,
+        settings.topic_promotions,
+    ]
+
+
+def ensure_topics(
+    settings: Settings,
+    bootstrap_servers: str,
+    topics: Sequence[str] | None = None,
+    timeout: float = 15.0,
+) -> list[str]:
+    """Create the missing topics with ``topic_partitions`` partitions; return the created names.
+
+    Idempotent (a topic created concurrently by another daemon counts as
+    existing). Returns once metadata shows every topic with a leader per
+    partition. Existing topics are left as they are: tansu cannot add
+    partitions. Raises TopicSetupError.
+    """
+    wanted = list(dict.fromkeys(topics if topics is not None else default_topics(settings)))
+    config = client_config(settings, bootstrap_servers)
+    config["bootstrap_timeout_ms"] = int(timeout * 1000)
+    try:
+        admin = KafkaAdminClient(**config)
+    except KafkaError as exc:
+        # kafka-python reports a refused login, a TLS failure and a dead broker alike.
+        raise TopicSetupError(
+            wanted,
+            f"cannot connect to {bootstrap_servers} ({exc}); check the address,"
+            " CTD_KAFKA_SECURITY_PROTOCOL and the SASL/SSL settings",
+        ) from exc
+    try:
+        existing = set(admin.list_topics())
+        missing = [t for t in wanted if t not in existing]
+        created: list[str] = []
+        for topic in missing:
+            try:
+                admin.create_topics(
+                    {
+                        topic: {
+                            "num_partitions": settings.topic_partitions,
+                            "replication_factor": settings.topic_replication_factor,
+                        }
+                    },
+                    timeout_ms=int(timeout * 1000),
+                )
+                created.append(topic)
+            except TopicAlreadyExistsError:
+                pass
+        admin.wait_for_topics(wanted, timeout_ms=int(timeout * 1000))
+        return created
+    except KafkaError as exc:
+        raise TopicSetupError(wanted, f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        admin.close()

@@ -1,0 +1,43 @@
+"""Work on a clock: the live monitors' scheduled check and the optional cron retrain of every
+symbol (APScheduler; a job that raises is logged and the scheduler keeps running)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from apscheduler.job import Job
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from daemon.settings import Settings
+
+
+class Schedules:
+    """Starts on construction; ``stop`` does not wait for a job in progress."""
+
+    def __init__(
+        self, settings: Settings, *, check: Callable[[], None], retrain_all: Callable[[], None]
+    ) -> None:
+        self._jobs = BackgroundScheduler(
+            timezone="UTC",
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
+        )
+        self._jobs.add_job(
+            check, IntervalTrigger(seconds=settings.monitor_check_seconds), id="live-monitors"
+        )
+        if settings.retrain_cron:
+            self._jobs.add_job(
+                retrain_all,
+                CronTrigger.from_crontab(settings.retrain_cron, timezone="UTC"),
+                id="cron-retrain",
+            )
+        self._jobs.start()
+
+    def job(self, job_id: str) -> Job | None:
+        """A scheduled job by id ("live-monitors", "cron-retrain"), e.g. to run it now."""
+        found: Job | None = self._jobs.get_job(job_id)
+        return found
+
+    def stop(self) -> None:
+        self._jobs.shutdown(wait=False)

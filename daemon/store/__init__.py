@@ -1,0 +1,1 @@
+"""The daemon's local SQLite state: the bar store and the prediction log."""

@@ -1,0 +1,180 @@
+"""The durable bar store: SQLite in WAL mode under CTD_DATA_DIR.
+
+Kafka offsets are committed only after ``upsert`` returns, so every commit is
+``synchronous=FULL``: a bar the broker will not re-deliver is on disk. Training
+workers open their own ``BarStore(path, read_only=True)``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Final
+
+from daemon.errors import StoreError
+from daemon.store.sqlite import SqliteFile, open_sqlite
+from trainers.data import BarRecord, Bars, validate_symbol
+
+SCHEMA_VERSION: Final = 1
+
+# CHECKs repeat the event rules so that no code path can store a bar ingest would reject.
+# 1e309 is SQLite's spelling of +Inf; NaN binds as NULL and fails NOT NULL.
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS bars (
+    symbol TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    open REAL NOT NULL CHECK (open > 0 AND open < 1e309),
+    high REAL NOT NULL CHECK (high < 1e309 AND high >= open AND high >= close),
+    low REAL NOT NULL CHECK (low > 0 AND low <= open AND low <= close),
+    close REAL NOT NULL CHECK (close > 0 AND close < 1e309),
+    volume REAL NOT NULL CHECK (volume >= 0 AND volume < 1e309),
+    PRIMARY KEY (symbol, ts)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS symbol_counts (
+    symbol TEXT PRIMARY KEY,
+    n INTEGER NOT NULL CHECK (n >= 0)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS trained (
+    symbol TEXT PRIMARY KEY,
+    bar_count INTEGER NOT NULL,
+    at REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
+_INSERT: Final = """
+INSERT INTO bars (symbol, ts, open, high, low, close, volume) VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (symbol, ts) DO NOTHING
+"""
+# A correction rewrites the row; an identical re-delivery matches no row and writes nothing.
+_CORRECT: Final = """
+UPDATE bars SET open = ?3, high = ?4, low = ?5, close = ?6, volume = ?7
+WHERE symbol = ?1 AND ts = ?2
+  AND (open != ?3 OR high != ?4 OR low != ?5 OR close != ?6 OR volume != ?7)
+"""
+_LOAD_ALL: Final = (
+    "SELECT ts, open, high, low, close, volume FROM bars WHERE symbol = ? ORDER BY ts"
+)
+# Walks the (symbol, ts) key backwards: the cost is last_n rows, not the table size.
+_LOAD_LAST: Final = (
+    "SELECT ts, open, high, low, close, volume FROM bars WHERE symbol = ? ORDER BY ts DESC LIMIT ?"
+)
+
+
+class BarStore(SqliteFile):
+    """Bars by (symbol, ts), per-symbol counts, and retrain bookkeeping.
+
+    Every method raises StoreError for SQLite and file-system failures, and
+    trainers.data.InvalidSymbolError for a symbol outside the whitelist.
+    """
+
+    _ping_sql = "SELECT 1 FROM symbol_counts LIMIT 1"
+
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        self.path = Path(path)
+        self.read_only = read_only
+        self._lock = threading.Lock()
+        self._conn = None
+        try:
+            self._conn = self._open()
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(self.path, "open", exc) from exc
+
+    def _open(self) -> sqlite3.Connection:
+        return open_sqlite(
+            self.path,
+            schema=_SCHEMA,
+            schema_version=SCHEMA_VERSION,
+            synchronous="FULL",
+            read_only=self.read_only,
+        )
+
+    @contextmanager
+    def _transaction(self, operation: str) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed (durably) on success, rolled back on any error."""
+        with self._connection(operation) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def upsert(self, bars: Sequence[BarRecord]) -> dict[str, int]:
+        """Store bars in one transaction; return how many were new, per symbol in the input.
+
+        Idempotent by (symbol, ts): a re-delivered bar counts 0, a corrected one
+        (same key, different values) replaces the row and counts 0. Within one
+        call, the last bar for a key wins.
+        """
+        by_symbol: dict[str, list[BarRecord]] = defaultdict(list)
+        for bar in bars:
+            by_symbol[bar.symbol].append(bar)  # a BarRecord is a row in column order
+        if not by_symbol:
+            return {}
+        for symbol in by_symbol:
+            validate_symbol(symbol)
+        new: dict[str, int] = {}
+        with self._transaction("upsert") as conn:
+            for symbol, rows in by_symbol.items():
+                new[symbol] = conn.executemany(_INSERT, rows).rowcount
+                if new[symbol] < len(rows):  # some keys existed: apply corrections
+                    conn.executemany(_CORRECT, rows)
+                conn.execute(
+                    "INSERT INTO symbol_counts (symbol, n) VALUES (?, ?)"
+                    " ON CONFLICT (symbol) DO UPDATE SET n = n + excluded.n",
+                    (symbol, new[symbol]),
+                )
+        return new
+
+    def load(self, symbol: str, last_n: int | None = None) -> Bars:
+        """The symbol's bars in ascending ts; only the newest ``last_n`` if given."""
+        validate_symbol(symbol)
+        if last_n is not None and last_n < 0:
+            raise ValueError(f"last_n must be >= 0 or None, got {last_n}")
+        with self._connection("load") as conn:
+            if last_n is None:
+                rows = conn.execute(_LOAD_ALL, (symbol,)).fetchall()
+            else:
+                rows = conn.execute(_LOAD_LAST, (symbol, last_n)).fetchall()
+                rows.reverse()
+        return Bars.from_rows(rows)
+
+    def count(self, symbol: str) -> int:
+        """Bars stored for ``symbol`` (0 for an unknown symbol)."""
+        validate_symbol(symbol)
+        with self._connection("count") as conn:
+            row = conn.execute("SELECT n FROM symbol_counts WHERE symbol = ?", (symbol,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def counts(self) -> dict[str, int]:
+        """Bars per symbol, from the counter table (O(symbols), no scan of bars)."""
+        with self._connection("counts") as conn:
+            rows = conn.execute("SELECT symbol, n FROM symbol_counts WHERE n > 0").fetchall()
+        return {str(s): int(n) for s, n in rows}
+
+    def symbols(self) -> list[str]:
+        """Symbols with at least one bar, sorted."""
+        return sorted(self.counts())
+
+    def mark_trained(self, symbol: str, bar_count: int, at: float) -> None:
+        """Record that ``symbol`` was trained on ``bar_count`` bars at unix time ``at``."""
+        validate_symbol(symbol)
+        with self._transaction("mark_trained") as conn:
+            conn.execute(
+                "INSERT INTO trained (symbol, bar_count, at) VALUES (?, ?, ?)"
+                " ON CONFLICT (symbol) DO UPDATE SET bar_count = excluded.bar_count,"
+                " at = excluded.at",
+                (symbol, bar_count, at),
+            )
+
+    def trained_state(self) -> dict[str, tuple[int, float]]:
+        """symbol -> (bar count at the last training, unix time of it)."""
+        with self._connection("trained_state") as conn:
+            rows = conn.execute("SELECT symbol, bar_count, at FROM trained").fetchall()
+        return {str(s): (int(n), float(at)) for s, n, at in rows}

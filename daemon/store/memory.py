@@ -1,0 +1,52 @@
+"""The bar store in memory: ``BarStore``'s reads and writes without SQLite, for unit tests of
+the live path and tools; one process, thread-safe."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+from trainers.data import BarRecord, Bars, validate_symbol
+
+
+class MemoryBarStore:
+    """Bars by (symbol, ts), idempotent upserts, and the trained bookkeeping."""
+
+    def __init__(self) -> None:
+        self._bars: dict[str, dict[int, BarRecord]] = {}
+        self._trained: dict[str, tuple[int, float]] = {}
+        self._lock = threading.Lock()
+
+    def upsert(self, bars: Sequence[BarRecord]) -> dict[str, int]:
+        """Store bars; return how many were new, per symbol (a correction replaces, counts 0)."""
+        new: dict[str, int] = {}
+        with self._lock:
+            for bar in bars:
+                rows = self._bars.setdefault(validate_symbol(bar.symbol), {})
+                new[bar.symbol] = new.get(bar.symbol, 0) + (bar.ts not in rows)
+                rows[bar.ts] = bar
+        return new
+
+    def load(self, symbol: str, last_n: int | None = None) -> Bars:
+        validate_symbol(symbol)
+        with self._lock:
+            rows = sorted(self._bars.get(symbol, {}).values(), key=lambda b: b.ts)
+        if last_n is not None:
+            rows = rows[len(rows) - last_n :] if last_n else []
+        return Bars.from_rows([(r.ts, r.open, r.high, r.low, r.close, r.volume) for r in rows])
+
+    def count(self, symbol: str) -> int:
+        with self._lock:
+            return len(self._bars.get(validate_symbol(symbol), {}))
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return {s: len(rows) for s, rows in self._bars.items() if rows}
+
+    def mark_trained(self, symbol: str, bar_count: int, at: float) -> None:
+        with self._lock:
+            self._trained[validate_symbol(symbol)] = (bar_count, at)
+
+    def trained_state(self) -> dict[str, tuple[int, float]]:
+        with self._lock:
+            return dict(self._trained)

@@ -1,0 +1,67 @@
+"""What a training job of a symbol is given, shared by the daemon and `ctd train`.
+
+One place derives the TrainConfig from settings and applies the first-champion
+significance budget, so offline training follows the daemon's rules exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from daemon.settings import Settings
+from deploy.registry import Registry
+from monitors.gates import GateConfig, bootstrap_alpha
+from trainers.config import TrainConfig
+from trainers.metadata import ModelMetadata
+
+
+def train_config(settings: Settings) -> TrainConfig:
+    """The training configuration a worker receives, derived from settings only."""
+    return TrainConfig(
+        trainers=settings.trainers,
+        seed=settings.seed,
+        val_fraction=settings.val_fraction,
+        test_fraction=settings.test_fraction,
+        trainer_params=settings.trainer_params,
+        walk_forward_folds=settings.walk_forward_folds,
+        augment=settings.augment,
+        monitor=settings.monitor_config,
+        gates=GateConfig(
+            max_train_val_gap=settings.gate_max_train_val_gap,
+            max_val_test_diff=settings.gate_max_val_test_diff,
+            require_beat_baseline=settings.gate_require_beat_baseline,
+            max_parity_diff=settings.gate_max_parity_diff,
+            baseline_alpha=settings.gate_baseline_alpha,
+            min_test_rows=settings.gate_min_test_rows,
+            max_fold_accuracy_std=settings.gate_max_fold_accuracy_std,
+        ),
+    )
+
+
+def job_config(base: TrainConfig, registry: Registry, symbol: str) -> TrainConfig:
+    """``base`` for this symbol's next job.
+
+    Until a symbol has a champion, attempt k (1 + the candidates rejected so
+    far) is gated at alpha/(k(k+1)) (monitors.gates.bootstrap_alpha), so
+    retrying a no-signal symbol cannot eventually sneak a champion in.
+    """
+    if registry.slots(symbol).champion is not None:
+        return base
+    rejected = sum(1 for e in registry.history(symbol) if e.event == "candidate_rejected")
+    alpha = bootstrap_alpha(base.gates.baseline_alpha, rejected + 1)
+    return replace(base, gates=replace(base.gates, baseline_alpha=alpha))
+
+
+def candidate_summary(meta: ModelMetadata) -> list[dict[str, object]]:
+    """One small JSON object per candidate of a run, for the ledger's evidence."""
+    return [
+        {
+            "trainer": c.trainer,
+            "passed": c.passed,
+            "test_accuracy": c.test_accuracy,
+            "failed_gates": [g.reason for g in c.failed_gates],
+            "failed_gate_names": [g.gate for g in c.failed_gates],
+            "error": None if c.error is None else c.error.model_dump(),
+        }
+        for c in meta.candidates
+    ]

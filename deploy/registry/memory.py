@@ -1,0 +1,82 @@
+"""The registry in memory: for unit tests of the live path, outcomes and watchers, and tools.
+
+``local_file`` writes an object to a private temporary directory on first use
+(version objects never change, so the copy stays true); the directory goes
+with the storage.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import weakref
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class MemoryStorage:
+    """``RegistryStorage`` in a dict; thread-safe; one process only."""
+
+    def __init__(self) -> None:
+        self._objects: dict[str, bytes] = {}
+        self._guard = threading.Lock()
+        self._locks: defaultdict[str, threading.RLock] = defaultdict(threading.RLock)
+        self._files: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"memory://{id(self):x}"
+
+    def get(self, key: str) -> bytes | None:
+        with self._guard:
+            return self._objects.get(key.strip("/"))
+
+    def put(self, key: str, data: bytes) -> None:
+        with self._guard:
+            self._objects[key.strip("/")] = bytes(data)
+
+    def append(self, key: str, data: bytes) -> None:
+        if data and not data.endswith(b"\n"):
+            raise ValueError("append takes whole lines ending in a newline")
+        with self._guard:
+            key = key.strip("/")
+            self._objects[key] = self._objects.get(key, b"") + bytes(data)
+
+    def children(self, prefix: str) -> list[str]:
+        start = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+        with self._guard:
+            names = {k[len(start) :].split("/")[0] for k in self._objects if k.startswith(start)}
+        return sorted(n for n in names if n and not n.startswith("."))
+
+    def delete(self, prefix: str) -> None:
+        key = prefix.strip("/")
+        with self._guard:
+            for k in [k for k in self._objects if k == key or k.startswith(f"{key}/")]:
+                del self._objects[k]
+
+    @contextmanager
+    def lock(self, scope: str) -> Iterator[None]:
+        with self._guard:
+            lock = self._locks[scope]
+        with lock:
+            yield
+
+    def local_file(self, key: str) -> Path:
+        data = self.get(key)
+        if data is None:
+            raise FileNotFoundError(f"no object {key!r} in {self.url}")
+        with self._guard:
+            if self._files is None:
+                self._files = Path(tempfile.mkdtemp(prefix="ctd-registry-"))
+                weakref.finalize(self, shutil.rmtree, self._files, True)
+            path = self._files.joinpath(*key.strip("/").split("/"))
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        return path
+
+    def sweep(self, scope: str) -> list[str]:
+        return []

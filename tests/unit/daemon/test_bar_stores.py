@@ -1,0 +1,52 @@
+"""The SQLite bar store and the in-memory one answer the same way."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from daemon.store.bars import BarStore
+from daemon.store.memory import MemoryBarStore
+from trainers.data import BarRecord
+
+Store = BarStore | MemoryBarStore
+STORES: dict[str, Callable[[Path], Store]] = {
+    "sqlite": lambda tmp: BarStore(tmp / "bars.sqlite"),
+    "memory": lambda _tmp: MemoryBarStore(),
+}
+
+
+@pytest.fixture(params=sorted(STORES))
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    made = STORES[request.param](tmp_path)
+    yield made
+    if isinstance(made, BarStore):
+        made.close()
+
+
+def _bar(symbol: str, i: int, close: float = 100.0) -> BarRecord:
+    return BarRecord(symbol, 1_735_689_600 + 60 * i, close, close + 1, close - 1, close, 10.0)
+
+
+def test_upsert_is_idempotent_and_a_correction_replaces_the_row(store: Store) -> None:
+    """New bars count; a re-delivered one counts 0; a corrected one replaces it, counting 0."""
+    assert store.upsert([_bar("A", i) for i in range(3)] + [_bar("B", 0)]) == {"A": 3, "B": 1}
+    assert store.upsert([_bar("A", 2), _bar("A", 1, close=105.0)]) == {"A": 0}
+    assert store.counts() == {"A": 3, "B": 1}
+    assert store.count("A") == 3
+    assert list(store.load("A").close) == [100.0, 105.0, 100.0]
+
+
+def test_load_returns_the_newest_bars_in_time_order(store: Store) -> None:
+    store.upsert([_bar("A", i) for i in (5, 1, 3, 2, 4)])
+    assert list(store.load("A", last_n=2).ts) == [_bar("A", 4).ts, _bar("A", 5).ts]
+    assert len(store.load("A", last_n=0)) == 0
+    assert len(store.load("NONE")) == 0
+
+
+def test_trained_state_keeps_the_last_mark(store: Store) -> None:
+    store.mark_trained("A", 100, 1.0)
+    store.mark_trained("A", 250, 2.0)
+    assert store.trained_state() == {"A": (250, 2.0)}

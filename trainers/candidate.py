@@ -1,0 +1,208 @@
+"""One candidate of a training run: fit, export to ONNX, check parity, score, walk forward, gate.
+
+Any exception is recorded in the candidate's record (stage, type, message): one
+broken candidate never sinks the others. Metrics are those of the exported
+ONNX model, the artifact that will be served, so they reproduce from
+model.onnx alone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from monitors.base import TrainingMonitor
+from monitors.gates import PairedCounts, candidate_score, evaluate_gates
+from trainers.base import FittedModel
+from trainers.config import TrainConfig, json_safe
+from trainers.dataset import PARTS, Dataset
+from trainers.metadata import (
+    BaselineComparison,
+    CandidateError,
+    CandidateRecord,
+    OnnxInfo,
+    SplitMetrics,
+    WalkForwardRecord,
+)
+from trainers.metrics import classification_metrics
+from trainers.onnx_io import OnnxScorer, max_abs_diff
+from trainers.repro import seed_everything
+from trainers.table import make_trainer
+from trainers.walk_forward import walk_forward
+
+MODEL_FILE = "model.onnx"
+
+Predict = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float64]]
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateRun:
+    """A finished candidate: its record, and for a passing one its ONNX file and contract."""
+
+    record: CandidateRecord
+    path: Path | None
+    onnx: OnnxInfo | None
+
+
+def split_metrics(
+    predict: Predict, data: Dataset, fwd_returns: npt.NDArray[np.float64], *, window: int
+) -> SplitMetrics:
+    """Metrics of every split part, each row scored from its own (windowed) input."""
+    by_part = {
+        part: classification_metrics(
+            data.y(part), predict(data.inputs(part, window)), fwd_returns[data.rows(part)]
+        )
+        for part in PARTS
+    }
+    return SplitMetrics(**by_part)
+
+
+def run_candidate(
+    index: int,
+    name: str,
+    *,
+    config: TrainConfig,
+    data: Dataset,
+    fwd_returns: npt.NDArray[np.float64],
+    baseline_test: Mapping[str, float | None],
+    baseline_test_proba: npt.NDArray[np.float64],
+    out_dir: Path,
+    monitor_factory: Callable[[], TrainingMonitor],
+) -> CandidateRun:
+    """Fit, export, score, walk forward and gate one candidate; any exception is recorded."""
+    params = dict(config.trainer_params.get(name, {}))
+    if config.augment:
+        params["augment"] = True
+    path = out_dir / f".candidate-{index}.onnx"  # index, not name: names never touch paths
+    fields: dict[str, object] = {"trainer": name, "params": json_safe(params)}
+    timings: dict[str, float] = {}
+    stage = "init"
+    monitor = monitor_factory()
+    onnx: OnnxInfo | None = None
+    try:
+        trainer = make_trainer(name, **params)
+        stage = "fit"
+        # Global generators reset per candidate: its result never depends on the order.
+        seed_everything(config.seed)
+        with _timed(timings, "fit_seconds"):
+            model: FittedModel = trainer.fit(data, monitor, config.seed)
+        fields.update(params=json_safe(dict(model.params)), n_params=model.n_params)
+        fields["window"] = model.window
+        test_x = data.inputs("test", model.window)
+
+        stage = "export"
+        with _timed(timings, "export_seconds"):
+            model.export_onnx(path)
+            scorer = OnnxScorer(path)
+
+        stage = "parity"
+        with _timed(timings, "parity_seconds"):
+            parity = max_abs_diff(model, scorer, test_x)
+        fields["parity_max_abs_diff"] = parity
+
+        stage = "metrics"
+        metrics = split_metrics(scorer.predict_proba, data, fwd_returns, window=scorer.window)
+        fields["metrics"] = metrics
+        paired = _paired_counts(scorer.predict_proba(test_x), baseline_test_proba, data.y_test)
+        fields["baseline_comparison"] = BaselineComparison(
+            candidate_only=paired.candidate_only,
+            baseline_only=paired.baseline_only,
+            p_value=paired.p_value,
+        )
+
+        stage = "walk_forward"
+        with _timed(timings, "walk_forward_seconds"):
+            wf = _walk_forward(
+                name, params, config, data, fwd_returns, model=model, factory=monitor_factory
+            )
+        fields["walk_forward"] = wf
+
+        stage = "gates"
+        verdicts = evaluate_gates(
+            metrics.model_dump(),
+            baseline_test,
+            parity,
+            config.gates,
+            paired,
+            test_rows=len(data.y_test),
+            fold_accuracy_std=None if wf is None else wf.accuracy_std,
+            warning_kinds=[w.kind for w in monitor.warnings],
+        )
+        fields["gates"] = tuple(verdicts)
+        fields["score"] = candidate_score(metrics.model_dump())
+        fields["passed"] = all(v.passed for v in verdicts)
+        onnx = OnnxInfo(
+            path=MODEL_FILE,
+            input=scorer.input_name,
+            output=scorer.output_name,
+            n_features=scorer.n_features,
+            window=scorer.window,
+            parity_max_abs_diff=parity,
+        )
+    except Exception as exc:  # one broken candidate must not sink the others
+        fields["error"] = CandidateError(stage=stage, type=type(exc).__name__, message=str(exc))
+        fields["passed"] = False
+    record = CandidateRecord.model_validate(
+        {**fields, "timings": timings, "warnings": tuple(monitor.warnings)}
+    )
+    if not record.passed:
+        path.unlink(missing_ok=True)
+        return CandidateRun(record, None, None)
+    return CandidateRun(record, path, onnx)
+
+
+@contextmanager
+def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    """Record the block's wall time under ``key``, also when it raises."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[key] = time.perf_counter() - started
+
+
+def _walk_forward(
+    name: str,
+    params: Mapping[str, object],
+    config: TrainConfig,
+    data: Dataset,
+    fwd_returns: npt.NDArray[np.float64],
+    *,
+    model: FittedModel,
+    factory: Callable[[], TrainingMonitor],
+) -> WalkForwardRecord | None:
+    """The candidate's walk-forward record; None when the config turns it off."""
+    if not config.walk_forward_folds:
+        return None
+    return walk_forward(
+        name,
+        params,
+        data,
+        fwd_returns,
+        folds=config.walk_forward_folds,
+        val_fraction=config.val_fraction,
+        test_fraction=config.test_fraction,
+        seed=config.seed,
+        last_model=model,
+        monitor_factory=factory,
+    )
+
+
+def _paired_counts(
+    candidate: npt.NDArray[np.float64],
+    baseline: npt.NDArray[np.float64],
+    y: npt.NDArray[np.float64],
+) -> PairedCounts:
+    """Discordant test rows of candidate vs baseline, at the 0.5 decision threshold."""
+    cand_right = (candidate >= 0.5) == (y == 1.0)
+    base_right = (baseline >= 0.5) == (y == 1.0)
+    return PairedCounts(
+        candidate_only=int(np.sum(cand_right & ~base_right)),
+        baseline_only=int(np.sum(base_right & ~cand_right)),
+    )

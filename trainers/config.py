@@ -1,0 +1,73 @@
+"""What a training run is told: candidates, seed, splits, gates and training-monitor thresholds.
+
+The whole config is recorded with every model (``metadata.json`` ``config``) and
+hashed (``config_sha256``), so two runs with the same data and config are
+comparable, and a changed threshold shows up as a changed hash.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from monitors.gates import GateConfig
+from monitors.training import MonitorConfig
+from trainers.errors import InvalidInputError
+
+
+@dataclass(frozen=True, slots=True)
+class TrainConfig:
+    """What to train and how to judge it.
+
+    ``trainers``: candidate names (``trainers.table.TRAINERS``), each trained
+    beside the naive baseline. ``trainer_params`` maps a trainer name to its
+    keywords, e.g. ``{"tcn": {"preset": "deep"}}``. ``walk_forward_folds``: 0
+    disables walk-forward evaluation, else at least 2 folds. ``augment``
+    passes ``augment=True`` to every candidate (small-data augmentation of
+    the training split). ``monitor``: the training-time rules every candidate
+    runs under.
+    """
+
+    trainers: tuple[str, ...] = ("xgboost", "tcn", "lstm")
+    seed: int = 0
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    gates: GateConfig = field(default_factory=GateConfig)
+    trainer_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    walk_forward_folds: int = 3
+    augment: bool = False
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+
+    def __post_init__(self) -> None:
+        folds = self.walk_forward_folds
+        if not (folds == 0 or folds >= 2):
+            raise InvalidInputError(f"walk_forward_folds must be 0 (off) or >= 2, got {folds}")
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready; the input of the config hash in metadata."""
+        return {
+            "trainers": list(self.trainers),
+            "seed": self.seed,
+            "val_fraction": self.val_fraction,
+            "test_fraction": self.test_fraction,
+            "gates": json_safe(asdict(self.gates)),
+            "trainer_params": json_safe({k: dict(v) for k, v in self.trainer_params.items()}),
+            "walk_forward_folds": self.walk_forward_folds,
+            "augment": self.augment,
+            "monitor": json_safe(asdict(self.monitor)),
+        }
+
+
+def json_safe(value: Any) -> Any:
+    """Plain JSON types; non-finite floats become None (JSON has no NaN)."""
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, bool | int | float):
+        value = value.item()  # numpy scalars
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
