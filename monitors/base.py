@@ -27,6 +27,9 @@ class Action(enum.Enum):
     ABORT = 2  # the run is invalid: the trainer raises TrainingAborted
 
 
+Extra = Mapping[str, float]
+"""A step's further measures by name (``train_accuracy``, ``val_accuracy``, ``grad_norm``, ...)."""
+
 Response = Literal["warn", "stop", "abort"]
 """What a monitor does when its rule fires: always a warning, then continue, stop or abort."""
 
@@ -95,23 +98,6 @@ class HasPredictProba(Protocol):
     def predict_proba(self, x: npt.NDArray[Any], /) -> npt.NDArray[np.float64]: ...
 
 
-class NullMonitor:
-    """Watches nothing: always continue, never warn."""
-
-    def on_step(
-        self,
-        step: int,
-        train_loss: float,
-        val_loss: float | None,
-        extra: Mapping[str, float] | None = None,
-    ) -> Action:
-        return Action.CONTINUE
-
-    @property
-    def warnings(self) -> Sequence[MonitorWarning]:
-        return ()
-
-
 class CompositeMonitor:
     """Several monitors as one: every monitor sees every step; the strongest action wins."""
 
@@ -133,3 +119,10 @@ class CompositeMonitor:
     @property
     def warnings(self) -> Sequence[MonitorWarning]:
         return tuple(w for m in self._monitors for w in m.warnings)
+
+
+class NullMonitor(CompositeMonitor):
+    """Watches nothing: always continue, never warn."""
+
+    def __init__(self) -> None:
+        super().__init__(())

@@ -18,20 +18,40 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from monitors.base import Action, MonitorWarning, Response, response_action
+from monitors.base import Action, Extra, MonitorWarning, Response, response_action
 
 # Rounded before comparing so "exactly at the threshold" means what it says in binary floats.
 _DIGITS = 12
 
 
 class _OnceRule:
-    """Bookkeeping shared by the warning rules: one warning per run, sticky stop / abort."""
+    """Bookkeeping shared by the warning rules: one warning per run, sticky stop / abort.
+
+    A rule judges each step in ``_judge``; once it fired, later steps return its
+    action without judging, unless it ``follows`` a warning (keeps measuring
+    after firing with "warn", to report the worst value).
+    """
 
     kind: str
+    follows = False
 
     def __init__(self, action: Response) -> None:
         self._action = response_action(action)
         self._warning: MonitorWarning | None = None
+
+    def on_step(
+        self,
+        step: int,
+        train_loss: float,
+        val_loss: float | None,
+        extra: Mapping[str, float] | None = None,
+    ) -> Action:
+        if self.fired and (self._action is not Action.CONTINUE or not self.follows):
+            return self._action
+        return self._judge(step, train_loss, val_loss, extra or {})
+
+    def _judge(self, step: int, train: float, val: float | None, extra: Extra) -> Action:
+        raise NotImplementedError
 
     @property
     def fired(self) -> bool:
@@ -56,17 +76,9 @@ class NonFiniteLossMonitor(_OnceRule):
     def __init__(self, action: Response = "abort") -> None:
         super().__init__(action)
 
-    def on_step(
-        self,
-        step: int,
-        train_loss: float,
-        val_loss: float | None,
-        extra: Mapping[str, float] | None = None,
-    ) -> Action:
-        if self.fired:
-            return self._action
-        values = {"train loss": train_loss, "val loss": val_loss}
-        values |= {f"metric {key}": value for key, value in (extra or {}).items()}
+    def _judge(self, step: int, train: float, val: float | None, extra: Extra) -> Action:
+        values = {"train loss": train, "val loss": val}
+        values |= {f"metric {key}": value for key, value in extra.items()}
         for name, value in values.items():
             if value is not None and not math.isfinite(value):
                 return self._fire(step, f"{name} is {value} at step {step}", value)
@@ -101,22 +113,14 @@ class DivergenceMonitor(_OnceRule):
         self._rises = 0
         self._rise_start: float | None = None
 
-    def on_step(
-        self,
-        step: int,
-        train_loss: float,
-        val_loss: float | None,
-        extra: Mapping[str, float] | None = None,
-    ) -> Action:
-        if self.fired:
-            return self._action
-        watched, name = (val_loss, "val") if val_loss is not None else (train_loss, "train")
-        if not (math.isfinite(watched) and math.isfinite(train_loss)):
+    def _judge(self, step: int, train: float, val: float | None, extra: Extra) -> Action:
+        watched, name = (val, "val") if val is not None else (train, "train")
+        if not (math.isfinite(watched) and math.isfinite(train)):
             return Action.CONTINUE
         self._seen += 1
         judged = self._seen > self.warmup
-        previous, self._previous_train = self._previous_train, train_loss
-        if previous is not None and train_loss > previous * (1.0 + self.min_rise):
+        previous, self._previous_train = self._previous_train, train
+        if previous is not None and train > previous * (1.0 + self.min_rise):
             self._rises += 1
             self._rise_start = previous if self._rises == 1 else self._rise_start
         else:
@@ -143,9 +147,9 @@ class DivergenceMonitor(_OnceRule):
             return self._fire(
                 step,
                 f"train loss rose {self._rises} steps in a row by more than "
-                f"{self.min_rise:.0%} each, from {self._rise_start:.4g} to {train_loss:.4g} "
+                f"{self.min_rise:.0%} each, from {self._rise_start:.4g} to {train:.4g} "
                 f"at step {step}",
-                train_loss,
+                train,
             )
         return Action.CONTINUE
 
@@ -163,6 +167,7 @@ class OverfittingMonitor(_OnceRule):
     """
 
     kind = "overfitting"
+    follows = True
 
     def __init__(
         self,
@@ -185,19 +190,11 @@ class OverfittingMonitor(_OnceRule):
         self._worst = -math.inf
         self._worst_step = -1
 
-    def on_step(
-        self,
-        step: int,
-        train_loss: float,
-        val_loss: float | None,
-        extra: Mapping[str, float] | None = None,
-    ) -> Action:
-        if self.fired and self._action is not Action.CONTINUE:
-            return self._action
+    def _judge(self, step: int, train: float, val: float | None, extra: Extra) -> Action:
         self._seen += 1
-        if val_loss is None or (math.isfinite(val_loss) and val_loss < self._best_val):
-            self._best_val = math.inf if val_loss is None else val_loss
-            self._kept = self._measures(train_loss, val_loss, extra or {})
+        if val is None or (math.isfinite(val) and val < self._best_val):
+            self._best_val = math.inf if val is None else val
+            self._kept = self._measures(train, val, extra)
             self._kept_step = step
         if self._measure is not None:  # fired with "warn": follow the worst value
             value = self._kept.get(self._measure)
@@ -295,16 +292,8 @@ class ExplodingGradientMonitor(_OnceRule):
         super().__init__(action)
         self.max_norm = max_norm
 
-    def on_step(
-        self,
-        step: int,
-        train_loss: float,
-        val_loss: float | None,
-        extra: Mapping[str, float] | None = None,
-    ) -> Action:
-        if self.fired:
-            return self._action
-        norm = (extra or {}).get("grad_norm")
+    def _judge(self, step: int, train: float, val: float | None, extra: Extra) -> Action:
+        norm = extra.get("grad_norm")
         if norm is not None and math.isfinite(norm) and norm > self.max_norm:
             return self._fire(
                 step, f"gradient norm {norm:.4g} above {self.max_norm:g} at step {step}", norm

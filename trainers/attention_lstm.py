@@ -8,7 +8,7 @@ that context with the last state.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,7 +19,7 @@ from trainers.torch_base import TorchTrainer
 class AttentionLSTMNet(nn.Module):
     """LSTM -> softmax attention over steps -> [context, last state] -> linear logit."""
 
-    def __init__(self, n_features: int, hidden: int, layers: int, dropout: float) -> None:
+    def __init__(self, n_features: int, *, hidden: int, layers: int, dropout: float) -> None:
         super().__init__()
         self.lstm = nn.LSTM(
             n_features, hidden, layers, batch_first=True, dropout=dropout if layers > 1 else 0.0
@@ -41,12 +41,9 @@ class AttentionLSTMTrainer(TorchTrainer):
     """Attention-LSTM on windows of feature rows (``trainers.torch_base``)."""
 
     name = "attention_lstm"
-    unit_test_params: ClassVar[Mapping[str, Any]] = {"preset": "tiny"}
+    network = AttentionLSTMNet
     arch_presets: Mapping[str, Mapping[str, Any]] = {
         "tiny": {"hidden": 16, "layers": 1},
         "lightweight": {"hidden": 32, "layers": 1},
         "deep": {"hidden": 64, "layers": 2},
     }
-
-    def build(self, n_features: int, params: Mapping[str, Any]) -> nn.Module:
-        return AttentionLSTMNet(n_features, params["hidden"], params["layers"], params["dropout"])

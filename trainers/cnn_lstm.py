@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,19 +44,9 @@ class CNNLSTMTrainer(TorchTrainer):
     """CNN-LSTM on windows of feature rows (``trainers.torch_base``)."""
 
     name = "cnn_lstm"
-    unit_test_params: ClassVar[Mapping[str, Any]] = {"preset": "tiny"}
+    network = CNNLSTMNet
     arch_presets: Mapping[str, Mapping[str, Any]] = {
         "tiny": {"conv_channels": 16, "kernel_size": 3, "hidden": 16, "layers": 1},
         "lightweight": {"conv_channels": 32, "kernel_size": 3, "hidden": 32, "layers": 1},
         "deep": {"conv_channels": 64, "kernel_size": 5, "hidden": 64, "layers": 2},
     }
-
-    def build(self, n_features: int, params: Mapping[str, Any]) -> nn.Module:
-        return CNNLSTMNet(
-            n_features,
-            conv_channels=params["conv_channels"],
-            kernel_size=params["kernel_size"],
-            hidden=params["hidden"],
-            layers=params["layers"],
-            dropout=params["dropout"],
-        )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -14,7 +14,7 @@ from trainers.torch_base import TorchTrainer
 class LSTMNet(nn.Module):
     """``layers`` stacked LSTM layers of ``hidden`` units -> dropout -> linear logit."""
 
-    def __init__(self, n_features: int, hidden: int, layers: int, dropout: float) -> None:
+    def __init__(self, n_features: int, *, hidden: int, layers: int, dropout: float) -> None:
         super().__init__()
         # torch applies between-layer dropout only when there is more than one layer.
         self.lstm = nn.LSTM(
@@ -33,12 +33,9 @@ class LSTMTrainer(TorchTrainer):
     """Long short-term memory network on windows of feature rows (``trainers.torch_base``)."""
 
     name = "lstm"
-    unit_test_params: ClassVar[Mapping[str, Any]] = {"preset": "tiny"}
+    network = LSTMNet
     arch_presets: Mapping[str, Mapping[str, Any]] = {
         "tiny": {"hidden": 16, "layers": 1},
         "lightweight": {"hidden": 32, "layers": 1},
         "deep": {"hidden": 64, "layers": 2},
     }
-
-    def build(self, n_features: int, params: Mapping[str, Any]) -> nn.Module:
-        return LSTMNet(n_features, params["hidden"], params["layers"], params["dropout"])

@@ -8,7 +8,7 @@ xgboost. Set ``window`` above 1 to give it the flattened window instead.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,8 +19,11 @@ from trainers.torch_base import TorchTrainer
 class MLPNet(nn.Module):
     """Flatten -> ``layers`` x (linear, ReLU, dropout) of ``hidden`` units -> linear logit."""
 
-    def __init__(self, n_inputs: int, hidden: int, layers: int, dropout: float) -> None:
+    def __init__(
+        self, n_features: int, *, window: int, hidden: int, layers: int, dropout: float
+    ) -> None:
         super().__init__()
+        n_inputs = n_features * window
         body: list[nn.Module] = [nn.Flatten()]
         for i in range(layers):
             body += [
@@ -40,14 +43,9 @@ class MLPTrainer(TorchTrainer):
     """Multilayer perceptron on (flattened windows of) feature rows (``trainers.torch_base``)."""
 
     name = "mlp"
-    unit_test_params: ClassVar[Mapping[str, Any]] = {"preset": "tiny"}
+    network = MLPNet
     arch_presets: Mapping[str, Mapping[str, Any]] = {
         "tiny": {"window": 1, "hidden": 32, "layers": 2},
         "lightweight": {"window": 1, "hidden": 64, "layers": 2},
         "deep": {"window": 1, "hidden": 128, "layers": 3},
     }
-
-    def build(self, n_features: int, params: Mapping[str, Any]) -> nn.Module:
-        return MLPNet(
-            n_features * params["window"], params["hidden"], params["layers"], params["dropout"]
-        )

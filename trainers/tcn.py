@@ -12,7 +12,7 @@ on one CPU thread and these small sizes an LSTM trains faster
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,7 +47,7 @@ class TCNNet(nn.Module):
     """``levels`` temporal blocks of ``channels`` -> the last time step -> linear logit."""
 
     def __init__(
-        self, n_features: int, channels: int, levels: int, kernel_size: int, dropout: float
+        self, n_features: int, *, channels: int, levels: int, kernel_size: int, dropout: float
     ) -> None:
         super().__init__()
         blocks = [
@@ -67,18 +67,9 @@ class TCNTrainer(TorchTrainer):
     """Temporal convolutional network on windows of feature rows (``trainers.torch_base``)."""
 
     name = "tcn"
-    unit_test_params: ClassVar[Mapping[str, Any]] = {"preset": "tiny"}
+    network = TCNNet
     arch_presets: Mapping[str, Mapping[str, Any]] = {
         "tiny": {"channels": 8, "levels": 3, "kernel_size": 3},
         "lightweight": {"channels": 16, "levels": 4, "kernel_size": 3},
         "deep": {"channels": 32, "levels": 5, "kernel_size": 3},
     }
-
-    def build(self, n_features: int, params: Mapping[str, Any]) -> nn.Module:
-        return TCNNet(
-            n_features,
-            params["channels"],
-            params["levels"],
-            params["kernel_size"],
-            params["dropout"],
-        )

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import math
 import warnings
-from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from abc import ABC
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -159,6 +159,10 @@ class TorchTrainer(ABC):
 
     name: str
     arch_presets: Mapping[str, Mapping[str, Any]]
+    network: Callable[..., nn.Module]
+    """The net, built as ``network(n_features, dropout=..., **arch)`` with this preset's
+    architecture keys: standardised ``(N, window, n_features)`` -> ``(N,)`` logits."""
+    unit_test_params: ClassVar[Mapping[str, Any]] = {"preset": "tiny"}
 
     def __init__(
         self,
@@ -189,9 +193,9 @@ class TorchTrainer(ABC):
             "augment": augment,
         }
 
-    @abstractmethod
     def build(self, n_features: int, params: Mapping[str, Any]) -> nn.Module:
-        """The network: standardised ``(N, window, n_features)`` -> ``(N,)`` logits."""
+        arch = {key: params[key] for key in self.arch_presets["tiny"]}
+        return self.network(n_features, dropout=params["dropout"], **arch)
 
     def fit(self, data: Dataset, monitor: TrainingMonitor, seed: int) -> TorchModel:
         """Train with early stopping on validation loss; returns the best epoch's weights.

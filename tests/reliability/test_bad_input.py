@@ -31,19 +31,8 @@ import pytest
 from daemon.errors import InvalidMessage
 from daemon.kafka.bars import decode_bar_message, encode_bar, encode_batch
 from daemon.settings import Settings
+from tests.support import reliability as rel
 from tests.support.helpers import read_topic, wait_for
-from tests.support.reliability import (
-    T0,
-    DaemonProcess,
-    bar,
-    count_by_symbol,
-    counter_table,
-    free_port,
-    make_producer,
-    row,
-    stored_count,
-    stored_rows,
-)
 from trainers.data import BarRecord
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -56,7 +45,7 @@ Message = tuple[bytes | None, bytes | None]  # (key, value)
 
 
 def _good_dict(rng: random.Random, symbol: str = "GA") -> dict[str, Any]:
-    b = bar(symbol, rng.randrange(10_000, 20_000))
+    b = rel.bar(symbol, rng.randrange(10_000, 20_000))
     return {
         "symbol": b.symbol,
         "ts": b.ts,
@@ -177,7 +166,7 @@ def bad_timestamp(rng: random.Random, _tag: str) -> Message:
 
 def duplicate_ts_in_batch(rng: random.Random, _tag: str) -> Message:
     i = rng.randrange(10_000, 20_000)
-    bars = [bar("GA", i + k) for k in range(5)]
+    bars = [rel.bar("GA", i + k) for k in range(5)]
     batch = json.loads(encode_batch("GA", bars))
     batch["bars"][rng.randrange(1, 5)]["ts"] = batch["bars"][0]["ts"]
     return b"GA", _dump(batch)
@@ -191,7 +180,7 @@ def _missing_field(rng: random.Random, d: dict[str, Any]) -> Message:
 def _too_many_bars(_rng: random.Random, _d: dict[str, Any]) -> Message:
     """One bar more than a batch may hold, well under 1 MiB."""
     bars = [
-        {"ts": T0 + k, "open": 1, "high": 1, "low": 1, "close": 1, "volume": 0}
+        {"ts": rel.T0 + k, "open": 1, "high": 1, "low": 1, "close": 1, "volume": 0}
         for k in range(10_001)
     ]
     return b"GA", _dump({"symbol": "GA", "bars": bars})
@@ -267,7 +256,7 @@ def good_messages(rng: random.Random) -> tuple[list[Message], list[BarRecord]]:
     messages: list[Message] = []
     bars: list[BarRecord] = []
     for symbol in GOOD_SYMBOLS:
-        series = [bar(symbol, i) for i in range(BARS_PER_SYMBOL)]
+        series = [rel.bar(symbol, i) for i in range(BARS_PER_SYMBOL)]
         bars += series
         i = 0
         while i < len(series):
@@ -301,7 +290,7 @@ def test_a_thousand_bad_messages_go_to_the_dlq_and_every_good_bar_is_stored_once
     reference), each good bar is stored once, the daemon stays up, and nothing is written
     outside CTD_DATA_DIR."""
     settings = settings_factory(
-        http_port=free_port(), min_bars=100_000, log_level="WARNING", log_format="json"
+        http_port=rel.free_port(), min_bars=100_000, log_level="WARNING", log_format="json"
     )
     assert settings.kafka_bootstrap_servers is not None
     rng = random.Random(SEED)
@@ -318,8 +307,8 @@ def test_a_thousand_bad_messages_go_to_the_dlq_and_every_good_bar_is_stored_once
     log.touch()
     data = settings.data_dir
     outside_before = _tree(tmp_path, data)
-    daemon = DaemonProcess(settings, log, cwd=cwd)
-    producer = make_producer(settings.kafka_bootstrap_servers, max_request_size=4 << 20)
+    daemon = rel.DaemonProcess(settings, log, cwd=cwd)
+    producer = rel.make_producer(settings.kafka_bootstrap_servers, max_request_size=4 << 20)
     try:
         daemon.start()
         sent = [
@@ -333,7 +322,7 @@ def test_a_thousand_bad_messages_go_to_the_dlq_and_every_good_bar_is_stored_once
                 where[(meta.partition, meta.offset)] = (category, value)
         dlq = read_topic(settings.kafka_bootstrap_servers, settings.topic_dlq, N_BAD, timeout=90)
         wait_for(
-            lambda: stored_count(settings.paths.bars) >= len(good_bars),
+            lambda: rel.stored_count(settings.paths.bars) >= len(good_bars),
             timeout=60,
             message="good bars stored",
         )
@@ -370,9 +359,7 @@ def test_a_thousand_bad_messages_go_to_the_dlq_and_every_good_bar_is_stored_once
     assert all("symbol" in r for r in symbol_reasons), symbol_reasons[:5]
 
     # Every good bar once, exact values, counters in agreement; nothing else stored.
-    rows = stored_rows(settings.paths.bars)
-    assert rows == sorted(row(b) for b in good_bars)
-    assert counter_table(settings.paths.bars) == count_by_symbol(rows)
+    rel.assert_stored_exactly(settings.paths.bars, good_bars)
 
     # Nothing written outside the data directory: not in tmp, not in the daemon's cwd.
     assert _tree(tmp_path, data) == outside_before

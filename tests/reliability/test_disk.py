@@ -31,19 +31,8 @@ from prometheus_client import CollectorRegistry
 from daemon.app import Daemon
 from daemon.kafka.bars import encode_bar, encode_batch
 from daemon.settings import Settings
+from tests.support import reliability as rel
 from tests.support.helpers import wait_for
-from tests.support.reliability import (
-    DaemonProcess,
-    bar,
-    committed_offsets,
-    count_by_symbol,
-    counter_table,
-    free_port,
-    make_producer,
-    row,
-    stored_count,
-    stored_rows,
-)
 from trainers.data import BarRecord
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -90,7 +79,7 @@ def _fill(path: Path) -> None:
 def _send(settings: Settings, bars: list[BarRecord], *, batch: bool) -> dict[int, int]:
     """Produce bars (one batch message, or one message each); return next offset per partition."""
     assert settings.kafka_bootstrap_servers is not None
-    producer = make_producer(settings.kafka_bootstrap_servers)
+    producer = rel.make_producer(settings.kafka_bootstrap_servers)
     try:
         values = [encode_batch(SYMBOL, bars)] if batch else [encode_bar(b) for b in bars]
         futures = [producer.send(settings.topic_bars, key=SYMBOL.encode(), value=v) for v in values]
@@ -105,7 +94,7 @@ def _send(settings: Settings, bars: list[BarRecord], *, batch: bool) -> dict[int
 
 def _committed(settings: Settings) -> dict[int, int]:
     assert settings.kafka_bootstrap_servers is not None
-    got = committed_offsets(
+    got = rel.committed_offsets(
         settings.kafka_bootstrap_servers, settings.kafka_group_id, settings.topic_bars
     )
     return {p: o for p, o in got.items() if o is not None}
@@ -119,17 +108,17 @@ def _exercise(
 ) -> None:
     """Before, during and after the fault; the assertions shared by both ways to fill the disk."""
     store = settings.paths.bars
-    before = [bar(SYMBOL, i) for i in range(20)]
+    before = [rel.bar(SYMBOL, i) for i in range(20)]
     ends = _send(settings, before, batch=True)
-    wait_for(lambda: stored_count(store) == len(before), timeout=60, message="before stored")
+    wait_for(lambda: rel.stored_count(store) == len(before), timeout=60, message="before stored")
     wait_for(lambda: _committed(settings) == ends, timeout=30, message="before committed")
     committed_before = dict(ends)
 
     fault_on()
     errors_before = store_errors()
     # One large transaction first: it cannot fit in pages SQLite already holds.
-    during = [bar(SYMBOL, i) for i in range(20, 2020)]
-    tail = [bar(SYMBOL, i) for i in range(2020, 2070)]
+    during = [rel.bar(SYMBOL, i) for i in range(20, 2020)]
+    tail = [rel.bar(SYMBOL, i) for i in range(2020, 2070)]
     for partition, end in _send(settings, during, batch=True).items():
         ends[partition] = max(ends.get(partition, 0), end)
     for partition, end in _send(settings, tail, batch=False).items():
@@ -139,16 +128,14 @@ def _exercise(
         timeout=30,
         message=f"{FULL_ERRORS} failed store attempts",
     )
-    assert stored_count(store) == len(before)  # nothing half-written
+    assert rel.stored_count(store) == len(before)  # nothing half-written
     assert _committed(settings) == committed_before  # no offset moved past unstored bars
 
     fault_off()
     produced = before + during + tail
-    wait_for(lambda: stored_count(store) == len(produced), timeout=60, message="caught up")
+    wait_for(lambda: rel.stored_count(store) == len(produced), timeout=60, message="caught up")
     wait_for(lambda: _committed(settings) == ends, timeout=30, message="all committed")
-    rows = stored_rows(store)
-    assert rows == sorted(row(b) for b in produced)
-    assert counter_table(store) == count_by_symbol(rows)
+    rel.assert_stored_exactly(store, produced)
 
 
 def test_full_tmpfs_pauses_ingest_without_commits_and_it_recovers(
@@ -157,10 +144,10 @@ def test_full_tmpfs_pauses_ingest_without_commits_and_it_recovers(
     """On a really full filesystem the daemon logs a disk-full store error, commits nothing,
     and stores everything exactly once when space returns."""
     settings = settings_factory(
-        data_dir=tmpfs / "data", http_port=free_port(), min_bars=100_000, log_format="json"
+        data_dir=tmpfs / "data", http_port=rel.free_port(), min_bars=100_000, log_format="json"
     )
     log = tmp_path / "daemon.log"
-    daemon = DaemonProcess(settings, log, runner_args=[])
+    daemon = rel.DaemonProcess(settings, log, runner_args=[])
     filler = tmpfs / "filler"
     try:
         daemon.start()

@@ -21,19 +21,8 @@ import pytest
 
 from daemon.kafka.bars import encode_bar, encode_batch
 from daemon.settings import Settings
+from tests.support import reliability as rel
 from tests.support.helpers import wait_for
-from tests.support.reliability import (
-    DaemonProcess,
-    assert_registry_consistent,
-    bar,
-    count_by_symbol,
-    counter_table,
-    free_port,
-    make_producer,
-    row,
-    stored_count,
-    stored_rows,
-)
 from trainers.data import BarRecord
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -51,7 +40,7 @@ class Feed:
     """
 
     def __init__(self, bootstrap: str, topic: str, bars_per_second: float) -> None:
-        self._producer = make_producer(bootstrap)
+        self._producer = rel.make_producer(bootstrap)
         self._topic = topic
         self._interval = len(SYMBOLS) * 5 / bars_per_second  # one round = 5 bars per symbol
         self._stop = threading.Event()
@@ -69,8 +58,8 @@ class Feed:
             started = time.monotonic()
             for symbol in SYMBOLS:
                 # Alternate a batch of 4 and a single bar, so both message forms are killed.
-                batch = [bar(symbol, i + k) for k in range(4)]
-                single = bar(symbol, i + 4)
+                batch = [rel.bar(symbol, i + k) for k in range(4)]
+                single = rel.bar(symbol, i + 4)
                 for value, bars in (
                     (encode_batch(symbol, batch), batch),
                     (encode_bar(single), [single]),
@@ -102,7 +91,7 @@ def test_kill_9_at_random_instants_during_ingest_stores_every_bar_exactly_once(
     """After >= 10 kill -9 at seeded random instants mid-ingest, the store holds each produced
     bar exactly once, its counters agree, and the registry recovers."""
     settings = settings_factory(
-        http_port=free_port(),
+        http_port=rel.free_port(),
         trainers=("naive",),
         # A few trainings happen (kills may land in them), but ingest dominates.
         min_bars=1500,
@@ -115,32 +104,32 @@ def test_kill_9_at_random_instants_during_ingest_stores_every_bar_exactly_once(
     rng = random.Random(SEED)
     log = tmp_path / "daemon.log"
     feed = Feed(settings.kafka_bootstrap_servers, settings.topic_bars, bars_per_second=600).start()
-    daemons: list[DaemonProcess] = []
+    daemons: list[rel.DaemonProcess] = []
     kill_counts: list[int] = []
     try:
         for _ in range(KILLS):
-            daemon = DaemonProcess(settings, log)
+            daemon = rel.DaemonProcess(settings, log)
             daemons.append(daemon)
             daemon.start()
-            before = stored_count(settings.paths.bars)
+            before = rel.stored_count(settings.paths.bars)
             # Kill only once this incarnation is ingesting: a kill before the group join
             # would test nothing.
             wait_for(
-                lambda before=before: stored_count(settings.paths.bars) > before,  # type: ignore[misc]
+                lambda before=before: rel.stored_count(settings.paths.bars) > before,  # type: ignore[misc]
                 timeout=60,
                 interval=0.02,
                 message="the restarted daemon ingests",
             )
             time.sleep(rng.uniform(0.0, 1.0))
             daemon.kill()
-            kill_counts.append(stored_count(settings.paths.bars))
+            kill_counts.append(rel.stored_count(settings.paths.bars))
         produced = feed.stop()
 
-        final = DaemonProcess(settings, log)
+        final = rel.DaemonProcess(settings, log)
         daemons.append(final)
         final.start()
         wait_for(
-            lambda: stored_count(settings.paths.bars) >= len(produced),
+            lambda: rel.stored_count(settings.paths.bars) >= len(produced),
             timeout=90,
             interval=0.2,
             message=f"{len(produced)} bars stored",
@@ -157,10 +146,7 @@ def test_kill_9_at_random_instants_during_ingest_stores_every_bar_exactly_once(
 
     assert len(kill_counts) >= 10
     assert kill_counts == sorted(kill_counts) and kill_counts[-1] < len(produced)
-    rows = stored_rows(settings.paths.bars)
-    expected = sorted({row(b) for b in produced})
-    assert len(expected) == len(produced)  # the feed never sends a bar twice
-    assert rows == expected  # every bar, once, with its exact values (the PK forbids twins)
-    assert counter_table(settings.paths.bars) == count_by_symbol(rows)
-    assert_registry_consistent(settings.paths.registry)
+    assert len({rel.row(b) for b in produced}) == len(produced)  # the feed never sends twice
+    rel.assert_stored_exactly(settings.paths.bars, produced)
+    rel.assert_registry_consistent(settings.paths.registry)
     print(f"kills after {kill_counts} stored bars; produced {len(produced)}")

@@ -28,18 +28,8 @@ from daemon.kafka.bars import encode_bar, encode_batch
 from daemon.kafka.broker import LocalBroker
 from daemon.kafka.clients import ensure_topics
 from daemon.settings import Settings, load_settings
+from tests.support import reliability as rel
 from tests.support.helpers import wait_for
-from tests.support.reliability import (
-    DaemonProcess,
-    bar,
-    count_by_symbol,
-    counter_table,
-    free_port,
-    make_producer,
-    row,
-    stored_count,
-    stored_rows,
-)
 from tests.support.tcp_proxy import TcpProxy
 from trainers.data import BarRecord
 
@@ -125,7 +115,7 @@ def _settings(bootstrap: str, data_dir: Path) -> Settings:
         topic_commands=f"o{tag}.commands",
         topic_promotions=f"o{tag}.promotions",
         data_dir=data_dir,
-        http_port=free_port(),
+        http_port=rel.free_port(),
         min_bars=100_000,
         log_format="json",
     )
@@ -135,7 +125,7 @@ def _messages(start: int, n: int) -> list[tuple[str, bytes, list[BarRecord]]]:
     """n bars per symbol from index ``start``: half single messages, half batches of 5."""
     out = []
     for symbol in SYMBOLS:
-        bars = [bar(symbol, start + i) for i in range(n)]
+        bars = [rel.bar(symbol, start + i) for i in range(n)]
         half = n // 2
         out += [(symbol, encode_bar(b), [b]) for b in bars[:half]]
         out += [
@@ -171,9 +161,9 @@ def test_broker_outage_is_survived_without_losing_or_duplicating_a_bar(
     broker, proxy = proxied_broker
     settings = _settings(broker.bootstrap_servers, tmp_path / "data")
     ensure_topics(settings, broker.bootstrap_servers)
-    daemon = DaemonProcess(settings, tmp_path / "daemon.log")
+    daemon = rel.DaemonProcess(settings, tmp_path / "daemon.log")
     # Sends during the outage wait in the producer's buffer and go out after it.
-    producer = make_producer(
+    producer = rel.make_producer(
         broker.bootstrap_servers,
         request_timeout_ms=REQUEST_TIMEOUT_MS,
         delivery_timeout_ms=180_000,
@@ -183,7 +173,9 @@ def test_broker_outage_is_survived_without_losing_or_duplicating_a_bar(
     try:
         daemon.start()
         before = Phase(producer, settings.topic_bars, 0, 200).acked(timeout=30)
-        wait_for(lambda: stored_count(store) == len(before), timeout=60, message="before stored")
+        wait_for(
+            lambda: rel.stored_count(store) == len(before), timeout=60, message="before stored"
+        )
         assert daemon.sample("ctd_kafka_connected") == 1
         assert daemon.get("/readyz")[0] == 200
 
@@ -202,7 +194,7 @@ def test_broker_outage_is_survived_without_losing_or_duplicating_a_bar(
             assert daemon.alive(), daemon.log_tail()
             assert daemon.get("/healthz")[0] == 200  # alive, just not ready
             time.sleep(0.5)
-        assert stored_count(store) == len(before)  # nothing got through the cut
+        assert rel.stored_count(store) == len(before)  # nothing got through the cut
         proxy.restore()
 
         wait_for(
@@ -215,7 +207,7 @@ def test_broker_outage_is_survived_without_losing_or_duplicating_a_bar(
         after = Phase(producer, settings.topic_bars, 400, 200).acked(timeout=60)
         produced = before + during_bars + after
         wait_for(
-            lambda: stored_count(store) >= len(produced),
+            lambda: rel.stored_count(store) >= len(produced),
             timeout=90,
             interval=0.25,
             message="ingest resumed and caught up",
@@ -227,6 +219,4 @@ def test_broker_outage_is_survived_without_losing_or_duplicating_a_bar(
         producer.close(timeout=5)
         daemon.reap_group()
 
-    rows = stored_rows(store)
-    assert rows == sorted(row(b) for b in produced)
-    assert counter_table(store) == count_by_symbol(rows)
+    rel.assert_stored_exactly(store, produced)

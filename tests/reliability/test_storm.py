@@ -25,15 +25,8 @@ import pytest
 
 from daemon.kafka.bars import encode_bar, encode_batch
 from daemon.settings import Settings
+from tests.support import reliability as rel
 from tests.support.helpers import wait_for
-from tests.support.reliability import (
-    DaemonProcess,
-    bar,
-    free_port,
-    make_producer,
-    read_journal,
-    stored_count,
-)
 from tests.support.reliability_targets import JOURNAL_ENV
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -55,7 +48,7 @@ class Samples:
 class Sampler:
     """Scrapes queue depth, running jobs and the daemon's RSS every 0.2 s until stopped."""
 
-    def __init__(self, daemon: DaemonProcess) -> None:
+    def __init__(self, daemon: rel.DaemonProcess) -> None:
         self._daemon = daemon
         self._stop = threading.Event()
         self.samples = Samples()
@@ -91,9 +84,9 @@ def _trained(store_path: Path) -> dict[str, int]:
 @pytest.fixture
 def storm(
     settings_factory: Callable[..., Settings], tmp_path: Path
-) -> Iterator[tuple[DaemonProcess, Path]]:
+) -> Iterator[tuple[rel.DaemonProcess, Path]]:
     settings = settings_factory(
-        http_port=free_port(),
+        http_port=rel.free_port(),
         trainers=("naive",),
         min_bars=50,
         retrain_every_bars=50,
@@ -104,7 +97,7 @@ def storm(
         log_format="json",
     )
     journal = tmp_path / "journal.jsonl"
-    daemon = DaemonProcess(
+    daemon = rel.DaemonProcess(
         settings,
         tmp_path / "daemon.log",
         runner_args=["--job-target", "journal"],
@@ -118,7 +111,7 @@ def storm(
 
 def _assert_one_run_at_a_time(journal: Path) -> dict[str, int]:
     """No symbol ever had two runs overlapping; return the number of runs per symbol."""
-    runs = read_journal(journal)
+    runs = rel.read_journal(journal)
     for symbol, spans in runs.items():
         for (_s1, end), (start, _e2) in itertools.pairwise(spans):
             assert end is not None and start >= end, f"{symbol}: overlapping runs {spans}"
@@ -126,7 +119,7 @@ def _assert_one_run_at_a_time(journal: Path) -> dict[str, int]:
 
 
 def test_retrain_storms_coalesce_keep_the_queue_bounded_and_memory_flat(
-    storm: tuple[DaemonProcess, Path],
+    storm: tuple[rel.DaemonProcess, Path],
 ) -> None:
     """10,000 bars for one symbol and two bursts over 500 symbols: one running + one pending per
     symbol, the last run trains on every bar, the queue never exceeds the symbols, RSS is flat."""
@@ -134,15 +127,15 @@ def test_retrain_storms_coalesce_keep_the_queue_bounded_and_memory_flat(
     s = daemon.settings
     store = s.paths.bars
     assert s.kafka_bootstrap_servers is not None
-    producer = make_producer(s.kafka_bootstrap_servers)
+    producer = rel.make_producer(s.kafka_bootstrap_servers)
     started_rss = daemon.status_kib("VmRSS")
 
     # -- one symbol, 10,000 bars in one burst of single-bar messages --------------------------
     with Sampler(daemon) as one:
         for i in range(BURST_BARS):
-            producer.send(s.topic_bars, key=b"STORM", value=encode_bar(bar("STORM", i)))
+            producer.send(s.topic_bars, key=b"STORM", value=encode_bar(rel.bar("STORM", i)))
         producer.flush(timeout=60)
-        wait_for(lambda: stored_count(store) == BURST_BARS, timeout=60, message="burst stored")
+        wait_for(lambda: rel.stored_count(store) == BURST_BARS, timeout=60, message="burst stored")
         wait_for(
             lambda: _trained(store).get("STORM") == BURST_BARS,
             timeout=60,
@@ -160,13 +153,13 @@ def test_retrain_storms_coalesce_keep_the_queue_bounded_and_memory_flat(
     with Sampler(daemon) as many:
         for burst in range(2):
             for symbol in symbols:
-                bars = [bar(symbol, burst * MANY_BARS + i) for i in range(MANY_BARS)]
+                bars = [rel.bar(symbol, burst * MANY_BARS + i) for i in range(MANY_BARS)]
                 for i in range(0, MANY_BARS, 25):
                     value = encode_batch(symbol, bars[i : i + 25])
                     producer.send(s.topic_bars, key=symbol.encode(), value=value)
             producer.flush(timeout=60)
             total = BURST_BARS + (burst + 1) * MANY * MANY_BARS
-            wait_for(lambda total=total: stored_count(store) == total, timeout=90)  # type: ignore[misc]
+            wait_for(lambda total=total: rel.stored_count(store) == total, timeout=90)  # type: ignore[misc]
             if burst == 0:
                 wait_for(lambda: max(many.queue, default=0) > MANY / 2, timeout=30)
                 after_first_burst_rss = daemon.status_kib("VmRSS")

@@ -22,14 +22,8 @@ import pytest
 from daemon.actions import Command
 from daemon.settings import Settings
 from deploy.registry import Registry, Slots
+from tests.support import reliability as rel
 from tests.support.helpers import ledger, read_topic, wait_for
-from tests.support.reliability import (
-    DaemonProcess,
-    assert_registry_consistent,
-    free_port,
-    make_producer,
-    send_batches,
-)
 from tests.support.reliability_targets import SLOW_SECONDS_ENV
 from trainers.config import TrainConfig
 from trainers.data import bar_records
@@ -64,7 +58,7 @@ def test_kill_9_during_training_leaves_no_trace_and_the_job_runs_again_after_res
     """A daemon killed mid-training takes its workers with it; the registry recovers clean and
     the restarted daemon retrains the symbol to a champion."""
     settings = settings_factory(
-        http_port=free_port(),
+        http_port=rel.free_port(),
         trainers=("xgboost",),
         min_bars=N_BARS,
         retrain_every_bars=100_000,
@@ -72,17 +66,17 @@ def test_kill_9_during_training_leaves_no_trace_and_the_job_runs_again_after_res
     )
     assert settings.kafka_bootstrap_servers is not None
     log = tmp_path / "daemon.log"
-    first = DaemonProcess(
+    first = rel.DaemonProcess(
         settings,
         log,
         runner_args=["--job-target", "slow"],
         extra_env={SLOW_SECONDS_ENV: str(SLOW_SECONDS)},
     )
-    second = DaemonProcess(settings, log, runner_args=[])
+    second = rel.DaemonProcess(settings, log, runner_args=[])
     staging = settings.data_dir / "staging"
     try:
         first.start()
-        send_batches(
+        rel.send_batches(
             settings.kafka_bootstrap_servers, settings.topic_bars, bar_records(SYMBOL, _bars())
         )
         # daemon + resource tracker + forkserver + the worker (forked once the forkserver
@@ -95,7 +89,7 @@ def test_kill_9_during_training_leaves_no_trace_and_the_job_runs_again_after_res
         # The forkserver sees its liveness pipe close; the worker dies with it (PDEATHSIG)
         # instead of training on, for a result no one will read.
         wait_for(lambda: first.group_members() == [], timeout=5, message="workers gone")
-        reg = assert_registry_consistent(settings.paths.registry)
+        reg = rel.assert_registry_consistent(settings.paths.registry)
         assert reg.symbols() == [] or reg.versions(SYMBOL) == []
         assert SYMBOL not in _trained_state(settings.paths.bars)
 
@@ -108,7 +102,7 @@ def test_kill_9_during_training_leaves_no_trace_and_the_job_runs_again_after_res
         first.reap_group()
         second.reap_group()
 
-    reg = assert_registry_consistent(settings.paths.registry)
+    reg = rel.assert_registry_consistent(settings.paths.registry)
     champion = reg.slots(SYMBOL).champion
     assert reg.versions(SYMBOL) == [champion]
     events = [e["event"] for e in ledger(reg, SYMBOL)]
@@ -156,7 +150,7 @@ def promote_crash(
         topic_commands=f"p{tag}.commands",
         topic_promotions=f"p{tag}.promotions",
         data_dir=tmp / "data",
-        http_port=free_port(),
+        http_port=rel.free_port(),
         min_bars=100_000,  # no training: the only registry writer is the command
         log_format="json",
     )
@@ -167,11 +161,11 @@ def promote_crash(
     reg.place(SYMBOL, v1)
     reg.place(SYMBOL, v2)
     log = tmp / "daemon.log"
-    crashing = DaemonProcess(settings, log, runner_args=["--crash-at", point])
-    clean = DaemonProcess(settings, log, runner_args=[])
+    crashing = rel.DaemonProcess(settings, log, runner_args=["--crash-at", point])
+    clean = rel.DaemonProcess(settings, log, runner_args=[])
     try:
         crashing.start()
-        producer = make_producer(broker.bootstrap_servers)
+        producer = rel.make_producer(broker.bootstrap_servers)
         producer.send(
             settings.topic_commands,
             key=SYMBOL.encode(),
@@ -182,7 +176,7 @@ def promote_crash(
         code = crashing.proc.wait(timeout=60)
         assert code == -signal.SIGKILL, f"daemon did not die at {point}: {crashing.log_tail()}"
         wait_for(lambda: crashing.group_members() == [], timeout=15, message="workers gone")
-        after_crash = assert_registry_consistent(settings.paths.registry).slots(SYMBOL)
+        after_crash = rel.assert_registry_consistent(settings.paths.registry).slots(SYMBOL)
 
         clean.start()
         wait_for(
@@ -224,7 +218,7 @@ def test_promote_killed_mid_write_leaves_previous_or_next_state_and_applies_once
     committed = c["point"] != "slots.json:written"
     assert c["after_crash"] == (after if committed else before)
     assert c["outcome"] == ("refused" if committed else "done")
-    reg = assert_registry_consistent(c["settings"].paths.registry)
+    reg = rel.assert_registry_consistent(c["settings"].paths.registry)
     assert reg.slots(SYMBOL) == after
     promoted = [e for e in ledger(reg, SYMBOL) if e["event"] == "promoted"]
     assert len(promoted) == 1 and promoted[0]["to_version"] == c["v2"]

@@ -25,8 +25,8 @@ from daemon.app import Daemon
 from daemon.settings import Settings
 from daemon.training import scheduler as retrain
 from daemon.training.worker import JobSpec
+from tests.support import reliability as rel
 from tests.support.helpers import ledger, wait_for
-from tests.support.reliability import bar, metric_sample, send_batches
 from tests.support.reliability_targets import fail_slowly, faulty_job
 from trainers.config import TrainConfig
 
@@ -89,8 +89,8 @@ def test_crashing_and_oom_workers_fail_clearly_back_off_and_leave_the_pool_worki
     s = daemon.settings
     assert s.kafka_bootstrap_servers is not None
     for symbol in (*BAD, *GOOD):
-        send_batches(
-            s.kafka_bootstrap_servers, s.topic_bars, [bar(symbol, i) for i in range(N_BARS)]
+        rel.send_batches(
+            s.kafka_bootstrap_servers, s.topic_bars, [rel.bar(symbol, i) for i in range(N_BARS)]
         )
     wait_for(lambda: all(_events(daemon, b, "training_failed") for b in BAD), timeout=60)
 
@@ -123,7 +123,7 @@ def test_crashing_and_oom_workers_fail_clearly_back_off_and_leave_the_pool_worki
         failures = _events(daemon, symbol, "training_failed")
         times = [_when(e) for e in failures]
         assert len(failures) >= 6, f"{symbol}: {len(failures)} attempts in {RUN_SECONDS} s"
-        assert metric_sample(
+        assert rel.metric_sample(
             text, "ctd_training_runs_total", symbol=symbol, outcome="failed"
         ) == len(failures)
         for k, (prev, nxt) in enumerate(itertools.pairwise(times), start=1):
@@ -150,7 +150,7 @@ def test_crashing_and_oom_workers_fail_clearly_back_off_and_leave_the_pool_worki
         done = [_when(e) for e in _events(daemon, symbol, "candidate_rejected")]
         assert len([t for t in done if first_failure < t < last_failure]) >= 5, symbol
         assert not _events(daemon, symbol, "training_failed")
-        assert metric_sample(text, "ctd_training_runs_total", symbol=symbol, outcome="rejected")
+        assert rel.metric_sample(text, "ctd_training_runs_total", symbol=symbol, outcome="rejected")
 
     # The pool still launches work: a fresh request runs to completion.
     before = len(_events(daemon, "GOOD1", "candidate_rejected"))

@@ -100,6 +100,16 @@ def count_by_symbol(rows: Iterable[Row]) -> dict[str, int]:
     return out
 
 
+def assert_stored_exactly(store_path: Path, bars: Iterable[BarRecord]) -> list[Row]:
+    """The store holds exactly ``bars``, each once with its exact values, and its per-symbol
+    counters agree with the rows. Returns the rows."""
+    rows = stored_rows(store_path)
+    expected = sorted({row(b) for b in bars})
+    assert rows == expected, f"{len(rows)} rows stored, {len(expected)} expected"
+    assert counter_table(store_path) == count_by_symbol(rows)
+    return rows
+
+
 def make_producer(bootstrap: str, **config: Any) -> KafkaProducer:
     """A plain test producer (bytes in, acks=all, not idempotent: see NOTES.md)."""
     return KafkaProducer(
