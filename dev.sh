@@ -39,6 +39,6 @@ case "$cmd" in
   run) venv; exec "$BIN/ctd" run "$@" ;;
   test) venv; lint; bash scripts/ensure-promtool.sh; exec "$BIN/python" -m pytest "$@" ;;
   lint) venv; lint ;;
-  bench) venv; for b in bench/*.py; do echo "== $b"; "$BIN/python" "$b"; done ;;
+  bench) venv; for b in bench/[a-z]*.py; do m=$(basename "$b" .py); echo "== bench.$m"; "$BIN/python" -m "bench.$m"; done ;;
   *) echo "usage: ./dev.sh {demo|run|test|lint|bench} [args]" >&2; exit 2 ;;
 esac

@@ -8,7 +8,7 @@ For one symbol with 5,000 bars (planted signal), in one run:
            trigger, worker process, load bars, train, export, registry)
 Each is repeated --repeat times (fresh symbol each time); medians are reported.
 
-    python bench/e2e.py [--bars 5000] [--repeat 3]
+    python -m bench.e2e [--bars 5000] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -17,28 +17,18 @@ import argparse
 import statistics
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 
 def bare_fit_export(bars, settings, out: Path) -> float:
     from monitors.base import NullMonitor
-    from trainers.dataset import Dataset
-    from trainers.features import FEATURE_SPEC, training_matrix
-    from trainers.splits import chronological_split
+    from trainers.features import training_matrix
     from trainers.table import make_trainer
 
     t = time.perf_counter()
     matrix = training_matrix(bars)
-    split = chronological_split(
-        len(matrix),
-        val_fraction=settings.val_fraction,
-        test_fraction=settings.test_fraction,
-        embargo=FEATURE_SPEC.lookback + FEATURE_SPEC.label_horizon,
-    )
-    model = make_trainer("xgboost").fit(
-        Dataset.from_split(matrix.X, matrix.y, split), NullMonitor(), 0
-    )
+    data = matrix.dataset(val_fraction=settings.val_fraction, test_fraction=settings.test_fraction)
+    model = make_trainer("xgboost").fit(data, NullMonitor(), 0)
     model.export_onnx(out / "bare.onnx")
     return time.perf_counter() - t
 
@@ -70,7 +60,7 @@ def event_to_registry(daemon, producer, topic: str, symbol: str, bars) -> float:
     elapsed = time.perf_counter() - t0
     if not daemon.registry.slots(symbol).champion:
         ledger = daemon.registry.history(symbol)
-        print(f"  note: {symbol} got no champion ({ledger[-1]['reason'] if ledger else 'timeout'})")
+        print(f"  note: {symbol} got no champion ({ledger[-1].reason if ledger else 'timeout'})")
     return elapsed
 
 
@@ -82,8 +72,7 @@ def main() -> None:
 
     from daemon.app import Daemon
     from daemon.kafka.broker import LocalBroker
-    from daemon.settings import load_settings
-    from daemon.training.jobs import train_config
+    from tests.support.helpers import own_settings
     from trainers.pipeline import train_symbol
     from trainers.synthetic import MarketSpec, generate_bars
 
@@ -94,16 +83,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp, LocalBroker() as broker:
         tmp_path = Path(tmp)
-        tag = uuid.uuid4().hex[:8]
-        settings = load_settings(
-            kafka_bootstrap_servers=broker.bootstrap_servers,
-            kafka_group_id=f"bench-{tag}",
-            topic_bars=f"bench-{tag}.bars",
-            topic_dlq=f"bench-{tag}.dlq",
-            topic_commands=f"bench-{tag}.commands",
-            topic_promotions=f"bench-{tag}.promotions",
-            data_dir=tmp_path / "data",
-            http_port=0,
+        settings = own_settings(
+            broker.bootstrap_servers,
+            tmp_path / "data",
+            "bench-",
             min_bars=args.bars,
             retrain_every_bars=10 * args.bars,
             train_window_bars=args.bars,
@@ -130,7 +113,7 @@ def main() -> None:
                 )
                 bare.append(bare_fit_export(bars, settings, tmp_path))
                 t = time.perf_counter()
-                train_symbol(symbol, bars, train_config(settings), tmp_path / f"pipe-{i}")
+                train_symbol(symbol, bars, settings.train_config, tmp_path / f"pipe-{i}")
                 pipeline.append(time.perf_counter() - t)
 
                 e2e.append(event_to_registry(daemon, producer, settings.topic_bars, symbol, bars))

@@ -1,6 +1,6 @@
 """ctd's ingest path vs the raw kafka-python consume rate, on the same messages in one run.
 
-    python bench/ingest.py [--symbols 50] [--bars 4000] [--batch 100] [--forms batch,single]
+    python -m bench.ingest [--symbols 50] [--bars 4000] [--batch 100] [--forms batch,single]
                            [--no-daemon]
 
 For each message form (batch form with --batch bars per message, and single-bar
@@ -54,8 +54,9 @@ from daemon.kafka.bars import encode_bar, encode_batch
 from daemon.kafka.broker import LocalBroker
 from daemon.kafka.clients import ensure_topics, make_consumer, make_producer
 from daemon.kafka.ingest import Ingestor
-from daemon.settings import Settings, load_settings
+from daemon.settings import Settings
 from daemon.store.bars import BarStore
+from tests.support.helpers import own_settings
 from trainers.data import bar_records
 from trainers.synthetic import MarketSpec, generate_bars
 
@@ -143,14 +144,7 @@ def drain_ingest(
     store = BarStore(store_dir / "bars.sqlite")
     consumer = make_consumer(settings, bootstrap, group_id=f"ingest-{uuid.uuid4().hex[:8]}")
     producer = make_producer(settings, bootstrap)
-    ingestor = Ingestor(
-        consumer,
-        producer,
-        store,
-        dlq_topic=settings.topic_dlq,
-        poll_timeout_ms=settings.kafka_poll_timeout_ms,
-        max_records=settings.kafka_max_poll_records,
-    )
+    ingestor = Ingestor(consumer, producer, store, settings)
     try:
         joined(consumer)
         seen = 0
@@ -197,16 +191,10 @@ def wait_until(cond: Callable[[], bool]) -> None:
 def run_form(
     form: str, args: argparse.Namespace, broker: LocalBroker, tmp: Path
 ) -> dict[str, Rate]:
-    tag = uuid.uuid4().hex[:8]
-    settings = load_settings(
-        kafka_bootstrap_servers=broker.bootstrap_servers,
-        kafka_group_id=f"bench-{tag}",
-        topic_bars=f"bench-{tag}.bars",
-        topic_dlq=f"bench-{tag}.dlq",
-        topic_commands=f"bench-{tag}.commands",
-        topic_promotions=f"bench-{tag}.promotions",
-        data_dir=tmp / f"daemon-{form}",
-        http_port=0,
+    settings = own_settings(
+        broker.bootstrap_servers,
+        tmp / f"daemon-{form}",
+        "bench-",
         min_bars=10 * args.bars,  # no training: this measures ingest only
         log_level="WARNING",
     )

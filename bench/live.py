@@ -1,6 +1,6 @@
 """Live scoring cost per bar: features + champion + shadow + trial + prediction log.
 
-    python bench/live.py [--bars 10000] [--train-bars 3000] [--pairs xgboost,tcn,lstm]
+    python -m bench.live [--bars 10000] [--train-bars 3000] [--pairs xgboost,tcn,lstm]
                          [--preset tiny] [--batches 1,10,100]
 
 For each model family, two versions are trained by ``trainers.pipeline.train_symbol``

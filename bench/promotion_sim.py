@@ -1,6 +1,6 @@
 """Monte-Carlo check of the shadow promotion test under continuous monitoring.
 
-    python bench/promotion_sim.py [--trials N] [--seed S] [--check M]
+    python -m bench.promotion_sim [--trials N] [--seed S] [--check M]
 
 Correlation model. Champion and shadow predict the direction of the same bars,
 so a bar is *discordant* (exactly one model right) exactly when their
@@ -13,7 +13,7 @@ power grows with accuracy gap**2 / discordance. Bars are i.i.d. given these
 four cell probabilities: P(shadow only) = (D + gap)/2, P(champion only) =
 (D - gap)/2, P(both) = champion accuracy - P(champion only), P(neither) = rest.
 
-Decisions come from ``deploy.sequential.batch_decisions``, the vectorised twin
+Decisions come from ``deploy.sequential_batch.batch_decisions``, the vectorised twin
 of ``PairedSequentialTest`` (tests/test_sequential.py pins that they agree);
 this script also replays the first ``--check`` trials of two scenarios through
 the class itself and fails loudly if any decision or decision bar differs.
@@ -28,14 +28,14 @@ import time
 import numpy as np
 from scipy import stats
 
+from deploy.fdr import ebh
 from deploy.sequential import (
     Decision,
     PairedSequentialTest,
     PromotionTestConfig,
-    batch_decisions,
-    ebh,
     log_e_values,
 )
+from deploy.sequential_batch import batch_decisions
 
 Z_ONE_SIDED_05 = float(stats.norm.ppf(0.95))
 

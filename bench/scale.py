@@ -1,6 +1,6 @@
 """Many symbols through one in-process daemon: peak memory, queue depth, training per symbol.
 
-    python bench/scale.py [--symbols 1000] [--bars 1000] [--trainer naive] [--workers 1]
+    python -m bench.scale [--symbols 1000] [--bars 1000] [--trainer naive] [--workers 1]
                           [--batch 250]
 
 Every symbol's --bars bars (batch-form messages of --batch bars, symbols
@@ -44,7 +44,6 @@ import statistics
 import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -176,20 +175,14 @@ def run(args: argparse.Namespace, symbols: list[str], msgs: list[tuple[bytes, by
 
     from daemon.app import Daemon
     from daemon.kafka.broker import LocalBroker
-    from daemon.settings import load_settings
+    from tests.support.helpers import own_settings
 
     res = Result()
     with tempfile.TemporaryDirectory() as tmp, LocalBroker() as broker:
-        tag = uuid.uuid4().hex[:8]
-        settings = load_settings(
-            kafka_bootstrap_servers=broker.bootstrap_servers,
-            kafka_group_id=f"scale-{tag}",
-            topic_bars=f"scale-{tag}.bars",
-            topic_dlq=f"scale-{tag}.dlq",
-            topic_commands=f"scale-{tag}.commands",
-            topic_promotions=f"scale-{tag}.promotions",
-            data_dir=Path(tmp) / "data",
-            http_port=0,
+        settings = own_settings(
+            broker.bootstrap_servers,
+            Path(tmp) / "data",
+            "scale-",
             min_bars=args.bars,
             retrain_every_bars=10 * args.bars,
             train_window_bars=args.bars,

@@ -1,6 +1,6 @@
 """Every trainer on the same bars: fit time, native vs ONNX latency and throughput, size, accuracy.
 
-    python bench/zoo.py [--bars 5000] [--preset lightweight] [--repeats 300]
+    python -m bench.zoo [--bars 5000] [--preset lightweight] [--repeats 300]
 
 One run, one process, 5,000 synthetic bars with a planted signal (strength
 1.0). Each trainer except the naive baseline is fitted with the same preset,
@@ -92,22 +92,14 @@ def main() -> None:
     args = parser.parse_args()
 
     from monitors.base import NullMonitor
-    from trainers.dataset import Dataset
-    from trainers.features import FEATURE_SPEC, training_matrix
+    from trainers.features import training_matrix
     from trainers.metrics import classification_metrics
-    from trainers.splits import chronological_split
     from trainers.synthetic import MarketSpec, generate_bars
     from trainers.table import TRAINERS, make_trainer
 
     bars = generate_bars(MarketSpec("BENCH", 7, signal_strength=1.0), args.bars)
     m = training_matrix(bars)
-    split = chronological_split(
-        len(m),
-        val_fraction=0.15,
-        test_fraction=0.15,
-        embargo=FEATURE_SPEC.lookback + FEATURE_SPEC.label_horizon,
-    )
-    data = Dataset.from_split(m.X, m.y, split)
+    data = m.dataset(val_fraction=0.15, test_fraction=0.15)
     naive = make_trainer("naive").fit(data, NullMonitor(), seed=0)
     base = classification_metrics(data.y_test, naive.predict_proba(data.X_test))["accuracy"]
     print(

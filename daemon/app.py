@@ -46,7 +46,7 @@ from daemon.schedules import Schedules
 from daemon.settings import Settings
 from daemon.store.bars import BarStore
 from daemon.store.predictions import PredictionStore
-from daemon.training.jobs import job_config, train_config
+from daemon.training.jobs import job_config
 from daemon.training.outcomes import RunRecorder
 from daemon.training.scheduler import Backoff, JobOutcome, RetrainScheduler, TrainJob
 from daemon.training.tracking import MlflowTracker, TrackingWorker
@@ -58,7 +58,6 @@ from deploy.errors import RegistryError
 from deploy.events import RegistryEvent
 from deploy.live import LiveScorer
 from deploy.registry import Registry
-from deploy.sequential import PromotionTestConfig
 from trainers.table import trainer_backends
 
 _log = get_logger(component="daemon")
@@ -106,7 +105,7 @@ class Daemon:
         self.metrics = Metrics(metrics_registry or CollectorRegistry(), version=ctd_version())
         self.registry = Registry(settings.paths.registry)
         self._job_target = job_target
-        self._train_config = train_config(settings)
+        self._train_config = settings.train_config
         self.tracking: TrackingWorker | None = None
         self._stack = ExitStack()
         self._created: dict[tuple[str, str], float] = {}
@@ -146,7 +145,7 @@ class Daemon:
         stack.callback(self.settings.paths.runtime.unlink, missing_ok=True)
 
     def _start_local_state(self, stack: ExitStack) -> None:
-        """Tracking, HTTP (/readyz 503 until started), the SQLite stores, registry recovery."""
+        """Tracking, the SQLite stores, HTTP (/readyz 503 until started), registry recovery."""
         s, paths, m = self.settings, self.settings.paths, self.metrics
         tracking = None
         if s.mlflow_tracking_uri:
@@ -156,9 +155,6 @@ class Daemon:
             stack.callback(lambda: tracking.close(self._remaining(1.0)))
             _log.info("tracking_enabled", experiment=s.mlflow_experiment)
         self.tracking = tracking
-        self.http = HttpServer(s.http_host, s.http_port, make_app(m.registry, self.readiness))
-        stack.callback(self.http.stop)
-        self.http.start()
         paths.root.mkdir(parents=True, exist_ok=True)
         # Left by a daemon that died mid-job; no worker of this one runs yet.
         shutil.rmtree(paths.staging, ignore_errors=True)
@@ -166,6 +162,10 @@ class Daemon:
         stack.callback(self.store.close)
         self.predictions = PredictionStore(paths.predictions)
         stack.callback(self.predictions.close)
+        # Up once the stores are open, so /readyz never reports a store still opening.
+        self.http = HttpServer(s.http_host, s.http_port, make_app(m.registry, self.readiness))
+        stack.callback(self.http.stop)
+        self.http.start()
         cleaned = self.registry.recover()
         if cleaned:
             _log.warning("registry_recovered", cleaned=cleaned)
@@ -191,12 +191,7 @@ class Daemon:
             self.registry,
             self.predictions,
             lambda symbol, n: self.store.load(symbol, last_n=n),
-            PromotionTestConfig(
-                alpha=s.promotion_alpha,
-                min_samples=s.promotion_min_samples,
-                max_samples=s.promotion_max_samples,
-                min_effect=s.promotion_min_effect,
-            ),
+            s.promotion_config,
         )
         self.live = LivePath(scorer, self.registry, announcer, m)
         m.add_live(self.live.accuracy_rows, self.live.trial_rows)
@@ -247,16 +242,7 @@ class Daemon:
     def _start_intake(self, stack: ExitStack) -> None:
         """Ingest, commands, the broker probe and the schedules: from here on, work flows."""
         s, m = self.settings, self.metrics
-        ingestor = Ingestor(
-            make_consumer(s, self.bootstrap_servers),
-            self.producer,
-            self.store,
-            dlq_topic=s.topic_dlq,
-            poll_timeout_ms=s.kafka_poll_timeout_ms,
-            max_records=s.kafka_max_poll_records,
-            undecodable_retries=s.ingest_undecodable_retries,
-            undecodable_backoff_seconds=s.ingest_undecodable_backoff_seconds,
-        )
+        ingestor = Ingestor(make_consumer(s, self.bootstrap_servers), self.producer, self.store, s)
         self.intake = Intake(
             ingestor, live=self.live, watch=self.watch, trigger=self.trigger, metrics=m
         )

@@ -11,7 +11,6 @@ A failed poll (store or broker) is retried with backoff (0.5 s doubling to
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Final
 
@@ -21,6 +20,7 @@ from daemon.kafka.undecodable import UndecodableBatch
 from daemon.live.path import LivePath
 from daemon.live.watch import LiveWatch
 from daemon.logs import get_logger
+from daemon.loop import Loop
 from daemon.metrics import Metrics
 from daemon.training.trigger import RetrainTrigger
 
@@ -29,8 +29,10 @@ _log = get_logger(component="intake")
 MAX_BACKOFF_SECONDS: Final = 30.0
 
 
-class Intake:
+class Intake(Loop):
     """The ingest thread: polls until stopped, then leaves the consumer group."""
+
+    thread_name = "ctd-ingest"
 
     def __init__(
         self,
@@ -41,31 +43,20 @@ class Intake:
         trigger: RetrainTrigger,
         metrics: Metrics,
     ) -> None:
+        super().__init__()
         self._ingestor = ingestor
         self._live = live
         self._watch = watch
         self._trigger = trigger
         self._metrics = metrics
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ctd-ingest", daemon=True)
-        self._started = False
         self.store_writable = True
         """False while the last poll failed to write the store (a readiness check)."""
 
-    def start(self) -> Intake:
-        self._started = True
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
         """Finish the current batch (stored batches are committed) and leave the group."""
-        self._stop.set()
-        if not self._started:
+        if not self.started:
             self._ingestor.close()
-            return
-        self._thread.join(timeout=timeout)
-        if self._thread.is_alive():
-            _log.warning("thread_not_stopped", thread=self._thread.name)
+        super().stop(timeout)
 
     def _run(self) -> None:
         try:

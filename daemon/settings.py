@@ -7,11 +7,12 @@ defaults that run on a laptop. Nothing reads the environment at import time.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import ssl
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from apscheduler.triggers.cron import CronTrigger
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -25,11 +26,15 @@ from pydantic_settings import (
 
 from daemon.errors import SettingsError
 from daemon.paths import DataPaths
+from deploy.sequential import PromotionTestConfig
+from monitors.gates import GateConfig
 from monitors.training import MonitorConfig
+from trainers.config import TrainConfig
 from trainers.data import validate_symbol
 from trainers.table import TRAINERS
 
 ENV_PREFIX = "CTD_"
+_C = TypeVar("_C")
 
 
 class Settings(BaseSettings):
@@ -206,6 +211,22 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def train_config(self) -> TrainConfig:
+        """What a worker is told: the settings named like ``TrainConfig`` fields, gates, monitor."""
+        base = _prefixed(self, "", TrainConfig)
+        return dataclasses.replace(base, gates=self.gate_config, monitor=self.monitor_config)
+
+    @property
+    def gate_config(self) -> GateConfig:
+        """The ``gate_*`` settings as the gates' config."""
+        return _prefixed(self, "gate_", GateConfig)
+
+    @property
+    def promotion_config(self) -> PromotionTestConfig:
+        """The ``promotion_*`` settings as a new shadow trial's config."""
+        return _prefixed(self, "promotion_", PromotionTestConfig)
+
+    @property
     def monitor_config(self) -> MonitorConfig:
         """The training-time monitor thresholds (``training_monitor`` over the defaults)."""
         return MonitorConfig(**self.training_monitor)
@@ -296,6 +317,18 @@ class Settings(BaseSettings):
     def paths(self) -> DataPaths:
         """Every file under ``data_dir``."""
         return DataPaths(self.data_dir)
+
+
+def _prefixed(settings: Settings, prefix: str, config: type[_C]) -> _C:
+    """``config`` built from the settings named ``prefix + field`` (its other fields default)."""
+    names = {f.name for f in dataclasses.fields(config)}  # type: ignore[arg-type]
+    return config(
+        **{
+            name.removeprefix(prefix): value
+            for name, value in settings
+            if name.startswith(prefix) and name.removeprefix(prefix) in names
+        }
+    )
 
 
 def _setting_name(loc: tuple[int | str, ...], message: str) -> str:

@@ -39,8 +39,9 @@ differences are unbounded, and a betting test needs bounded increments;
 clipping them would test a hypothesis about clipped losses instead. Decisions
 use accuracy, which is what the label (direction of the next bar) measures.
 
-**Many symbols.** ``ebh`` selects the symbols whose e-values stay convincing
-after accounting for how many symbols were tried; see its docstring.
+**Elsewhere.** ``deploy.sequential_batch`` replays many trials at once (the same
+decisions, vectorised); ``deploy.fdr`` selects, across many symbols, the ones
+whose e-values stay convincing after accounting for how many were tried.
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ STATE_VERSION: Final = 1
 # ~1.5 to 45 points of P(shadow right | discordant) over 1/2 has a bet near its
 # Kelly fraction 2p - 1. Averaging 16 bets costs at most ln 16 = 2.8 nats
 # against the best of them; this grid beat finer/uniform ones on simulated power.
-_BET_GRID: Final = np.geomspace(1.0 / 32.0, 0.9, 16)
-_LOG_GRID_SIZE: Final = math.log(_BET_GRID.size)
+BET_GRID: Final = np.geomspace(1.0 / 32.0, 0.9, 16)
+_LOG_GRID_SIZE: Final = math.log(BET_GRID.size)
 # Keeps reported e-values finite JSON numbers; decisions use log e-values.
 _E_VALUE_CAP: Final = 1e300
 
@@ -133,13 +134,13 @@ def log_e_values(
     s = np.asarray(shadow_only, dtype=np.float64)[..., None]
     f = np.asarray(champion_only, dtype=np.float64)[..., None]
     z = np.asarray(n, dtype=np.float64)[..., None] - s - f
-    lam = _BET_GRID / (1.0 + min_effect)
+    lam = BET_GRID / (1.0 + min_effect)
     better = (
         s * np.log1p(lam * (1.0 - min_effect))
         + f * np.log1p(-lam * (1.0 + min_effect))
         + z * np.log1p(-lam * min_effect)
     )
-    worse = s * np.log1p(-_BET_GRID) + f * np.log1p(_BET_GRID)
+    worse = s * np.log1p(-BET_GRID) + f * np.log1p(BET_GRID)
     return _log_mean_exp(better), _log_mean_exp(worse)
 
 
@@ -150,7 +151,8 @@ def _log_mean_exp(x: FloatArray) -> FloatArray:
     return result
 
 
-def _log_threshold(alpha: float) -> float:
+def log_threshold(alpha: float) -> float:
+    """The natural-log e-value at which a test at level ``alpha`` decides (Ville)."""
     return math.log(1.0 / alpha)
 
 
@@ -229,7 +231,7 @@ class PairedSequentialTest:
         if self._n < cfg.min_samples:
             return self._decision
         better, worse = self._log_e_values()
-        threshold = _log_threshold(cfg.alpha)
+        threshold = log_threshold(cfg.alpha)
         # REJECT is checked first; both crossing at once is impossible (they need
         # shadow_only > champion_only and the reverse).
         if worse >= threshold:
@@ -341,97 +343,3 @@ class PairedSequentialTest:
 def _check_log_loss(name: str, value: float) -> None:
     if not (math.isfinite(value) and value >= 0.0):
         raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
-
-
-@dataclass(frozen=True, slots=True)
-class BatchDecisions:
-    """Outcome of many independent trials; ``decided_at`` is 0 while undecided."""
-
-    promoted: npt.NDArray[np.bool_]
-    rejected: npt.NDArray[np.bool_]
-    decided_at: npt.NDArray[np.int64]
-
-    def decision(self, trial: int) -> Decision:
-        if self.promoted[trial]:
-            return Decision.PROMOTE
-        return Decision.REJECT if self.rejected[trial] else Decision.CONTINUE
-
-
-def batch_decisions(
-    champion_correct: npt.ArrayLike,
-    shadow_correct: npt.ArrayLike,
-    config: PromotionTestConfig,
-    chunk_cells: int = 4_000_000,
-) -> BatchDecisions:
-    """Replay rows of resolved bars (trials x bars) through the test, vectorised.
-
-    Makes the same decision at the same bar as feeding each row to
-    ``PairedSequentialTest.update`` (for simulation and offline replay).
-    """
-    champ = np.asarray(champion_correct, dtype=bool)
-    shadow = np.asarray(shadow_correct, dtype=bool)
-    if champ.ndim != 2 or champ.shape != shadow.shape:
-        raise ValueError(
-            "champion_correct and shadow_correct must be 2-D arrays of one shape, got "
-            f"{champ.shape} and {shadow.shape}"
-        )
-    trials, bars = champ.shape
-    last = min(bars, config.max_samples)
-    first = config.min_samples
-    promoted = np.zeros(trials, dtype=bool)
-    rejected = np.zeros(trials, dtype=bool)
-    decided_at = np.zeros(trials, dtype=np.int64)
-    if last < first:
-        return BatchDecisions(promoted, rejected, decided_at)
-    threshold = _log_threshold(config.alpha)
-    n = np.arange(first, last + 1, dtype=np.int64)
-    rows = max(1, chunk_cells // (max(1, last - first + 1) * _BET_GRID.size))
-    for lo in range(0, trials, rows):
-        c, s = champ[lo : lo + rows, :last], shadow[lo : lo + rows, :last]
-        s_only = np.cumsum(s & ~c, axis=1)[:, first - 1 :]
-        c_only = np.cumsum(c & ~s, axis=1)[:, first - 1 :]
-        better, worse = log_e_values(n, s_only, c_only, config.min_effect)
-        worse_hit, better_hit = worse >= threshold, better >= threshold
-        hit = worse_hit | better_hit
-        any_hit = hit.any(axis=1)
-        at = hit.argmax(axis=1)
-        idx = np.arange(len(at))
-        block = slice(lo, lo + len(at))
-        promoted[block] = any_hit & ~worse_hit[idx, at] & better_hit[idx, at]
-        rejected[block] = any_hit & worse_hit[idx, at]
-        decided_at[block] = np.where(any_hit, n[at], 0)
-        if last == config.max_samples:  # the budget ends every trial
-            out_of_budget = ~any_hit
-            rejected[block] |= out_of_budget
-            decided_at[block] = np.where(out_of_budget, last, decided_at[block])
-    return BatchDecisions(promoted, rejected, decided_at)
-
-
-def ebh(e_values: Mapping[str, float], alpha: float) -> set[str]:
-    """e-BH (Wang & Ramdas 2022): the symbols whose shadow promotion survives multiplicity.
-
-    With K symbols and e-values sorted e_(1) >= e_(2) >= ..., select the k*
-    largest where k* = max{k : e_(k) >= K / (alpha k)} (none if no k qualifies).
-
-    *Guarantee:* if each e_i is an e-value (E[e_i] <= 1 when symbol i's shadow
-    is not better), the expected share of wrong selections (FDR) is <= alpha
-    under any dependence between symbols. Each trial's ``e_value_better`` at a
-    stopping time is an e-value: a snapshot of all symbols taken at one review
-    time (frozen at their decision bar for finished trials) is a valid input.
-    Not covered: re-running e-BH after every bar and acting on whatever it ever
-    selects (that picks the best moment after the fact), or the per-symbol
-    PROMOTE decisions, whose guarantee is per symbol (<= alpha each). The
-    per-symbol guarantee is the primary one; e-BH is a stricter review gate.
-    """
-    if not (isinstance(alpha, int | float) and 0.0 < alpha < 1.0):
-        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
-    for name, e in e_values.items():
-        if not e >= 0.0:  # also catches NaN
-            raise ValueError(f"e-value of {name!r} must be >= 0, got {e!r}")
-    ranked = sorted(e_values.items(), key=lambda item: item[1], reverse=True)
-    total = len(ranked)
-    k_star = 0
-    for k, (_, e) in enumerate(ranked, start=1):
-        if e >= total / (alpha * k):
-            k_star = k
-    return {name for name, _ in ranked[:k_star]}

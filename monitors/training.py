@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 from monitors.base import CompositeMonitor, Response, TrainingMonitor, response_action
 from monitors.rules import (
@@ -113,33 +114,30 @@ def _check(name: str, value: float | None, ok: Callable[[float], bool], need: st
 
 
 def build_monitor(config: MonitorConfig) -> TrainingMonitor:
-    """One composite of the non-finite check and every rule ``config`` enables."""
-    monitors: list[TrainingMonitor] = [NonFiniteLossMonitor(config.non_finite_action)]
-    if config.divergence_factor is not None or config.divergence_patience is not None:
-        monitors.append(
-            DivergenceMonitor(
-                factor=config.divergence_factor,
-                baseline_loss=config.divergence_baseline_loss,
-                patience=config.divergence_patience,
-                min_rise=config.divergence_min_rise,
-                warmup=config.divergence_warmup,
-                action=config.divergence_action,
-            )
-        )
-    if config.overfit_max_accuracy_gap is not None or config.overfit_max_loss_ratio is not None:
-        monitors.append(
-            OverfittingMonitor(
-                max_accuracy_gap=config.overfit_max_accuracy_gap,
-                max_loss_ratio=config.overfit_max_loss_ratio,
-                min_steps=config.overfit_min_steps,
-                action=config.overfit_action,
-            )
-        )
-    if config.stall_patience is not None:
-        monitors.append(StallMonitor(config.stall_patience, config.stall_min_delta))
-    if config.grad_norm_max is not None:
-        monitors.append(ExplodingGradientMonitor(config.grad_norm_max, config.grad_norm_action))
+    """One composite of the non-finite check and every rule ``config`` enables.
+
+    A rule's keywords are its ``MonitorConfig`` fields without their prefix
+    (``divergence_factor`` -> ``DivergenceMonitor(factor=...)``).
+    """
+    c = config
+    monitors: list[TrainingMonitor] = [NonFiniteLossMonitor(c.non_finite_action)]
+    if c.divergence_factor is not None or c.divergence_patience is not None:
+        monitors.append(DivergenceMonitor(**_prefixed(c, "divergence_")))
+    if c.overfit_max_accuracy_gap is not None or c.overfit_max_loss_ratio is not None:
+        monitors.append(OverfittingMonitor(**_prefixed(c, "overfit_")))
+    if c.stall_patience is not None:
+        monitors.append(StallMonitor(**_prefixed(c, "stall_")))
+    if c.grad_norm_max is not None:
+        monitors.append(ExplodingGradientMonitor(c.grad_norm_max, c.grad_norm_action))
     return CompositeMonitor(monitors)
+
+
+def _prefixed(config: MonitorConfig, prefix: str) -> dict[str, Any]:
+    return {
+        f.name.removeprefix(prefix): getattr(config, f.name)
+        for f in fields(config)
+        if f.name.startswith(prefix)
+    }
 
 
 def default_monitor(config: MonitorConfig | None = None) -> TrainingMonitor:

@@ -7,13 +7,11 @@ that context with the last state.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 from torch import nn
 
 from trainers.torch_base import TorchTrainer
+from trainers.torch_layers import LSTM_PRESETS, stacked_lstm
 
 
 class AttentionLSTMNet(nn.Module):
@@ -21,9 +19,7 @@ class AttentionLSTMNet(nn.Module):
 
     def __init__(self, n_features: int, *, hidden: int, layers: int, dropout: float) -> None:
         super().__init__()
-        self.lstm = nn.LSTM(
-            n_features, hidden, layers, batch_first=True, dropout=dropout if layers > 1 else 0.0
-        )
+        self.lstm = stacked_lstm(n_features, hidden, layers, dropout)
         self.score = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1))
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(2 * hidden, 1)
@@ -42,8 +38,4 @@ class AttentionLSTMTrainer(TorchTrainer):
 
     name = "attention_lstm"
     network = AttentionLSTMNet
-    arch_presets: Mapping[str, Mapping[str, Any]] = {
-        "tiny": {"hidden": 16, "layers": 1},
-        "lightweight": {"hidden": 32, "layers": 1},
-        "deep": {"hidden": 64, "layers": 2},
-    }
+    arch_presets = LSTM_PRESETS

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from trainers.torch_base import TorchTrainer
-from trainers.torch_layers import CausalConv1d
+from trainers.torch_layers import CausalConv1d, stacked_lstm
 
 
 class CNNLSTMNet(nn.Module):
@@ -28,9 +28,7 @@ class CNNLSTMNet(nn.Module):
         super().__init__()
         self.conv = CausalConv1d(n_features, conv_channels, kernel_size)
         self.drop = nn.Dropout(dropout)
-        self.lstm = nn.LSTM(
-            conv_channels, hidden, layers, batch_first=True, dropout=dropout if layers > 1 else 0.0
-        )
+        self.lstm = stacked_lstm(conv_channels, hidden, layers, dropout)
         self.head = nn.Linear(hidden, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -153,11 +153,10 @@ def validate_dataset(data: Dataset) -> None:
     if len(y) != len(x):
         raise InvalidInputError(f"labels has {len(y)} entries for {len(x)} feature rows")
     _validate_split(data.split, len(x))
-    bad = ~np.isfinite(x)
-    if bad.any():
-        row, col = (int(i) for i in np.argwhere(bad)[0])
+    if (first := first_non_finite(x)) is not None:
+        row, col = first
         raise InvalidInputError(
-            f"features have {int(bad.sum())} non-finite values (first at row {row} "
+            f"features have {int((~np.isfinite(x)).sum())} non-finite values (first at row {row} "
             f"in {_where(data.split, row)}, feature {col}: {x[row, col]})"
         )
     if not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_):
@@ -174,6 +173,15 @@ def validate_dataset(data: Dataset) -> None:
             f"the train split has a single class ({float(data.y_train[0])}): "
             "nothing to learn a direction from"
         )
+
+
+def first_non_finite(x: npt.NDArray[np.floating[Any]]) -> tuple[int, int] | None:
+    """(row, column) of the first NaN or infinity in a 2-D feature block, or None."""
+    bad = ~np.isfinite(x)
+    if not bad.any():
+        return None
+    row, col = (int(i) for i in np.argwhere(bad)[0])
+    return row, col
 
 
 def _validate_split(split: Split, n_rows: int) -> None:

@@ -21,7 +21,9 @@ import numpy as np
 import numpy.typing as npt
 
 from trainers.data import Bars, FloatArray, IntArray
+from trainers.dataset import Dataset
 from trainers.errors import InvalidInputError
+from trainers.splits import chronological_split
 
 BoolArray = npt.NDArray[np.bool_]
 
@@ -285,6 +287,18 @@ class TrainingMatrix:
 
     def __len__(self) -> int:
         return len(self.y)
+
+    def dataset(self, *, val_fraction: float, test_fraction: float, min_rows: int = 30) -> Dataset:
+        """Train, val, test in time order, an embargo of ``FEATURE_SPEC.lookback +
+        label_horizon`` rows between them so no row's inputs or label span two parts."""
+        split = chronological_split(
+            len(self),
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            embargo=FEATURE_SPEC.lookback + FEATURE_SPEC.label_horizon,
+            min_rows=min_rows,
+        )
+        return Dataset.from_split(self.X, self.y, split)
 
 
 def training_matrix(bars: Bars) -> TrainingMatrix:

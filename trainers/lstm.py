@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 from torch import nn
 
 from trainers.torch_base import TorchTrainer
+from trainers.torch_layers import LSTM_PRESETS, stacked_lstm
 
 
 class LSTMNet(nn.Module):
@@ -17,9 +15,7 @@ class LSTMNet(nn.Module):
     def __init__(self, n_features: int, *, hidden: int, layers: int, dropout: float) -> None:
         super().__init__()
         # torch applies between-layer dropout only when there is more than one layer.
-        self.lstm = nn.LSTM(
-            n_features, hidden, layers, batch_first=True, dropout=dropout if layers > 1 else 0.0
-        )
+        self.lstm = stacked_lstm(n_features, hidden, layers, dropout)
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(hidden, 1)
 
@@ -34,8 +30,4 @@ class LSTMTrainer(TorchTrainer):
 
     name = "lstm"
     network = LSTMNet
-    arch_presets: Mapping[str, Mapping[str, Any]] = {
-        "tiny": {"hidden": 16, "layers": 1},
-        "lightweight": {"hidden": 32, "layers": 1},
-        "deep": {"hidden": 64, "layers": 2},
-    }
+    arch_presets = LSTM_PRESETS

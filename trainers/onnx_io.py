@@ -14,7 +14,7 @@ import numpy.typing as npt
 import onnxruntime as ort
 
 from trainers.base import FittedModel
-from trainers.dataset import as_model_input
+from trainers.dataset import as_model_input, first_non_finite
 from trainers.errors import InvalidInputError, ParityError
 
 PROBABILITIES_OUTPUT = "probabilities"
@@ -90,9 +90,8 @@ class OnnxScorer:
                 f"the model needs the last {self.window} feature rows, got {len(rows)}"
             )
         latest = rows[len(rows) - self.window :]
-        bad = ~np.isfinite(latest)
-        if bad.any():
-            row, col = (int(i) for i in np.argwhere(bad)[0])
+        if (first := first_non_finite(latest)) is not None:
+            row, col = first
             raise InvalidInputError(
                 f"feature row {len(rows) - self.window + row} (of {len(rows)}) has a "
                 f"non-finite value in feature {col}: {latest[row, col]}"

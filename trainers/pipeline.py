@@ -22,11 +22,9 @@ from monitors.training import build_monitor
 from trainers.candidate import MODEL_FILE, CandidateRun, run_candidate, split_metrics
 from trainers.config import TrainConfig, json_safe
 from trainers.data import Bars, validate_symbol
-from trainers.dataset import Dataset
 from trainers.features import FEATURE_SPEC, TrainingMatrix, training_matrix
 from trainers.metadata import BaselineRecord, DataRange, ModelMetadata, SplitRecord
 from trainers.repro import bars_sha256, config_sha256, package_versions
-from trainers.splits import chronological_split
 from trainers.table import make_trainer
 
 METADATA_FILE: Final = "metadata.json"
@@ -84,14 +82,8 @@ def train_symbol(
     matrix = training_matrix(bars)
     timings["features_seconds"] = time.perf_counter() - t
 
-    embargo = FEATURE_SPEC.lookback + FEATURE_SPEC.label_horizon
-    split = chronological_split(
-        len(matrix),
-        val_fraction=config.val_fraction,
-        test_fraction=config.test_fraction,
-        embargo=embargo,
-    )
-    data = Dataset.from_split(matrix.X, matrix.y, split)
+    data = matrix.dataset(val_fraction=config.val_fraction, test_fraction=config.test_fraction)
+    split = data.split
     out_dir.mkdir(parents=True, exist_ok=True)
     # A stale model from an earlier run in this directory must not outlive a failed run.
     (out_dir / MODEL_FILE).unlink(missing_ok=True)

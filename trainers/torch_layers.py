@@ -2,8 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import nn
+
+LSTM_PRESETS: Mapping[str, Mapping[str, Any]] = {
+    "tiny": {"hidden": 16, "layers": 1},
+    "lightweight": {"hidden": 32, "layers": 1},
+    "deep": {"hidden": 64, "layers": 2},
+}
+"""Sizes of a recurrent trainer's ``stacked_lstm`` for each preset."""
+
+
+def stacked_lstm(n_inputs: int, hidden: int, layers: int, dropout: float) -> nn.LSTM:
+    """A batch-first LSTM; dropout only between stacked layers (torch rejects it on one)."""
+    return nn.LSTM(n_inputs, hidden, layers, batch_first=True, dropout=dropout * (layers > 1))
 
 
 class CausalConv1d(nn.Conv1d):

@@ -30,32 +30,30 @@ from trainers.errors import TrainingAborted
 ONNX_TARGET_OPSET = 15
 
 
+_REGULARISED: Mapping[str, Any] = {
+    "min_child_weight": 10.0,
+    "subsample": 0.8,
+    "colsample_bytree": 0.8,
+    "reg_lambda": 5.0,
+    "reg_alpha": 0.0,
+    "gamma": 0.0,
+    "n_jobs": 1,
+}
+
 PRESETS: Mapping[str, Mapping[str, Any]] = {
     "tiny": {
+        **_REGULARISED,
         "n_estimators": 60,
         "max_depth": 2,
         "learning_rate": 0.1,
-        "min_child_weight": 10.0,
-        "subsample": 0.8,
-        "colsample_bytree": 0.8,
-        "reg_lambda": 5.0,
-        "reg_alpha": 0.0,
-        "gamma": 0.0,
         "early_stopping_rounds": 10,
-        "n_jobs": 1,
     },
     "lightweight": {
+        **_REGULARISED,
         "n_estimators": 300,
         "max_depth": 3,
         "learning_rate": 0.05,
-        "min_child_weight": 10.0,
-        "subsample": 0.8,
-        "colsample_bytree": 0.8,
-        "reg_lambda": 5.0,
-        "reg_alpha": 0.0,
-        "gamma": 0.0,
         "early_stopping_rounds": 30,
-        "n_jobs": 1,
     },
     "deep": {
         "n_estimators": 1000,

@@ -21,6 +21,7 @@ from rich.table import Table
 
 from daemon.cli.status import all_status
 from daemon.kafka.bars import encode_batch
+from daemon.loop import Loop
 from daemon.store.bars import BarStore
 from deploy.registry import Registry
 from trainers.data import bar_records
@@ -50,8 +51,10 @@ def make_generators(symbols: Sequence[str], store: BarStore) -> dict[str, Market
     return gens
 
 
-class DemoFeed:
+class DemoFeed(Loop):
     """Produces synthetic bars to the bars topic on a background thread."""
+
+    thread_name = "ctd-demo-feed"
 
     def __init__(
         self,
@@ -63,24 +66,15 @@ class DemoFeed:
         bars_per_second: float,
         regime_change_bars: int = 0,
     ) -> None:
+        super().__init__()
         self._producer = producer
         self._topic = topic
         self._gens = generators
         self._history = history_bars
         self._rate = bars_per_second
         self._regime_change = regime_change_bars
-        self._stop = threading.Event()
         self.sent = 0
         self.events: list[str] = []
-        self._thread = threading.Thread(target=self._run, name="ctd-demo-feed", daemon=True)
-
-    def start(self) -> DemoFeed:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
 
     def _send(self, symbol: str, n: int) -> None:
         records = bar_records(symbol, self._gens[symbol].next_bars(n))

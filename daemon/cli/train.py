@@ -1,6 +1,6 @@
 """``ctd train``: train a symbol from an OHLCV CSV file on the daemon's own job path.
 
-Same settings, same ``train_config``, same first-champion significance budget,
+Same settings, same ``settings.train_config``, same first-champion significance budget,
 and the same outcome recorder as the daemon (``daemon.training.outcomes``): a
 model trained from a file is judged, deployed and written into the ledger
 exactly like one trained from live bars. A shadow it replaces hands over the
@@ -24,7 +24,7 @@ from daemon.live.path import SavedTrialPlacer
 from daemon.metrics import Metrics
 from daemon.settings import Settings
 from daemon.store.predictions import PredictionStore
-from daemon.training.jobs import candidate_summary, job_config, train_config
+from daemon.training.jobs import candidate_summary, job_config
 from daemon.training.outcomes import RunRecorder
 from daemon.training.scheduler import JobOutcome, TrainJob
 from deploy.registry import Registry
@@ -64,7 +64,7 @@ def train_csv(
 ) -> TrainOutcome:
     """Train ``symbol`` on the bars of ``csv_path`` into the registry, as the daemon would.
 
-    Uses the newest ``settings.train_window_bars`` bars and ``train_config(settings)``
+    Uses the newest ``settings.train_window_bars`` bars and ``settings.train_config``
     (``trainers`` replaces its candidate list). A passing model is added as a new
     version and placed (first one: champion, else shadow; a running daemon's live
     path picks the change up from slots.json); otherwise a ``candidate_rejected``
@@ -78,7 +78,7 @@ def train_csv(
     names = _trainer_names(trainers)
     bars = read_ohlcv_csv(csv_path).tail(settings.train_window_bars)
     registry = Registry(settings.paths.registry)
-    base = train_config(settings)
+    base = settings.train_config
     config = job_config(base if names is None else replace(base, trainers=names), registry, symbol)
     job = TrainJob(
         symbol,

@@ -8,7 +8,6 @@ is counted and logged, never executed. Offsets are committed after execution.
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Callable
 
 from kafka import KafkaConsumer, OffsetAndMetadata
@@ -21,6 +20,7 @@ from daemon.errors import InvalidCommand
 from daemon.kafka.clients import make_consumer
 from daemon.kafka.undecodable import UndecodableBatch, UndecodableBatches
 from daemon.logs import get_logger
+from daemon.loop import Loop
 from daemon.settings import Settings
 from trainers.data import validate_symbol
 
@@ -54,8 +54,13 @@ def decode_command(value: bytes | None) -> Command:
     return Command(model.action, model.symbol, model.reason, model.actor)
 
 
-class CommandConsumer:
-    """A thread that consumes the commands topic in its own group and calls ``handle``."""
+class CommandConsumer(Loop):
+    """A thread that consumes the commands topic in its own group and calls ``handle``.
+
+    ``stop`` lets the current batch finish (committed after execution) and leave the group.
+    """
+
+    thread_name = "ctd-commands"
 
     def __init__(
         self,
@@ -65,23 +70,11 @@ class CommandConsumer:
         handle: Callable[[Command], object],
         counter: Counter,
     ) -> None:
+        super().__init__()
         self._settings = settings
         self._bootstrap = bootstrap_servers
         self._handle = handle
         self._counter = counter
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ctd-commands", daemon=True)
-
-    def start(self) -> CommandConsumer:
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float) -> None:
-        """Finish the current batch (committed after execution) and leave the group."""
-        self._stop.set()
-        self._thread.join(timeout=timeout)
-        if self._thread.is_alive():
-            _log.warning("thread_not_stopped", thread=self._thread.name)
 
     def _run(self) -> None:
         s = self._settings

@@ -30,6 +30,7 @@ from daemon.kafka.bars import decode_bar_message
 from daemon.kafka.dlq import dlq_payload
 from daemon.kafka.undecodable import UndecodableBatch, UndecodableBatches
 from daemon.logs import get_logger
+from daemon.settings import Settings
 from daemon.store.bars import BarStore
 from trainers.data import BarRecord
 
@@ -79,28 +80,21 @@ class Ingestor:
     """Drives one consumer; not thread-safe: call ``poll_once`` from one thread."""
 
     def __init__(
-        self,
-        consumer: KafkaConsumer,
-        producer: KafkaProducer,
-        store: BarStore,
-        *,
-        dlq_topic: str,
-        poll_timeout_ms: int,
-        max_records: int,
-        undecodable_retries: int = 3,
-        undecodable_backoff_seconds: float = 1.0,
+        self, consumer: KafkaConsumer, producer: KafkaProducer, store: BarStore, settings: Settings
     ) -> None:
         self._consumer = consumer
         self._producer = producer
         self._store = store
-        self._dlq_topic = dlq_topic
-        self._poll_timeout_ms = poll_timeout_ms
-        self._max_records = max_records
+        self._dlq_topic = settings.topic_dlq
+        self._poll_timeout_ms = settings.kafka_poll_timeout_ms
+        self._max_records = settings.kafka_max_poll_records
         # Bounded by the clients' own timeouts (from Settings), never forever.
         self._send_timeout = producer.config["delivery_timeout_ms"] / 1000 + _SEND_GRACE_SECONDS
         self._commit_timeout_ms: int = consumer.config["request_timeout_ms"]
         self._undecodable = UndecodableBatches(
-            consumer, retries=undecodable_retries, backoff_seconds=undecodable_backoff_seconds
+            consumer,
+            retries=settings.ingest_undecodable_retries,
+            backoff_seconds=settings.ingest_undecodable_backoff_seconds,
         )
 
     def poll_once(self) -> IngestReport:

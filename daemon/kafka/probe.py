@@ -10,7 +10,6 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
-import threading
 import time
 from typing import Final
 
@@ -19,6 +18,7 @@ from prometheus_client import Gauge
 from daemon.errors import KafkaSecurityError
 from daemon.kafka.clients import client_config
 from daemon.logs import get_logger
+from daemon.loop import Loop
 from daemon.settings import Settings
 
 _log = get_logger(component="probe")
@@ -30,25 +30,18 @@ _SASL_HANDSHAKE_KEY: Final = 17
 _SASL_ERRORS: Final = {33: "UNSUPPORTED_SASL_MECHANISM", 34: "ILLEGAL_SASL_STATE"}
 
 
-class BrokerProbe:
+class BrokerProbe(Loop):
     """A thread that probes the bootstrap servers every ``PROBE_INTERVAL_SECONDS``."""
 
+    thread_name = "ctd-probe"
+
     def __init__(self, settings: Settings, bootstrap_servers: str, gauge: Gauge) -> None:
+        super().__init__()
         self._settings = settings
         self._bootstrap = bootstrap_servers
         self._gauge = gauge
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="ctd-probe", daemon=True)
         self.connected = True  # the daemon starts only after talking to the broker
         gauge.set(1)
-
-    def start(self) -> BrokerProbe:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=PROBE_INTERVAL_SECONDS + 3)
 
     def _run(self) -> None:
         while not self._stop.wait(PROBE_INTERVAL_SECONDS):

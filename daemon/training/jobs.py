@@ -8,34 +8,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from daemon.settings import Settings
 from deploy.registry import Registry
-from monitors.gates import GateConfig, bootstrap_alpha
+from monitors.gates import bootstrap_alpha
 from trainers.config import TrainConfig
 from trainers.metadata import ModelMetadata
-
-
-def train_config(settings: Settings) -> TrainConfig:
-    """The training configuration a worker receives, derived from settings only."""
-    return TrainConfig(
-        trainers=settings.trainers,
-        seed=settings.seed,
-        val_fraction=settings.val_fraction,
-        test_fraction=settings.test_fraction,
-        trainer_params=settings.trainer_params,
-        walk_forward_folds=settings.walk_forward_folds,
-        augment=settings.augment,
-        monitor=settings.monitor_config,
-        gates=GateConfig(
-            max_train_val_gap=settings.gate_max_train_val_gap,
-            max_val_test_diff=settings.gate_max_val_test_diff,
-            require_beat_baseline=settings.gate_require_beat_baseline,
-            max_parity_diff=settings.gate_max_parity_diff,
-            baseline_alpha=settings.gate_baseline_alpha,
-            min_test_rows=settings.gate_min_test_rows,
-            max_fold_accuracy_std=settings.gate_max_fold_accuracy_std,
-        ),
-    )
 
 
 def job_config(base: TrainConfig, registry: Registry, symbol: str) -> TrainConfig:

@@ -44,6 +44,7 @@ class RecordedRun:
     events: tuple[RegistryEvent, ...] = ()
 
 
+@dataclass(kw_only=True)
 class RunRecorder:
     """Records finished (not cancelled) runs.
 
@@ -51,22 +52,12 @@ class RunRecorder:
     metadata document (passed or rejected), so the trigger policy counts from it.
     """
 
-    def __init__(
-        self,
-        *,
-        registry: Registry,
-        placer: Placer,
-        metrics: Metrics,
-        tracking: TrackingWorker | None = None,
-        on_trained: Callable[[str, int], None] | None = None,
-        actor: str = "daemon",
-    ) -> None:
-        self.registry = registry
-        self.placer = placer
-        self.metrics = metrics
-        self.tracking = tracking
-        self.on_trained = on_trained
-        self.actor = actor
+    registry: Registry
+    placer: Placer
+    metrics: Metrics
+    tracking: TrackingWorker | None = None
+    on_trained: Callable[[str, int], None] | None = None
+    actor: str = "daemon"
 
     def record(self, outcome: JobOutcome) -> RecordedRun:
         job, meta = outcome.job, outcome.metadata

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -24,10 +23,10 @@ from prometheus_client import CollectorRegistry
 
 from daemon.app import Daemon
 from daemon.kafka.bars import encode_batch
-from daemon.settings import Settings, load_settings
+from daemon.settings import Settings
 from daemon.training.worker import JobSpec, run_job
 from tests.support.foreign import foreign_read
-from tests.support.helpers import ledger, read_topic, wait_for
+from tests.support.helpers import ledger, own_settings, read_topic, wait_for
 from trainers.data import Bars, bar_records
 from trainers.dataset import sequence_windows
 from trainers.features import training_matrix
@@ -89,17 +88,11 @@ class Running:
 
 @pytest.fixture(scope="module")
 def running(broker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    tag = uuid.uuid4().hex[:8]
     data_dir = tmp_path_factory.mktemp("e2e") / "data"
-    settings = load_settings(
-        kafka_bootstrap_servers=broker.bootstrap_servers,
-        kafka_group_id=f"e2e-{tag}",
-        topic_bars=f"e2e-{tag}.bars",
-        topic_dlq=f"e2e-{tag}.dlq",
-        topic_commands=f"e2e-{tag}.commands",
-        topic_promotions=f"e2e-{tag}.promotions",
-        data_dir=data_dir,
-        http_port=0,
+    settings = own_settings(
+        broker.bootstrap_servers,
+        data_dir,
+        "e2e-",
         min_bars=N_BARS,  # train once, on exactly the produced bars
         retrain_every_bars=100_000,
         train_workers=2,

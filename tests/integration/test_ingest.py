@@ -76,14 +76,8 @@ class Kit:
         store: BarStore,
         producer: KafkaProducer | None = None,
     ) -> Ingestor:
-        return Ingestor(
-            consumer,
-            producer or self.producer,
-            store,
-            dlq_topic=self.settings.topic_dlq,
-            poll_timeout_ms=200,
-            max_records=self.settings.kafka_max_poll_records,
-        )
+        settings = self.settings.model_copy(update={"kafka_poll_timeout_ms": 200})
+        return Ingestor(consumer, producer or self.producer, store, settings)
 
     def produce(self, messages: list[Message]) -> dict[TopicPartition, int]:
         """Send in order and wait for every ack; return the next offset per partition."""
@@ -293,17 +287,7 @@ def test_store_error_commits_nothing_and_the_batch_comes_again(kit: Kit) -> None
     consumer = kit.consumer()
     broken = BarStore(kit.settings.paths.bars)
     broken.close()  # every later call raises StoreError, as a failed disk would
-    failing = kit.ingestor(consumer, broken)
-
-    def store_failed() -> bool:
-        try:
-            report = failing.poll_once()
-        except StoreError:
-            return True
-        assert report.messages == 0, "a batch went through a closed store"
-        return False
-
-    wait_for(store_failed, timeout=20, interval=0, message="poll_once raised StoreError")
+    poll_until_raises(kit.ingestor(consumer, broken), StoreError)
     assert all(off is None for off in committed(consumer, kit.settings.topic_bars).values())
 
     store = kit.store()
@@ -315,23 +299,27 @@ def test_store_error_commits_nothing_and_the_batch_comes_again(kit: Kit) -> None
     assert got == ends
 
 
+def poll_until_raises(ingestor: Ingestor, error: type[Exception]) -> None:
+    """poll_once until it raises ``error``; no poll before that may let a message through."""
+
+    def raised() -> bool:
+        try:
+            report = ingestor.poll_once()
+        except error:
+            return True
+        assert report.messages == 0, f"a batch went through before {error.__name__}"
+        return False
+
+    wait_for(raised, timeout=20, interval=0, message=f"poll_once raised {error.__name__}")
+
+
 def fail_on_unreachable_dlq(kit: Kit, consumer: KafkaConsumer, store: BarStore) -> None:
     """poll_once with a DLQ producer whose broker is gone, until it raises DeadLetterError."""
     with LocalBroker() as gone:
         quick = kit.settings.model_copy(update={"kafka_request_timeout_ms": 1000})
         dead_producer = make_producer(quick, gone.bootstrap_servers)
-    failing = kit.ingestor(consumer, store, producer=dead_producer)
-
-    def dlq_failed() -> bool:
-        try:
-            report = failing.poll_once()
-        except DeadLetterError:
-            return True
-        assert report.messages == 0, "a batch went through without its DLQ send"
-        return False
-
     try:
-        wait_for(dlq_failed, timeout=20, interval=0, message="poll_once raised DeadLetterError")
+        poll_until_raises(kit.ingestor(consumer, store, producer=dead_producer), DeadLetterError)
     finally:
         dead_producer.close(timeout=5)
 

@@ -1,3 +1,4 @@
+# Over 400 lines: one child-process harness and the four shutdown paths it judges.
 """Graceful lifecycle of `ctd run`: readiness while starting and draining, SIGTERM / SIGINT
 during training, offsets, store and registry after exit, and workers that never outlive it.
 

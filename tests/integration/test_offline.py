@@ -1,3 +1,4 @@
+# Over 400 lines: one fixture (trained registry from a CSV) shared by every offline tool's tests.
 """Offline tools: CSV -> registry training, compare table and chart, report, manifest.
 
 Real files under tmp_path, real xgboost training, real onnxruntime and SQLite.

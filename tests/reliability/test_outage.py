@@ -17,7 +17,6 @@ from __future__ import annotations
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,9 +26,9 @@ import pytest
 from daemon.kafka.bars import encode_bar, encode_batch
 from daemon.kafka.broker import LocalBroker
 from daemon.kafka.clients import ensure_topics
-from daemon.settings import Settings, load_settings
+from daemon.settings import Settings
 from tests.support import reliability as rel
-from tests.support.helpers import wait_for
+from tests.support.helpers import own_settings, wait_for
 from tests.support.tcp_proxy import TcpProxy
 from trainers.data import BarRecord
 
@@ -103,18 +102,13 @@ def proxied_broker() -> Iterator[tuple[LocalBroker, TcpProxy]]:
 
 
 def _settings(bootstrap: str, data_dir: Path) -> Settings:
-    tag = uuid.uuid4().hex[:8]
-    return load_settings(
-        kafka_bootstrap_servers=bootstrap,
-        kafka_group_id=f"o{tag}",
+    return own_settings(
+        bootstrap,
+        data_dir,
+        "o",
         kafka_session_timeout_ms=3000,
         kafka_heartbeat_interval_ms=500,
         kafka_request_timeout_ms=REQUEST_TIMEOUT_MS,
-        topic_bars=f"o{tag}.bars",
-        topic_dlq=f"o{tag}.dlq",
-        topic_commands=f"o{tag}.commands",
-        topic_promotions=f"o{tag}.promotions",
-        data_dir=data_dir,
         http_port=rel.free_port(),
         min_bars=100_000,
         log_format="json",

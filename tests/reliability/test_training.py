@@ -23,7 +23,7 @@ from daemon.actions import Command
 from daemon.settings import Settings
 from deploy.registry import Registry, Slots
 from tests.support import reliability as rel
-from tests.support.helpers import ledger, read_topic, wait_for
+from tests.support.helpers import ledger, own_settings, read_topic, wait_for
 from tests.support.reliability_targets import SLOW_SECONDS_ENV
 from trainers.config import TrainConfig
 from trainers.data import bar_records
@@ -132,24 +132,17 @@ def promote_crash(
 ) -> Iterator[dict[str, Any]]:
     """Champion V1 + shadow V2; a daemon killed inside `promote` at the given registry point;
     then a clean restart that consumes the re-delivered command."""
-    import uuid
 
     from daemon.kafka.clients import ensure_topics
-    from daemon.settings import load_settings
 
     point: str = request.param
     tmp = tmp_path_factory.mktemp(f"promote-{point}")
-    tag = uuid.uuid4().hex[:8]
-    settings = load_settings(
-        kafka_bootstrap_servers=broker.bootstrap_servers,
-        kafka_group_id=f"p{tag}",
+    settings = own_settings(
+        broker.bootstrap_servers,
+        tmp / "data",
+        "p",
         kafka_session_timeout_ms=2000,  # the killed member leaves the group sooner
         kafka_heartbeat_interval_ms=500,
-        topic_bars=f"p{tag}.bars",
-        topic_dlq=f"p{tag}.dlq",
-        topic_commands=f"p{tag}.commands",
-        topic_promotions=f"p{tag}.promotions",
-        data_dir=tmp / "data",
         http_port=rel.free_port(),
         min_bars=100_000,  # no training: the only registry writer is the command
         log_format="json",

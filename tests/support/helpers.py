@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -101,3 +103,40 @@ def round_trip(
 def ledger(registry: Any, symbol: str) -> list[dict[str, Any]]:
     """The symbol's ledger lines as they are written to history.jsonl (JSON objects)."""
     return [event.to_dict() for event in registry.history(symbol)]
+
+
+def own_settings(
+    bootstrap_servers: str, data_dir: Path, prefix: str = "t", **overrides: Any
+) -> Settings:
+    """Settings of a daemon with its own consumer group and topics on a shared broker.
+
+    Names are ``<prefix><random tag>`` (group) and ``...<tag>.bars`` etc. (topics);
+    the HTTP port is chosen by the OS unless ``overrides`` say otherwise.
+    """
+    from daemon.settings import load_settings
+
+    tag = f"{prefix}{uuid.uuid4().hex[:10]}"
+    values: dict[str, Any] = {
+        "kafka_bootstrap_servers": bootstrap_servers,
+        "kafka_group_id": tag,
+        **{f"topic_{kind}": f"{tag}.{kind}" for kind in ("bars", "dlq", "commands", "promotions")},
+        "data_dir": data_dir,
+        "http_port": 0,
+    }
+    return load_settings(**{**values, **overrides})
+
+
+def each_implementation(**factories: Callable[[Path], Any]) -> Any:
+    """A fixture that yields every implementation in turn, each built in the test's tmp_path
+    and closed after it when it has ``close``: one test body checks them all alike."""
+    import pytest
+
+    @pytest.fixture(params=sorted(factories))
+    def made(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+        instance = factories[request.param](tmp_path)
+        yield instance
+        close = getattr(instance, "close", None)
+        if close is not None:
+            close()
+
+    return made

@@ -1,4 +1,5 @@
-"""Shared machinery of the reliability tests (tests/test_reliability_*.py); no tests here.
+# Over 400 lines: the one daemon-in-a-child-process harness every reliability test shares.
+"""Shared machinery of the reliability tests (tests/reliability/); no tests here.
 
 The fault tests run the daemon as a real child process (so that ``kill -9``
 kills a daemon, not the test) and judge it from the outside only: the SQLite

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import ssl
 import threading
-from types import TracebackType
 
 
 class TlsProxy:
@@ -53,12 +52,7 @@ class TlsProxy:
     def __enter__(self) -> TlsProxy:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     async def _listen(self) -> asyncio.Server:

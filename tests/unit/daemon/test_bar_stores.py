@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
-
-import pytest
-
 from daemon.store.bars import BarStore
 from daemon.store.memory import MemoryBarStore
+from tests.support.helpers import each_implementation
 from trainers.data import BarRecord
 
 Store = BarStore | MemoryBarStore
-STORES: dict[str, Callable[[Path], Store]] = {
-    "sqlite": lambda tmp: BarStore(tmp / "bars.sqlite"),
-    "memory": lambda _tmp: MemoryBarStore(),
-}
-
-
-@pytest.fixture(params=sorted(STORES))
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    made = STORES[request.param](tmp_path)
-    yield made
-    if isinstance(made, BarStore):
-        made.close()
+store = each_implementation(
+    sqlite=lambda tmp: BarStore(tmp / "bars.sqlite"), memory=lambda _tmp: MemoryBarStore()
+)
 
 
 def _bar(symbol: str, i: int, close: float = 100.0) -> BarRecord:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import queue
 import time
+from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -63,6 +64,7 @@ def _die_for_bad(spec: JobSpec, conn: Connection) -> None:
     _ok(spec, conn)
 
 
+@contextmanager
 def _scheduler(
     tmp_path: Path,
     target,
@@ -93,7 +95,10 @@ def _scheduler(
         backoff=backoff or Backoff(base_seconds=0.0, cap_seconds=0.0),
         target=target,
     ).start()
-    return sched, done
+    try:
+        yield sched, done
+    finally:
+        sched.stop(5)
 
 
 def _next(done: queue.Queue[JobOutcome], timeout: float = 30.0) -> JobOutcome:
@@ -102,8 +107,7 @@ def _next(done: queue.Queue[JobOutcome], timeout: float = 30.0) -> JobOutcome:
 
 def test_successful_job_reports_and_cleans_staging(tmp_path: Path) -> None:
     """A job's reply reaches on_done, then its staging directory is removed."""
-    sched, done = _scheduler(tmp_path, _ok)
-    try:
+    with _scheduler(tmp_path, _ok) as (sched, done):
         assert sched.request("AAA", 100, "test")
         out = _next(done)
         assert out.ok and out.metadata is not None and out.metadata.passed
@@ -112,51 +116,39 @@ def test_successful_job_reports_and_cleans_staging(tmp_path: Path) -> None:
         while out.staging_dir.exists() and time.monotonic() < deadline:
             time.sleep(0.01)
         assert not out.staging_dir.exists()
-    finally:
-        sched.stop(5)
 
 
 def test_worker_death_is_a_failed_job_and_the_pool_recovers(tmp_path: Path) -> None:
     """A worker that dies is reported with its exit code; the next symbol still trains."""
-    sched, done = _scheduler(tmp_path, _die_for_bad)
-    try:
+    with _scheduler(tmp_path, _die_for_bad) as (sched, done):
         sched.request("BAD", 100, "test")
         sched.request("GOOD", 100, "test")
         outcomes = {o.job.symbol: o for o in (_next(done), _next(done))}
         assert not outcomes["BAD"].ok
         assert "exit code 9" in (outcomes["BAD"].error or "")
         assert outcomes["GOOD"].ok
-    finally:
-        sched.stop(5)
 
 
 def test_real_worker_error_is_reported_not_raised(tmp_path: Path) -> None:
     """run_job turns an exception in training (here: no store) into an error reply."""
-    sched, done = _scheduler(tmp_path, run_job)
-    try:
+    with _scheduler(tmp_path, run_job) as (sched, done):
         sched.request("AAA", 100, "test")
         out = _next(done, timeout=60)
         assert not out.ok
         assert out.error and "missing.sqlite" in out.error
-    finally:
-        sched.stop(5)
 
 
 def test_hung_worker_is_killed_at_the_timeout(tmp_path: Path) -> None:
     """A job running past timeout_seconds is killed and reported as timed out."""
-    sched, done = _scheduler(tmp_path, _hang, timeout=1.0)
-    try:
+    with _scheduler(tmp_path, _hang, timeout=1.0) as (sched, done):
         sched.request("AAA", 100, "test")
         out = _next(done)
         assert not out.ok and "timed out" in (out.error or "")
-    finally:
-        sched.stop(5)
 
 
 def test_requests_coalesce_to_one_pending_per_symbol(tmp_path: Path) -> None:
     """While a symbol trains, many requests leave exactly one pending job with the newest count."""
-    sched, done = _scheduler(tmp_path, _slow_ok)
-    try:
+    with _scheduler(tmp_path, _slow_ok) as (sched, done):
         assert sched.request("AAA", 100, "first")
         deadline = time.monotonic() + 10
         while sched.running == 0 and time.monotonic() < deadline:
@@ -168,14 +160,11 @@ def test_requests_coalesce_to_one_pending_per_symbol(tmp_path: Path) -> None:
         first, second = _next(done), _next(done)
         assert (first.job.bar_count, second.job.bar_count) == (100, 149)
         assert sched.pending == 0 and sched.running == 0
-    finally:
-        sched.stop(5)
 
 
 def test_concurrency_is_bounded_by_workers(tmp_path: Path) -> None:
     """With two workers and five symbols, never more than two jobs run at once."""
-    sched, done = _scheduler(tmp_path, _slow_ok, workers=2)
-    try:
+    with _scheduler(tmp_path, _slow_ok, workers=2) as (sched, done):
         for s in "ABCDE":
             sched.request(s, 100, "test")
         peak = 0
@@ -190,31 +179,29 @@ def test_concurrency_is_bounded_by_workers(tmp_path: Path) -> None:
                 pass
         assert finished == 5
         assert peak == 2
-    finally:
-        sched.stop(5)
 
 
 def test_failed_symbol_backs_off(tmp_path: Path) -> None:
     """After a failure, requests for that symbol are refused until the backoff delay passes."""
-    sched, done = _scheduler(tmp_path, _die, backoff=Backoff(base_seconds=3600, cap_seconds=3600))
-    try:
+    with _scheduler(tmp_path, _die, backoff=Backoff(base_seconds=3600, cap_seconds=3600)) as (
+        sched,
+        done,
+    ):
         sched.request("AAA", 100, "test")
         assert not _next(done).ok
         assert sched.request("AAA", 200, "again") is False
         assert sched.request("BBB", 100, "other symbol") is True
-    finally:
-        sched.stop(5)
 
 
 def test_stop_kills_running_jobs_after_grace(tmp_path: Path) -> None:
     """stop() returns within the grace period and reports the killed job as cancelled."""
-    sched, done = _scheduler(tmp_path, _hang)
-    sched.request("AAA", 100, "test")
-    deadline = time.monotonic() + 10
-    while sched.running == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    t0 = time.monotonic()
-    sched.stop(0.5)
-    assert time.monotonic() - t0 < 10
+    with _scheduler(tmp_path, _hang) as (sched, done):
+        sched.request("AAA", 100, "test")
+        deadline = time.monotonic() + 10
+        while sched.running == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        t0 = time.monotonic()
+        sched.stop(0.5)
+        assert time.monotonic() - t0 < 10
     out = _next(done, timeout=1)
     assert out.cancelled and not out.ok

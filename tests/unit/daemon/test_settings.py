@@ -126,13 +126,10 @@ def test_training_monitor_thresholds_are_settings_recorded_in_the_run_config(
 ) -> None:
     """CTD_TRAINING_MONITOR overrides MonitorConfig fields; they reach the recorded config (and
     its hash); an unknown key or a bad value fails naming the setting and the key."""
-    from daemon.training.jobs import train_config
     from trainers.repro import config_sha256
 
-    default = train_config(load_settings(data_dir=tmp_path))
-    tuned = train_config(
-        load_settings(data_dir=tmp_path, training_monitor={"divergence_factor": 5})
-    )
+    default = load_settings(data_dir=tmp_path).train_config
+    tuned = load_settings(data_dir=tmp_path, training_monitor={"divergence_factor": 5}).train_config
     assert tuned.monitor.divergence_factor == 5
     assert tuned.to_dict()["monitor"]["divergence_factor"] == 5
     assert config_sha256(tuned.to_dict()) != config_sha256(default.to_dict())
@@ -142,3 +139,59 @@ def test_training_monitor_thresholds_are_settings_recorded_in_the_run_config(
     bad = r"CTD_TRAINING_MONITOR: .*divergence_factor must be > 1"
     with pytest.raises(SettingsError, match=bad):
         load_settings(data_dir=tmp_path, training_monitor={"divergence_factor": 0.5})
+
+
+@pytest.mark.parametrize(
+    ("prefix", "config"), [("gate_", "gate_config"), ("promotion_", "promotion_config")]
+)
+def test_every_prefixed_setting_reaches_its_config(prefix: str, config: str) -> None:
+    """A ``gate_x`` or ``promotion_x`` setting its config does not read is silently ignored."""
+    defaults = load_settings()
+    names = [n for n in type(defaults).model_fields if n.startswith(prefix)]
+    assert names
+    for name in names:
+        value = getattr(defaults, name)
+        changed = _another(value)
+        assert changed != value, name
+        built = getattr(load_settings(**{name: changed}), config)
+        assert getattr(built, name.removeprefix(prefix)) == changed, name
+
+
+def _another(value: object) -> object:
+    """A valid value for a gate or promotion setting that differs from ``value``."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value // 2
+    if isinstance(value, float):
+        return value / 2 if value else 0.1
+    return 0.5
+
+
+def test_train_config_carries_every_training_setting() -> None:
+    """Each TrainConfig field comes from the setting of the same name, or from gates/monitor."""
+    settings = load_settings(
+        trainers=("naive",),
+        seed=7,
+        val_fraction=0.2,
+        test_fraction=0.25,
+        trainer_params={"naive": {"x": 1}},
+        walk_forward_folds=0,
+        augment=True,
+        gate_min_test_rows=9,
+        training_monitor={"divergence_factor": 5},
+    )
+    config = settings.train_config
+    assert (config.trainers, config.seed, config.val_fraction, config.test_fraction) == (
+        ("naive",),
+        7,
+        0.2,
+        0.25,
+    )
+    assert (config.trainer_params, config.walk_forward_folds, config.augment) == (
+        {"naive": {"x": 1}},
+        0,
+        True,
+    )
+    assert config.gates == settings.gate_config and config.gates.min_test_rows == 9
+    assert config.monitor.divergence_factor == 5

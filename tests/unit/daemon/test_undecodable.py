@@ -58,21 +58,19 @@ def _policy(retries: int = 3, backoff: float = 1.0) -> tuple[UndecodableBatches,
 def test_a_failure_pauses_only_its_partition_until_the_backoff_is_over() -> None:
     """The failing partition is paused, the other not; it resumes after base x 2^(n-1) s."""
     policy, consumer, clock = _policy(backoff=1.0)
+
+    def paused_after(seconds: float) -> set[TopicPartition]:
+        clock.now += seconds
+        policy.resume_due()
+        return set(consumer.paused)
+
     assert policy.failed(_batch()) is False
     assert consumer.paused == {TP}
-    clock.now += 0.99
-    policy.resume_due()
-    assert consumer.paused == {TP}
-    clock.now += 0.02
-    policy.resume_due()
-    assert consumer.paused == set()
+    assert paused_after(0.99) == {TP}
+    assert paused_after(0.02) == set()
     assert policy.failed(_batch()) is False  # second failure: waits 2 s
-    clock.now += 1.5
-    policy.resume_due()
-    assert consumer.paused == {TP}
-    clock.now += 0.6
-    policy.resume_due()
-    assert consumer.paused == set()
+    assert paused_after(1.5) == {TP}
+    assert paused_after(0.6) == set()
 
 
 def test_after_the_retries_the_batch_is_skipped_past_its_end() -> None:

@@ -1,3 +1,4 @@
+# Over 400 lines: 20 tests sharing one rig (store, log, scorer over real ONNX models).
 """Live scoring and shadow trials: real ONNX models, real SQLite, real registry."""
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ class Rig:
         self.root, self.registry, self.market = root, registry, market
         self.store = BarStore(root / "bars.sqlite")
         self.log = PredictionStore(root / "predictions.sqlite")
+        self.store.upsert(records(market.train))  # the champion's training history
         self.scorer = self._scorer()
 
     def _scorer(self, slots_poll_seconds: float = 1.0) -> LiveScorer:
@@ -128,9 +130,6 @@ class Rig:
             CONFIG,
             slots_poll_seconds=slots_poll_seconds,
         )
-
-    def seed_history(self) -> None:
-        self.store.upsert(records(self.market.train))
 
     def push(self, start: int, stop: int, batch: int = 10) -> list[LiveUpdate]:
         """Store then score live bars [start, stop) in batches."""
@@ -173,7 +172,6 @@ def registry(tmp_path: Path) -> Registry:
 @pytest.fixture
 def rig(tmp_path: Path, registry: Registry, market: Market) -> Iterator[Rig]:
     r = Rig(tmp_path / "data", registry, market)
-    r.seed_history()
     yield r
     r.close()
 
@@ -399,10 +397,8 @@ def test_restart_mid_trial_keeps_identical_evidence(
     never stopping."""
     slot_pair(registry, market.naive, market.xgb)
     straight = Rig(tmp_path / "straight", registry, market)
-    straight.seed_history()
     straight_updates = straight.push(0, 160)
     restarted = Rig(tmp_path / "restarted", registry, market)
-    restarted.seed_history()
     restarted.push(0, 60)
     half = restarted.scorer.trial(SYMBOL)
     assert half is not None and half.evidence.n == 59
@@ -426,10 +422,8 @@ def test_bars_stored_but_not_scored_before_a_crash_are_caught_up(
     at restart, so the trial matches an uninterrupted one."""
     slot_pair(registry, market.naive, market.xgb)
     straight = Rig(tmp_path / "straight", registry, market)
-    straight.seed_history()
     straight.push(0, 95)
     crashed = Rig(tmp_path / "crashed", registry, market)
-    crashed.seed_history()
     crashed.push(0, 50)
     crashed.store.upsert(records(_slice(market.live, 50, 67)))  # the crash: never scored
     crashed.restart()
@@ -462,10 +456,8 @@ def test_failed_commit_is_caught_up_from_the_store(
     evidence and log end as if nothing failed."""
     slot_pair(registry, market.naive, market.xgb)
     straight = Rig(tmp_path / "straight", registry, market)
-    straight.seed_history()
     straight.push(0, 90)
     flaky = Rig(tmp_path / "flaky", registry, market)
-    flaky.seed_history()
     log = FailingCommits(flaky.log)
     flaky.scorer = LiveScorer(registry, log, lambda s, n: flaky.store.load(s, last_n=n), CONFIG)
     flaky.push(0, 40)

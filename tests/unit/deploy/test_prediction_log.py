@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
-
-import pytest
-
 from daemon.store.predictions import PredictionStore
 from deploy.memory_log import MemoryPredictionLog
 from deploy.trial import LogWrite, Prediction, PredictionLog, Resolution, TrialState
+from tests.support.helpers import each_implementation
 
 V1, V2 = "20250101T000000000001Z-aaaa", "20250101T000000000002Z-bbbb"
-LOGS: dict[str, Callable[[Path], PredictionLog]] = {
-    "sqlite": lambda tmp: PredictionStore(tmp / "predictions.sqlite"),
-    "memory": lambda _tmp: MemoryPredictionLog(),
-}
-
-
-@pytest.fixture(params=sorted(LOGS))
-def log(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PredictionLog]:
-    made = LOGS[request.param](tmp_path)
-    yield made
-    if isinstance(made, PredictionStore):
-        made.close()
+log = each_implementation(
+    sqlite=lambda tmp: PredictionStore(tmp / "predictions.sqlite"),
+    memory=lambda _tmp: MemoryPredictionLog(),
+)
 
 
 def _write(log: PredictionLog, ts: int, label_of: int | None = None) -> None:

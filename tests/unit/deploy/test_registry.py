@@ -1,3 +1,4 @@
+# Over 400 lines: 19 tests of the one registry contract (slots, history, ids, safety).
 """The filesystem model registry: layout, slot decisions, history, ids, safety, concurrency."""
 
 from __future__ import annotations

@@ -12,13 +12,13 @@ import numpy.typing as npt
 import pytest
 from scipy import stats
 
+from deploy.fdr import ebh
 from deploy.sequential import (
     Decision,
     PairedSequentialTest,
     PromotionTestConfig,
-    batch_decisions,
-    ebh,
 )
+from deploy.sequential_batch import batch_decisions
 
 Rows = npt.NDArray[np.bool_]
 

@@ -1,3 +1,4 @@
+# Over 400 lines: 31 tests, the boundaries of every training-time rule beside each other.
 """Training-time monitors: each rule's boundaries, responses, and silence on healthy curves."""
 
 from __future__ import annotations

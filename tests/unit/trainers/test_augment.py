@@ -11,8 +11,7 @@ from monitors.base import NullMonitor
 from trainers.augment import AugmentConfig, augment_training, multiplier
 from trainers.dataset import Dataset
 from trainers.errors import InvalidInputError
-from trainers.features import FEATURE_SPEC, training_matrix
-from trainers.splits import chronological_split
+from trainers.features import training_matrix
 from trainers.synthetic import MarketSpec, generate_bars
 from trainers.table import make_trainer
 
@@ -145,14 +144,7 @@ def test_config_rejects_bad_strengths(kwargs, message):
 def small_data() -> Dataset:
     """About 150 training rows: augmentation triples them."""
     m = training_matrix(generate_bars(MarketSpec("TEST", 3, signal_strength=1.0), 440))
-    split = chronological_split(
-        len(m),
-        val_fraction=0.15,
-        test_fraction=0.15,
-        embargo=FEATURE_SPEC.lookback + FEATURE_SPEC.label_horizon,
-        min_rows=20,
-    )
-    data = Dataset.from_split(m.X, m.y, split)
+    data = m.dataset(val_fraction=0.15, test_fraction=0.15, min_rows=20)
     assert len(data.y_train) < 200
     return data
 

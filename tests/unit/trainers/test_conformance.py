@@ -1,3 +1,4 @@
+# Over 400 lines: one contract run over every trainer, with its shared datasets and fakes.
 """Conformance checks run over every registered trainer, plus xgboost and baseline specifics."""
 
 from __future__ import annotations
@@ -21,10 +22,9 @@ from trainers.errors import (
     TrainingAborted,
     UnknownTrainerError,
 )
-from trainers.features import FEATURE_SPEC, training_matrix
+from trainers.features import training_matrix
 from trainers.metrics import classification_metrics
 from trainers.onnx_io import OnnxScorer, check_parity
-from trainers.splits import chronological_split
 from trainers.synthetic import MarketSpec, generate_bars
 from trainers.table import TRAINERS, make_trainer, trainer_class
 from trainers.torch_base import TorchTrainer
@@ -35,13 +35,7 @@ TORCH_TRAINERS = tuple(n for n in sorted(TRAINERS) if issubclass(trainer_class(n
 def dataset(n_bars: int, *, seed: int, strength: float) -> Dataset:
     bars = generate_bars(MarketSpec("TEST", seed, signal_strength=strength), n_bars)
     m = training_matrix(bars)
-    split = chronological_split(
-        len(m),
-        val_fraction=0.15,
-        test_fraction=0.15,
-        embargo=FEATURE_SPEC.lookback + FEATURE_SPEC.label_horizon,
-    )
-    return Dataset.from_split(m.X, m.y, split)
+    return m.dataset(val_fraction=0.15, test_fraction=0.15)
 
 
 def small(name: str, **extra: Any):

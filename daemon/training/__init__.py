@@ -1,0 +1,2 @@
+"""Retraining: when a symbol is due (trigger), the worker pool that trains it
+(scheduler, worker, jobs), what a finished run becomes (outcomes), and tracking."""
