@@ -128,7 +128,7 @@ def bench_pair(trainer: str, args: argparse.Namespace, tmp: Path) -> list[str]:
     )
     registry.place(symbol, champion)
     registry.place(symbol, shadow)
-    window = registry.metadata(symbol, champion)["onnx"]["window"]
+    window = registry.metadata(symbol, champion).onnx.window
     preset = "" if trainer == "xgboost" else f" preset {args.preset}"
     lines = [
         f"{trainer}{preset}: window {window}, trained in {fit_c:.1f} s / {fit_s:.1f} s "

@@ -199,7 +199,7 @@ def run(args: argparse.Namespace, symbols: list[str], msgs: list[tuple[bytes, by
 
         def timed_on_done(outcome: JobOutcome) -> None:
             res.durations.append(outcome.duration_seconds)
-            timings: dict[str, Any] = (outcome.reply.get("metadata") or {}).get("timings") or {}
+            timings = outcome.metadata.timings if outcome.metadata is not None else {}
             if "total_seconds" in timings:
                 res.train_seconds.append(float(timings["total_seconds"]))
             on_done(outcome)
@@ -234,7 +234,7 @@ def run(args: argparse.Namespace, symbols: list[str], msgs: list[tuple[bytes, by
         daemon.stop(30)
         counts: Counter[int] = Counter()
         for symbol in symbols:
-            events = [e.get("event") for e in daemon.registry.history(symbol)]
+            events = [e.event for e in daemon.registry.history(symbol)]
             counts[sum(1 for e in events if e in OUTCOMES)] += 1
         res.once = counts.pop(1, 0)
         res.other_counts = dict(counts)
