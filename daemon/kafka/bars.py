@@ -46,8 +46,8 @@ def _parse_ts(value: object) -> int:
     elif type(value) is str:
         if len(value) > _MAX_TS_TEXT or not value.isascii():
             raise ValueError(f"is not an RFC 3339 timestamp: {show(value)}")
-        try:
-            moment = datetime.fromisoformat(value)
+        try:  # RFC 3339 allows a lower-case "t" and "z"; fromisoformat does not
+            moment = datetime.fromisoformat(value.upper())
         except ValueError:
             raise ValueError(f"is not an RFC 3339 timestamp: {show(value)}") from None
         if moment.tzinfo is None or moment.utcoffset() is None:
@@ -233,7 +233,8 @@ def _decode_checked(value: bytes | None) -> list[BarRecord]:
 
 
 class _FastBar(msgspec.Struct, forbid_unknown_fields=True):
-    ts: int | str
+    # msgspec parses RFC 3339 in C (a quarter of the cost of fromisoformat in a loop).
+    ts: int | Annotated[datetime, msgspec.Meta(tz=True)]
     open: Annotated[float, msgspec.Meta(gt=0)]
     high: Annotated[float, msgspec.Meta(gt=0)]
     low: Annotated[float, msgspec.Meta(gt=0)]
@@ -280,13 +281,21 @@ def _decode_fast(value: bytes | None) -> list[BarRecord] | None:
         records = []
         for b in bars:
             o, h, lo, c, v, ts = b.open, b.high, b.low, b.close, b.volume, b.ts
-            if type(ts) is str:
+            whole = True
+            if isinstance(ts, datetime):
                 strings += 1
+                whole, ts = not ts.microsecond, int(ts.timestamp())
             # inf passes msgspec's bounds; a sum of finite values may overflow (then the
             # checked way decides, rightly).
-            if not (math.isfinite(o + h + lo + c + v) and lo <= min(o, c) and h >= max(o, c)):
+            if not (
+                whole
+                and MIN_TS <= ts <= MAX_TS
+                and math.isfinite(o + h + lo + c + v)
+                and lo <= min(o, c)
+                and h >= max(o, c)
+            ):
                 return None
-            records.append(BarRecord(symbol, _parse_ts(ts), o, h, lo, c, v))
+            records.append(BarRecord(symbol, ts, o, h, lo, c, v))
         if value.count(b'"') != 2 * strings:
             return None
         # A set comprehension per single-bar message was a quarter of its decoding time.
