@@ -1,15 +1,12 @@
 """Durable local file writes: the one implementation every file ctd keeps goes through.
 
 ``write_atomic`` replaces a file so that a reader (or a restart after a crash
-at any instant) sees the previous content or the whole new one, never a part;
-``append_lines`` adds complete lines and survives a crash with at most a torn
-last line, which the next append cuts off. Both fsync the data and, when a
-directory entry changes, the directory.
+at any instant) sees the previous content or the whole new one, never a part.
+It fsyncs the data and, when a directory entry changes, the directory.
 
 ``crash_point`` is a test seam: it is called with a named point between the
 steps ("<file>:written" after the temp file is durable, "<file>:replaced"
-after the rename, "<file>:appended" after an append); crash tests set it to
-kill the process at one point.
+after the rename); crash tests set it to kill the process at one point.
 """
 
 from __future__ import annotations
@@ -46,45 +43,6 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         raise
     crash_point(f"{path.name}:replaced")
     fsync_dir(path.parent)
-
-
-def append_lines(path: Path, data: bytes) -> None:
-    """Append ``data`` (whole lines, each ending in a newline) durably.
-
-    A torn tail left by a crash mid-append (bytes after the last newline) is
-    cut off first, so a reader never sees half a line glued to the next one.
-    """
-    if data and not data.endswith(b"\n"):
-        raise ValueError("append_lines takes whole lines ending in a newline")
-    make_dirs(path.parent)
-    created = not path.exists()
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        torn = torn_tail(fd)
-        if torn:
-            os.ftruncate(fd, os.fstat(fd).st_size - torn)
-        _write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if created:
-        fsync_dir(path.parent)
-    crash_point(f"{path.name}:appended")
-
-
-def torn_tail(fd: int) -> int:
-    """Bytes after the last newline of the open file ``fd`` (0 when it ends in one)."""
-    size = os.fstat(fd).st_size
-    pos, torn = size, 0
-    while pos > 0:
-        step = min(pos, 1 << 16)
-        pos -= step
-        chunk = os.pread(fd, step, pos)
-        cut = chunk.rfind(b"\n")
-        if cut >= 0:
-            return torn + (len(chunk) - cut - 1)
-        torn += len(chunk)
-    return torn
 
 
 def make_dirs(path: Path) -> None:

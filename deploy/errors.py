@@ -11,7 +11,9 @@ Hierarchy::
     ├── NoShadowError(RegistryError)                       promote / reject with an empty shadow
     ├── NoChampionError(RegistryError)                     rollback with no champion at all
     ├── NothingToRollBackError(RegistryError)              rollback with no previous champion
-    └── RegistryCorrupt(RegistryError)                     on-disk state that no crash can produce
+    ├── RegistryCorrupt(RegistryError)                     on-disk state that no crash can produce
+    ├── FencedError(RegistryError)                         a daemon's write after another took over
+    └── RegistryBusy(RegistryError)                        compare-and-swap lost too many times
 
 An invalid symbol raises ``trainers.data.InvalidSymbolError`` (a ``ValueError``),
 the one symbol error every package shares.
@@ -85,3 +87,26 @@ class RegistryCorrupt(RegistryError):
     def __init__(self, where: str | Path, problem: str) -> None:
         self.where, self.problem = str(where), problem
         super().__init__(f"{where}: {problem}")
+
+
+class FencedError(RegistryError):
+    """A daemon's write for a symbol that a newer owner has claimed (a fleet handoff).
+
+    ``mine`` and ``theirs`` name the claims as ``owner@epoch``. The daemon counts it,
+    logs it and stops acting for the symbol; the write did not happen.
+    """
+
+    def __init__(self, symbol: str, mine: str, theirs: str) -> None:
+        self.symbol, self.mine, self.theirs = symbol, mine, theirs
+        super().__init__(
+            f"{symbol}: fenced: this daemon's claim {mine} is older than {theirs} on record; "
+            "another daemon now acts for the symbol"
+        )
+
+
+class RegistryBusy(RegistryError):
+    """A compare-and-swap write lost too many times in a row (heavy contention on a symbol)."""
+
+    def __init__(self, symbol: str, attempts: int) -> None:
+        self.symbol, self.attempts = symbol, attempts
+        super().__init__(f"{symbol}: registry write still contended after {attempts} attempts")

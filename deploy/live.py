@@ -185,7 +185,16 @@ class LiveScorer:
             st = self._symbols.get(symbol)
             if st is None:
                 st, _ = self._load(symbol, None)
-            return None if st.trial is None else self._snapshot(symbol, st.trial)
+            return None if st.trial is None else st.trial.snapshot(symbol)
+
+    def forget(self, symbol: str) -> None:
+        """Drop the symbol's memory (handed over to or from another daemon); the next batch
+        reloads it from the log and the store."""
+        with self._lock:
+            st = self._symbols.pop(symbol, None)
+            for version in (st.champion, st.shadow) if st is not None else ():
+                if version is not None:
+                    self._cache.forget(symbol, version)
 
     def status(self) -> list[LiveStatus]:
         """Gauge values of every symbol seen since start-up, sorted by symbol."""
@@ -200,7 +209,7 @@ class LiveScorer:
                         st.shadow,
                         self._cache.accuracy(symbol, st.champion),
                         self._cache.accuracy(symbol, st.shadow),
-                        None if st.trial is None else self._snapshot(symbol, st.trial),
+                        None if st.trial is None else st.trial.snapshot(symbol),
                     )
                 )
             return out
@@ -233,7 +242,7 @@ class LiveScorer:
             return None
         ended = None
         if st.trial is not None and st.trial.test.decision is Decision.CONTINUE:
-            ended = self._snapshot(symbol, st.trial)
+            ended = st.trial.snapshot(symbol)
         both = slots.champion is not None and slots.shadow is not None
         fresh = PairedSequentialTest(self.config).to_dict() if both else None
         state = TrialState(st.last_ts, slots.champion, slots.shadow, fresh)
@@ -366,7 +375,7 @@ class LiveScorer:
             and trial.test.decision is not Decision.CONTINUE
         ):
             # Announced once per process: a decision reached now, or restored unapplied.
-            decision = self._snapshot(symbol, trial)
+            decision = trial.snapshot(symbol)
             trial.announced = True
         return LiveUpdate(
             symbol,
@@ -379,18 +388,4 @@ class LiveScorer:
             errors=tuple(self._cache.take_errors(symbol)),
             observations=plan.observations,
             champion=st.champion,
-        )
-
-    # -- helpers ---------------------------------------------------------------------------
-
-    def _snapshot(self, symbol: str, trial: Trial) -> TrialDecision:
-        return TrialDecision(
-            symbol,
-            trial.test.decision,
-            trial.champion,
-            trial.shadow,
-            trial.test.evidence,
-            trial.test.config,
-            trial.first_bar_ts,
-            trial.last_bar_ts,
         )

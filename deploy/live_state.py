@@ -37,6 +37,20 @@ class Trial:
     announced: bool = False
     """Whether this process has returned the trial's decision (once per process)."""
 
+    def snapshot(self, symbol: str) -> TrialDecision:
+        """The trial's decision so far (CONTINUE while undecided), with its evidence."""
+        test = self.test
+        return TrialDecision(
+            symbol,
+            test.decision,
+            self.champion,
+            self.shadow,
+            test.evidence,
+            test.config,
+            self.first_bar_ts,
+            self.last_bar_ts,
+        )
+
 
 @dataclass
 class SymbolState:

@@ -21,6 +21,8 @@ from daemon.kafka.broker import LocalBroker
 from daemon.kafka.clients import ensure_topics
 from daemon.settings import Settings, load_settings
 
+pytest_plugins = ["tests.support.s3"]
+
 # Short group timeouts: tansu answers a JoinGroup after ~session_timeout/2 (NOTES.md),
 # so tests join in ~1.5 s instead of ~3 s with the daemon's defaults.
 TEST_SESSION_TIMEOUT_MS = 3000

@@ -8,6 +8,7 @@ model.onnx alone.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -144,6 +145,7 @@ def run_candidate(
             n_features=scorer.n_features,
             window=scorer.window,
             parity_max_abs_diff=parity,
+            sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
         )
     except Exception as exc:  # one broken candidate must not sink the others
         fields["error"] = CandidateError(stage=stage, type=type(exc).__name__, message=str(exc))

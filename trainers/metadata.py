@@ -101,6 +101,8 @@ class OnnxInfo(_Record):
     n_features: int
     window: int
     parity_max_abs_diff: float
+    sha256: str | None = None
+    """Of model.onnx; the registry checks it on every copy (None in models from before 2026-12)."""
 
 
 class CandidateError(_Record):

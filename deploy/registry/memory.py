@@ -7,43 +7,47 @@ with the storage.
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import tempfile
 import threading
 import weakref
-from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
+
+from deploy.registry.storage import Conflict, Stored
 
 
 class MemoryStorage:
-    """``RegistryStorage`` in a dict; thread-safe; one process only."""
+    """``RegistryStorage`` in a dict; thread-safe; one process only. Tags are counters."""
+
+    shared = False
 
     def __init__(self) -> None:
-        self._objects: dict[str, bytes] = {}
+        self._objects: dict[str, Stored] = {}
         self._guard = threading.Lock()
-        self._locks: defaultdict[str, threading.RLock] = defaultdict(threading.RLock)
+        self._writes = itertools.count(1)
         self._files: Path | None = None
 
     @property
     def url(self) -> str:
         return f"memory://{id(self):x}"
 
-    def get(self, key: str) -> bytes | None:
+    def get(self, key: str) -> Stored | None:
         with self._guard:
             return self._objects.get(key.strip("/"))
 
     def put(self, key: str, data: bytes) -> None:
         with self._guard:
-            self._objects[key.strip("/")] = bytes(data)
+            self._objects[key.strip("/")] = Stored(bytes(data), str(next(self._writes)))
 
-    def append(self, key: str, data: bytes) -> None:
-        if data and not data.endswith(b"\n"):
-            raise ValueError("append takes whole lines ending in a newline")
+    def put_if(self, key: str, data: bytes, tag: str | None) -> str:
         with self._guard:
-            key = key.strip("/")
-            self._objects[key] = self._objects.get(key, b"") + bytes(data)
+            current = self._objects.get(key.strip("/"))
+            if (current.tag if current is not None else None) != tag:
+                raise Conflict(key, tag)
+            stored = Stored(bytes(data), str(next(self._writes)))
+            self._objects[key.strip("/")] = stored
+            return stored.tag
 
     def children(self, prefix: str) -> list[str]:
         start = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
@@ -57,16 +61,9 @@ class MemoryStorage:
             for k in [k for k in self._objects if k == key or k.startswith(f"{key}/")]:
                 del self._objects[k]
 
-    @contextmanager
-    def lock(self, scope: str) -> Iterator[None]:
-        with self._guard:
-            lock = self._locks[scope]
-        with lock:
-            yield
-
     def local_file(self, key: str) -> Path:
-        data = self.get(key)
-        if data is None:
+        stored = self.get(key)
+        if stored is None:
             raise FileNotFoundError(f"no object {key!r} in {self.url}")
         with self._guard:
             if self._files is None:
@@ -75,7 +72,7 @@ class MemoryStorage:
             path = self._files.joinpath(*key.strip("/").split("/"))
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
+            path.write_bytes(stored.data)
         return path
 
     def sweep(self, scope: str) -> list[str]:

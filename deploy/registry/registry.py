@@ -7,13 +7,14 @@ Layout (DESIGN.md), under the storage root::
     <SYMBOL>/slots.json                {"champion", "shadow", "retired", "seq", "decision"}
     <SYMBOL>/history.jsonl             one RegistryEvent per line, with its "seq"
 
-A version is complete when both files exist; metadata.json is written last,
-so an interrupted copy is incomplete, invisible to readers, and removed by
-``recover``. Slot decisions and the ledger follow ``deploy.registry.ledger``.
+A version is complete when both files exist; metadata.json is written last
+(create-only), so an interrupted copy is incomplete, invisible to readers, and
+removed by ``recover`` (on private storage; on shared storage it may be another
+machine's write in flight, so it is left alone). Its metadata records the
+SHA-256 of model.onnx, checked whenever the model is read. Slot decisions, the
+ledger and the claims that fence a fleet's writers follow ``deploy.registry.ledger``.
 
-Rollback puts the newest retired version back as champion and removes it from
-``retired``; the champion backed out is dropped, not retired, so a second
-rollback goes one further back instead of undoing the first. The shadow stays.
+What each decision does to the slots is ``deploy.registry.decisions``.
 
 Symbols are checked with ``trainers.data.validate_symbol`` and version ids with
 ``VERSION_PATTERN`` before any key is built, so nothing is written outside the root.
@@ -21,34 +22,37 @@ Symbols are checked with ``trainers.data.validate_symbol`` and version ids with
 
 from __future__ import annotations
 
+import hashlib
+import random
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Final
 
 from deploy.errors import (
-    AlreadyInSlotError,
     ArtifactError,
     DuplicateVersionError,
-    NoChampionError,
-    NoShadowError,
-    NothingToRollBackError,
+    RegistryBusy,
     RegistryCorrupt,
     UnknownVersionError,
 )
-from deploy.events import RECORD_ONLY_KINDS, RegistryEvent, utc_now
+from deploy.events import RECORD_ONLY_KINDS, RegistryEvent
+from deploy.registry import decisions
 from deploy.registry.ledger import (
     SLOTS_FILE,
+    Claim,
     Slots,
     SlotsState,
-    append_history,
+    append_missing,
+    fence,
     read_history,
     read_state,
     sync,
     write_state,
 )
 from deploy.registry.local import LocalStorage
-from deploy.registry.storage import RegistryStorage
+from deploy.registry.storage import Conflict, RegistryStorage
 from deploy.versions import VERSION_PATTERN, new_version_id, validate_version
 from trainers.data import SYMBOL_PATTERN, validate_symbol
 from trainers.errors import MetadataError
@@ -57,21 +61,33 @@ from trainers.metadata import ModelMetadata
 MODEL_FILE: Final = "model.onnx"
 METADATA_FILE: Final = "metadata.json"
 
+CAS_ATTEMPTS: Final = 50
+
 Decide = Callable[[Slots], tuple[Slots, list[RegistryEvent]]]
+Change = Callable[[SlotsState], tuple[SlotsState, tuple[RegistryEvent, ...]]]
+Claims = Callable[[str], Claim | None]
 
 
 class Registry:
     """Versions, slots and ledger of every symbol in one storage.
 
-    Reads take no lock (slots.json is replaced atomically, torn ledger tails
-    are skipped); every read-modify-write holds the symbol's storage lock, so
-    the daemon and an operator's CLI can act at the same time.
+    Reads take no lock (objects are replaced whole). Every change is a
+    compare-and-swap of the symbol's slots.json, retried when another writer
+    got there first, so daemons on several machines and an operator's CLI can
+    act at the same time. ``claims(symbol)`` gives the claim a daemon's writes
+    carry (None: unfenced, as an operator's); a write whose claim is older than
+    the one on record raises FencedError and changes nothing.
     """
 
-    def __init__(self, storage: RegistryStorage | Path) -> None:
+    def __init__(self, storage: RegistryStorage | Path, *, claims: Claims | None = None) -> None:
         self.storage: RegistryStorage = (
             LocalStorage(storage) if isinstance(storage, Path) else storage
         )
+        self._claims = claims
+
+    def unfenced(self) -> Registry:
+        """The same registry for an operator's actions: writes carry no claim."""
+        return Registry(self.storage)
 
     @property
     def url(self) -> str:
@@ -95,14 +111,22 @@ class Registry:
             metadata = ModelMetadata.from_json(metadata_src.read_bytes(), metadata_src)
         except MetadataError as exc:
             raise ArtifactError(metadata_src, exc.problem) from exc
-        document = metadata.model_copy(update={"version": version}).to_json()
         model = model_src.read_bytes()
-        with self.storage.lock(symbol):
-            if self._complete(symbol, version):
-                raise DuplicateVersionError(symbol, version)
-            self.storage.delete(f"{symbol}/{version}")  # a dead attempt at this very id
-            self.storage.put(f"{symbol}/{version}/{MODEL_FILE}", model)
-            self.storage.put(f"{symbol}/{version}/{METADATA_FILE}", document)  # last: complete
+        digest = hashlib.sha256(model).hexdigest()
+        if metadata.onnx is not None and metadata.onnx.sha256 not in (None, digest):
+            raise ArtifactError(model_src, "does not match the sha256 in metadata.json")
+        if metadata.onnx is not None:
+            metadata = metadata.model_copy(
+                update={"onnx": metadata.onnx.model_copy(update={"sha256": digest})}
+            )
+        document = metadata.model_copy(update={"version": version}).to_json()
+        if self._complete(symbol, version):
+            raise DuplicateVersionError(symbol, version)
+        self.storage.put(f"{symbol}/{version}/{MODEL_FILE}", model)  # replaces a dead attempt's
+        try:  # last, create-only: the version is complete once, by one writer
+            self.storage.put_if(f"{symbol}/{version}/{METADATA_FILE}", document, None)
+        except Conflict:
+            raise DuplicateVersionError(symbol, version) from None
         return version
 
     def versions(self, symbol: str) -> list[str]:
@@ -117,21 +141,28 @@ class Registry:
     def metadata(self, symbol: str, version: str) -> ModelMetadata:
         """The version's metadata. UnknownVersionError; RegistryCorrupt if it does not parse."""
         key = self._require_version(symbol, version) + f"/{METADATA_FILE}"
-        data = self.storage.get(key)
-        if data is None:
+        stored = self.storage.get(key)
+        if stored is None:
             raise UnknownVersionError(symbol, version)
         try:
-            return ModelMetadata.from_json(data, f"{self.url.rstrip('/')}/{key}")
+            return ModelMetadata.from_json(stored.data, f"{self.url.rstrip('/')}/{key}")
         except MetadataError as exc:
             raise RegistryCorrupt(exc.source, exc.problem) from exc
 
     def model_path(self, symbol: str, version: str) -> Path:
-        """A local file holding the version's model.onnx. UnknownVersionError."""
+        """A local file holding the version's model.onnx. UnknownVersionError; RegistryCorrupt
+        if its bytes are not the ones the metadata's sha256 names."""
         key = self._require_version(symbol, version) + f"/{MODEL_FILE}"
         try:
-            return self.storage.local_file(key)
+            path = self.storage.local_file(key)
         except FileNotFoundError:
             raise UnknownVersionError(symbol, version) from None
+        onnx = self.metadata(symbol, version).onnx
+        if onnx is not None and onnx.sha256 not in (None, _sha256(path)):
+            raise RegistryCorrupt(
+                f"{self.url.rstrip('/')}/{key}", "sha256 differs from metadata.json"
+            )
+        return path
 
     def symbols(self) -> list[str]:
         """Every symbol the registry holds anything for, sorted."""
@@ -148,47 +179,15 @@ class Registry:
         reason: str = "",
         superseded_evidence: Mapping[str, Any] | None = None,
     ) -> list[RegistryEvent]:
-        """Make ``version`` the champion if there is none, else the shadow.
-
-        Returns the events in order: ``champion_bootstrapped``; or
-        ``shadow_superseded`` (when a shadow is replaced, carrying
-        ``superseded_evidence``: its trial's partial evidence) then ``shadow_placed``.
-        Raises UnknownVersionError, AlreadyInSlotError.
-        """
+        """Make ``version`` the champion if there is none, else the shadow (see
+        ``decisions.place``). Raises UnknownVersionError, AlreadyInSlotError."""
         validate_version(version)
 
         def decide(slots: Slots) -> tuple[Slots, list[RegistryEvent]]:
             self._require_version(symbol, version)
-            for slot, holder in (("champion", slots.champion), ("shadow", slots.shadow)):
-                if holder == version:
-                    raise AlreadyInSlotError(symbol, version, slot)
-            ts = utc_now()
-            if slots.champion is None:
-                event = RegistryEvent(
-                    "champion_bootstrapped", symbol, None, version, {}, ts, actor, reason
-                )
-                return Slots(version, None, slots.retired), [event]
-            events = []
-            if slots.shadow is not None:
-                evidence = dict(superseded_evidence or {})
-                events.append(
-                    RegistryEvent(
-                        "shadow_superseded",
-                        symbol,
-                        slots.shadow,
-                        version,
-                        evidence,
-                        ts,
-                        actor,
-                        reason,
-                    )
-                )
-            events.append(
-                RegistryEvent(
-                    "shadow_placed", symbol, slots.champion, version, {}, ts, actor, reason
-                )
+            return decisions.place(
+                slots, symbol, version, actor, reason, superseded_evidence=superseded_evidence
             )
-            return Slots(slots.champion, version, slots.retired), events
 
         return self._decide(symbol, decide)
 
@@ -196,54 +195,29 @@ class Registry:
         self, symbol: str, *, evidence: Mapping[str, Any], actor: str = "daemon", reason: str = ""
     ) -> RegistryEvent:
         """Shadow becomes champion; the old champion is appended to ``retired``. NoShadowError."""
-
-        def decide(slots: Slots) -> tuple[Slots, list[RegistryEvent]]:
-            if slots.shadow is None:
-                raise NoShadowError(symbol, "promote")
-            retired = tuple(v for v in slots.retired if v != slots.shadow)
-            if slots.champion is not None:
-                retired += (slots.champion,)
-            event = RegistryEvent(
-                "promoted", symbol, slots.champion, slots.shadow, evidence, utc_now(), actor, reason
-            )
-            return Slots(slots.shadow, None, retired), [event]
-
-        return self._decide(symbol, decide)[0]
+        return self._decide(
+            symbol, lambda slots: decisions.promote(slots, symbol, evidence, actor, reason)
+        )[0]
 
     def reject(
         self, symbol: str, *, evidence: Mapping[str, Any], actor: str = "daemon", reason: str = ""
     ) -> RegistryEvent:
         """Empty the shadow slot; the champion stays. NoShadowError."""
-
-        def decide(slots: Slots) -> tuple[Slots, list[RegistryEvent]]:
-            if slots.shadow is None:
-                raise NoShadowError(symbol, "reject")
-            event = RegistryEvent(
-                "rejected", symbol, slots.champion, slots.shadow, evidence, utc_now(), actor, reason
-            )
-            return Slots(slots.champion, None, slots.retired), [event]
-
-        return self._decide(symbol, decide)[0]
+        return self._decide(
+            symbol, lambda slots: decisions.reject(slots, symbol, evidence, actor, reason)
+        )[0]
 
     def rollback(self, symbol: str, *, actor: str = "operator", reason: str = "") -> RegistryEvent:
-        """Restore the newest retired champion (see the module docstring).
+        """Restore the newest retired champion (see ``decisions.rollback``).
 
         Raises NoChampionError, NothingToRollBackError, and UnknownVersionError if
         the retired version was removed.
         """
 
         def decide(slots: Slots) -> tuple[Slots, list[RegistryEvent]]:
-            if slots.champion is None:
-                raise NoChampionError(symbol, "roll back")
-            if not slots.retired:
-                raise NothingToRollBackError(symbol, slots.champion)
-            restored = slots.retired[-1]
-            self._require_version(symbol, restored)
-            shadow = None if slots.shadow == restored else slots.shadow
-            event = RegistryEvent(
-                "rolled_back", symbol, slots.champion, restored, {}, utc_now(), actor, reason
-            )
-            return Slots(restored, shadow, slots.retired[:-1]), [event]
+            after, events = decisions.rollback(slots, symbol, actor, reason)
+            self._require_version(symbol, after.champion or "")
+            return after, events
 
         return self._decide(symbol, decide)[0]
 
@@ -256,17 +230,61 @@ class Registry:
                 "slot changes go through place/promote/reject/rollback"
             )
         symbol = validate_symbol(event.symbol)
-        with self.storage.lock(symbol):
-            seq, _ = sync(self.storage, symbol, read_state(self.storage, symbol))
-            line = _with_seq(event, seq + 1)
-            append_history(self.storage, symbol, (line,))
-        return line
+
+        def change(state: SlotsState) -> tuple[SlotsState, tuple[RegistryEvent, ...]]:
+            line = _with_seq(event, state.seq + 1)
+            return replace(state, seq=line.seq or 0, decision=(line,)), (line,)
+
+        return self._update(symbol, change)[0]
+
+    def claim(self, symbol: str, claim: Claim) -> SlotsState:
+        """Record ``claim`` as the symbol's owner (a daemon taking it over); return the state
+        after it, with the previous owner's trial checkpoint. FencedError if a newer claim is
+        on record. Writes no ledger line and creates no registry entry for a new symbol."""
+        validate_symbol(symbol)
+        claimed: list[SlotsState] = []
+
+        def change(state: SlotsState) -> tuple[SlotsState, tuple[RegistryEvent, ...]]:
+            after = replace(state, decision=(), owner=claim)
+            claimed[:] = [after]
+            return after, ()
+
+        state, tag = read_state(self.storage, symbol)
+        if tag is None:  # no slots.json: nothing placed, nothing to fence yet
+            return replace(state, owner=claim)
+        self._update(symbol, change, claim)
+        return claimed[-1]
+
+    def save_trial(self, symbol: str, trial: Mapping[str, Any] | None) -> None:
+        """Checkpoint the running shadow trial in slots.json (see ``deploy.handoff``), fenced
+        by this registry's claim like every daemon write."""
+        validate_symbol(symbol)
+
+        def change(state: SlotsState) -> tuple[SlotsState, tuple[RegistryEvent, ...]]:
+            return replace(state, decision=(), trial=trial), ()
+
+        self._update(symbol, change)
+
+    def mark_announced(self, symbol: str, seq: int) -> None:
+        """Record that the symbol's decisions up to ``seq`` were announced (never moves back)."""
+        validate_symbol(symbol)
+
+        def change(state: SlotsState) -> tuple[SlotsState, tuple[RegistryEvent, ...]]:
+            return replace(state, decision=(), announced=max(seq, state.announced or 0)), ()
+
+        announced = self.state(symbol).announced
+        if announced is None or announced < seq:
+            self._update(symbol, change)
+
+    def state(self, symbol: str) -> SlotsState:
+        """The symbol's whole slots document: slots, seq, owner, trial checkpoint."""
+        return read_state(self.storage, validate_symbol(symbol))[0]
 
     # -- reading ---------------------------------------------------------------------------
 
     def slots(self, symbol: str) -> Slots:
         """The current slots; ``Slots(None, None)`` for an unknown symbol."""
-        return read_state(self.storage, validate_symbol(symbol)).slots
+        return self.state(symbol).slots
 
     def history(self, symbol: str) -> list[RegistryEvent]:
         """Every ledger line, oldest first, each with its seq; a torn last line is skipped.
@@ -275,34 +293,38 @@ class Registry:
         """
         return read_history(self.storage, validate_symbol(symbol))
 
-    def recover(self) -> list[str]:
+    def recover(self, symbols: list[str] | None = None) -> list[str]:
         """Start-up repair; returns one line per thing cleaned, for the log.
 
-        Removes leftovers of interrupted writes and incomplete versions,
-        re-appends the ledger lines of a decision cut off by a crash, and raises
-        RegistryCorrupt (naming slots.json) if the champion or shadow is not a
-        complete version.
+        Removes leftovers of interrupted writes and (on private storage) incomplete
+        versions, re-appends the ledger lines of a decision cut off by a crash, and
+        raises RegistryCorrupt (naming slots.json) if the champion or shadow is not
+        a complete version. ``symbols``: only these (a fleet daemon recovers what it
+        takes over); default every symbol.
         """
         cleaned: list[str] = []
-        for symbol in self.symbols():
-            with self.storage.lock(symbol):
-                cleaned.extend(self.storage.sweep(symbol))
-                for name in self.storage.children(symbol):
-                    if VERSION_PATTERN.fullmatch(name) and not self._complete(symbol, name):
-                        self.storage.delete(f"{symbol}/{name}")
-                        cleaned.append(f"{self.url}/{symbol}/{name}: removed incomplete version")
-                state = read_state(self.storage, symbol)
-                for slot, version in (
-                    ("champion", state.slots.champion),
-                    ("shadow", state.slots.shadow),
+        for symbol in self.symbols() if symbols is None else symbols:
+            cleaned.extend(self.storage.sweep(symbol))
+            for name in self.storage.children(symbol):
+                if (
+                    not self.storage.shared
+                    and VERSION_PATTERN.fullmatch(name)
+                    and not self._complete(symbol, name)
                 ):
-                    if version is not None and not self._complete(symbol, version):
-                        raise RegistryCorrupt(
-                            f"{self.url}/{symbol}/{SLOTS_FILE}",
-                            f"{slot} {version} has no complete version",
-                        )
-                _, notes = sync(self.storage, symbol, state)
-                cleaned.extend(notes)
+                    self.storage.delete(f"{symbol}/{name}")
+                    cleaned.append(f"{self.url}/{symbol}/{name}: removed incomplete version")
+            state, _ = read_state(self.storage, symbol)
+            for slot, version in (
+                ("champion", state.slots.champion),
+                ("shadow", state.slots.shadow),
+            ):
+                if version is not None and not self._complete(symbol, version):
+                    raise RegistryCorrupt(
+                        f"{self.url}/{symbol}/{SLOTS_FILE}",
+                        f"{slot} {version} has no complete version",
+                    )
+            _, notes = sync(self.storage, symbol, state)
+            cleaned.extend(notes)
         return cleaned
 
     # -- internals -----------------------------------------------------------------------
@@ -320,19 +342,55 @@ class Registry:
         return f"{symbol}/{version}"
 
     def _decide(self, symbol: str, decide: Decide) -> list[RegistryEvent]:
-        """Run one decision under the lock: repair the ledger, write slots.json, append lines."""
+        """One slot decision: its lines get the next seqs; a trial checkpoint of another pair
+        is dropped with the pair."""
         validate_symbol(symbol)
         if not self.storage.children(symbol):
             # Every decision raises on a symbol with no versions; don't leave an empty entry.
             decide(Slots(None, None))
-        with self.storage.lock(symbol):
-            state = read_state(self.storage, symbol)
-            seq, _ = sync(self.storage, symbol, state)
+
+        def change(state: SlotsState) -> tuple[SlotsState, tuple[RegistryEvent, ...]]:
             slots, events = decide(state.slots)
-            lines = tuple(_with_seq(e, seq + i) for i, e in enumerate(events, 1))
-            write_state(self.storage, symbol, SlotsState(slots, seq + len(lines), lines))
-            append_history(self.storage, symbol, lines)
-        return list(lines)
+            lines = tuple(_with_seq(e, state.seq + i) for i, e in enumerate(events, 1))
+            same_pair = (slots.champion, slots.shadow) == (
+                state.slots.champion,
+                state.slots.shadow,
+            )
+            trial = state.trial if same_pair else None
+            after = replace(state, slots=slots, seq=state.seq + len(lines), decision=lines)
+            return replace(after, trial=trial), lines
+
+        return list(self._update(symbol, change))
+
+    def _update(
+        self, symbol: str, change: Change, claim: Claim | None = None
+    ) -> tuple[RegistryEvent, ...]:
+        """Compare-and-swap slots.json: read, fence, bring the ledger up to date, ``change``,
+        write if nobody wrote in between (else again), then append the new lines."""
+        claim = claim if claim is not None else self._claims(symbol) if self._claims else None
+        for attempt in range(CAS_ATTEMPTS):
+            state, tag = read_state(self.storage, symbol)
+            owner = fence(symbol, claim, state.owner)
+            # With no decision lines pending, the ledger ends at ``seq`` (a slots.json
+            # written before seqs were kept, seq 0, still reads the ledger's end).
+            pending = state.decision or not state.seq
+            seq = sync(self.storage, symbol, state)[0] if pending else state.seq
+            after, lines = change(replace(state, seq=seq))
+            announced = state.announced_through if after.announced is None else after.announced
+            try:
+                after = replace(after, owner=owner, announced=announced)
+                write_state(self.storage, symbol, after, tag)
+            except Conflict:
+                time.sleep(random.uniform(0, 0.002 * 2 ** min(attempt, 6)))
+                continue
+            if lines:
+                append_missing(self.storage, symbol, lines)
+            return lines
+        raise RegistryBusy(symbol, CAS_ATTEMPTS)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _with_seq(event: RegistryEvent, seq: int) -> RegistryEvent:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sqlite3
@@ -27,6 +28,7 @@ from tests.support.metadata import write_sample_metadata
 from trainers.config import TrainConfig
 from trainers.data import BarRecord, Bars, bar_records
 from trainers.features import FEATURE_SPEC, compute_features, compute_labels
+from trainers.metadata import ModelMetadata
 from trainers.naive import NaiveModel
 from trainers.onnx_io import OnnxScorer
 from trainers.pipeline import train_symbol
@@ -542,7 +544,12 @@ def test_broken_shadow_does_not_stop_the_champion(
     """A shadow whose ONNX file cannot load is reported once; the champion is still scored."""
     staging = tmp_path / "broken"
     shutil.copytree(market.xgb, staging)
-    (staging / "model.onnx").write_bytes(b"not an onnx model")
+    broken = b"not an onnx model"
+    (staging / "model.onnx").write_bytes(broken)
+    meta = ModelMetadata.from_json((staging / "metadata.json").read_bytes(), "metadata.json")
+    assert meta.onnx is not None  # the producer recorded the broken file's own hash
+    onnx = meta.onnx.model_copy(update={"sha256": hashlib.sha256(broken).hexdigest()})
+    (staging / "metadata.json").write_bytes(meta.model_copy(update={"onnx": onnx}).to_json())
     champion, shadow = slot_pair(registry, market.naive, staging)
     updates = rig.push(0, 30)
     assert [u.errors for u in updates if u.errors] == [updates[0].errors]

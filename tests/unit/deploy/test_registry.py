@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
 import re
@@ -250,7 +251,28 @@ def test_add_version_needs_both_artifacts_and_leaves_nothing_on_failure(
     with pytest.raises(DuplicateVersionError, match=v):
         reg.add_version(SYMBOL, make_staging(tmp_path, "w"), version=v)
     symdir = tmp_path / "registry" / SYMBOL
-    assert sorted(p.name for p in symdir.iterdir()) == sorted([v, ".lock"])
+    assert [p.name for p in symdir.iterdir()] == [v]
+
+
+def test_model_bytes_are_checked_against_their_recorded_sha256(
+    reg: Registry, tmp_path: Path
+) -> None:
+    """A model that is not the file its metadata hashed is refused on the way in, and a stored
+    model altered afterwards is reported as corrupt instead of being served."""
+    staging = make_staging(tmp_path, "x")
+    v = reg.add_version(SYMBOL, staging)
+    recorded = reg.metadata(SYMBOL, v).onnx
+    model = (staging / "model.onnx").read_bytes()
+    assert recorded is not None and recorded.sha256 == hashlib.sha256(model).hexdigest()
+    stored = reg.metadata(SYMBOL, v).model_copy(update={"version": None})
+    (staging / "metadata.json").write_bytes(stored.to_json())  # now names the model's hash
+    (staging / "model.onnx").write_bytes(model + b"tampered")
+    with pytest.raises(ArtifactError, match="sha256"):
+        reg.add_version(SYMBOL, staging)
+    assert reg.model_path(SYMBOL, v).read_bytes() == model
+    (tmp_path / "registry" / SYMBOL / v / "model.onnx").write_bytes(b"bit rot")
+    with pytest.raises(RegistryCorrupt, match="sha256"):
+        reg.model_path(SYMBOL, v)
 
 
 def test_version_ids_sort_by_time_and_stay_unique_under_fast_generation(reg: Registry) -> None:
