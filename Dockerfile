@@ -31,9 +31,9 @@ RUN /opt/ctd/bin/pip install -c constraints.txt \
         ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
         ${TORCH_FIND_LINKS:+--find-links "$TORCH_FIND_LINKS"} \
         "torch==${TORCH_VERSION}"
-# Then the dependencies declared in pyproject.toml, so a source change re-runs only the
-# last install below.
-RUN /opt/ctd/bin/python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+# Then the dependencies declared in pyproject.toml and the s3 extra (a fleet's registry
+# on object storage), so a source change re-runs only the last install below.
+RUN /opt/ctd/bin/python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['s3']))" > /tmp/requirements.txt \
     && /opt/ctd/bin/pip install -c constraints.txt -r /tmp/requirements.txt \
     && /opt/ctd/bin/python -c "import sys, importlib.metadata as m; bad = sorted({d.metadata['Name'] for d in m.distributions() if d.metadata['Name'].lower().startswith('nvidia')}); sys.exit(f'CUDA packages in a CPU image: {bad}' if bad else 0)"
 COPY . .

@@ -1,10 +1,11 @@
 """The one place that wires ctd together; ``Daemon`` builds ready components and runs them.
 
-Start order (stop runs it backwards, through one ``ExitStack``): HTTP (so
-/readyz answers 503 while starting), stores, registry recovery, topics,
-producer, live path and announcer, training queue, intake, command consumer,
-broker probe, schedules. ``stop(grace)`` thus stops intake first (the consumers
-finish their batch, already committed, and leave their groups), lets in-flight
+Start order (stop runs it backwards, through one ``ExitStack``): stores, HTTP
+(so /readyz answers 503 while starting), registry recovery, topics, producer,
+live path and announcer, training queue, trial checkpoints and the handover
+(daemon.fleet), intake, command consumer, broker probe, schedules.
+``stop(grace)`` thus stops intake first (the consumers finish their batch,
+already committed, and leave their groups), checkpoints the trials, lets in-flight
 training finish until the grace deadline, cancels it then, gives tracking what
 is left, and closes the rest. Training never runs in this process.
 """
@@ -19,9 +20,8 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from importlib.metadata import PackageNotFoundError, version
+from functools import partial
 from multiprocessing.connection import Connection
-from pathlib import Path
 from typing import Final
 
 from kafka import KafkaProducer
@@ -29,6 +29,8 @@ from prometheus_client import CollectorRegistry
 
 from daemon.actions import Command
 from daemon.errors import StoreError
+from daemon.fleet.handover import Handover
+from daemon.fleet.ownership import Ownership, member_id
 from daemon.http import HttpServer, make_app
 from daemon.intake import Intake
 from daemon.kafka.clients import ensure_topics, make_consumer, make_producer
@@ -37,40 +39,33 @@ from daemon.kafka.commands import CommandConsumer
 from daemon.kafka.ingest import Ingestor
 from daemon.kafka.probe import BrokerProbe, check_sasl_mechanism
 from daemon.kafka.promotions import PromotionsTopicSink
-from daemon.live.announce import AnnouncementCursor, Announcer
+from daemon.live.announce import Announcer
 from daemon.live.path import LivePath
 from daemon.live.watch import LiveWatch
 from daemon.logs import get_logger
-from daemon.metrics import Metrics
+from daemon.metrics import Metrics, ctd_version
+from daemon.registry import open_registry
 from daemon.schedules import Schedules
 from daemon.settings import Settings
 from daemon.store.bars import BarStore
 from daemon.store.predictions import PredictionStore
-from daemon.training.jobs import job_config
+from daemon.training.jobs import job_spec
 from daemon.training.outcomes import RunRecorder
-from daemon.training.scheduler import Backoff, JobOutcome, RetrainScheduler, TrainJob
+from daemon.training.scheduler import Backoff, JobOutcome, RetrainScheduler
 from daemon.training.tracking import MlflowTracker, TrackingWorker
 from daemon.training.trigger import RetrainTrigger, TriggerPolicy
 from daemon.training.worker import JobSpec, run_job
 from deploy.alerts import AlertSink, WebhookNotifier
 from deploy.durable import write_atomic
-from deploy.errors import RegistryError
+from deploy.errors import FencedError, RegistryError
 from deploy.events import RegistryEvent
 from deploy.live import LiveScorer
-from deploy.registry import Registry
 from trainers.table import trainer_backends
 
 _log = get_logger(component="daemon")
 
 INTAKE_JOIN_SECONDS: Final = 2.0
 """How long stop() waits for the intake threads' last batch even when the grace is used up."""
-
-
-def ctd_version() -> str:
-    try:
-        return version("ctd")
-    except PackageNotFoundError:  # running from a source tree without install
-        return "0+unknown"
 
 
 class Daemon:
@@ -89,6 +84,7 @@ class Daemon:
     scheduler: RetrainScheduler
     trigger: RetrainTrigger
     intake: Intake
+    ownership: Ownership
     probe: BrokerProbe
     schedules: Schedules
 
@@ -103,12 +99,12 @@ class Daemon:
         self.settings = settings
         self.bootstrap_servers = bootstrap_servers
         self.metrics = Metrics(metrics_registry or CollectorRegistry(), version=ctd_version())
-        self.registry = Registry(settings.paths.registry)
+        # Daemon writes carry its claim on the symbol (daemon.fleet); ownership exists from start.
+        claims = lambda symbol: self.ownership.claim(symbol)  # noqa: E731, PLW0108
+        self.registry = open_registry(settings, claims=claims)
         self._job_target = job_target
-        self._train_config = settings.train_config
         self.tracking: TrackingWorker | None = None
         self._stack = ExitStack()
-        self._created: dict[tuple[str, str], float] = {}
         self._deadline = 0.0
         self._started = threading.Event()
         self._stopping = threading.Event()
@@ -139,8 +135,8 @@ class Daemon:
         self._start_live(stack)
         self._start_training(stack)
         self._start_intake(stack)
-        # Jobs interrupted by a previous stop (or due before it) run again now.
-        self.trigger.request_due(self.trigger.symbols(), "startup")
+        # Jobs interrupted by a previous stop run again once their partitions are assigned
+        # (daemon.fleet.handover asks for every symbol it takes over, the first time all).
         write_atomic(self.settings.paths.runtime, self._runtime_info())
         stack.callback(self.settings.paths.runtime.unlink, missing_ok=True)
 
@@ -162,11 +158,14 @@ class Daemon:
         stack.callback(self.store.close)
         self.predictions = PredictionStore(paths.predictions)
         stack.callback(self.predictions.close)
+        member = member_id(s.kafka_group_instance_id, paths.member)
+        self.ownership = Ownership(member, self.store.partitions)
         # Up once the stores are open, so /readyz never reports a store still opening.
         self.http = HttpServer(s.http_host, s.http_port, make_app(m.registry, self.readiness))
         stack.callback(self.http.stop)
         self.http.start()
-        cleaned = self.registry.recover()
+        # Shared storage: another machine may be writing; each symbol is synced when claimed.
+        cleaned = [] if self.registry.storage.shared else self.registry.recover()
         if cleaned:
             _log.warning("registry_recovered", cleaned=cleaned)
 
@@ -196,9 +195,14 @@ class Daemon:
         self.live = LivePath(scorer, self.registry, announcer, m)
         m.add_live(self.live.accuracy_rows, self.live.trial_rows)
         m.add_alert_deliveries(announcer.deliveries)
-        m.add_model_age(self._slot_ages)
-        announcer.catch_up()
-        self.watch = LiveWatch(s, registry=self.registry, metrics=m, trigger=self.request_retrain)
+        m.add_model_age(self.live.slot_ages)
+        self.watch = LiveWatch(
+            s,
+            registry=self.registry,
+            metrics=m,
+            trigger=self.request_retrain,
+            served=self.ownership.served,
+        )
         m.add_live_monitors(self.watch.readings)
 
     def _start_training(self, stack: ExitStack) -> None:
@@ -209,7 +213,7 @@ class Daemon:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
         self.scheduler = RetrainScheduler(
             workers=s.train_workers,
-            make_spec=self._job_spec,
+            make_spec=partial(job_spec, s, s.train_config, self.registry),
             staging_root=s.paths.staging,
             timeout_seconds=s.train_timeout_seconds,
             on_done=self._on_job_done,
@@ -239,12 +243,39 @@ class Daemon:
         self.scheduler.start()
         stack.callback(lambda: self.scheduler.stop(self._remaining(0.0)))
 
+    def _start_fleet(self, stack: ExitStack) -> Handover:
+        """The handover of partitions that move, and its trial checkpoints (a last one when
+        intake stops, before the group is left: the final evidence)."""
+        handover = Handover(
+            self.settings,
+            self.bootstrap_servers,
+            store=self.store,
+            registry=self.registry,
+            log=self.predictions,
+            live=self.live,
+            watch=self.watch,
+            trigger=self.trigger,
+            ownership=self.ownership,
+            metrics=self.metrics,
+        )
+        stack.callback(lambda: handover.checkpointer.stop(self._remaining(1.0)))
+        handover.checkpointer.start()
+        return handover
+
     def _start_intake(self, stack: ExitStack) -> None:
         """Ingest, commands, the broker probe and the schedules: from here on, work flows."""
         s, m = self.settings, self.metrics
-        ingestor = Ingestor(make_consumer(s, self.bootstrap_servers), self.producer, self.store, s)
+        self.handover = handover = self._start_fleet(stack)
+        consumer = handover.attach(make_consumer(s, self.bootstrap_servers, subscribe=False))
+        ingestor = Ingestor(consumer, self.producer, self.store, s)
         self.intake = Intake(
-            ingestor, live=self.live, watch=self.watch, trigger=self.trigger, metrics=m
+            ingestor,
+            live=self.live,
+            watch=self.watch,
+            trigger=self.trigger,
+            metrics=m,
+            before_poll=handover.process,
+            before_close=handover.leave,
         )
         stack.callback(lambda: self.intake.stop(self._remaining(INTAKE_JOIN_SECONDS)))
         self.intake.start()
@@ -298,8 +329,7 @@ class Daemon:
                     s.webhook_url, timeout=s.webhook_timeout_seconds, retries=s.webhook_retries
                 )
             )
-        cursor = AnnouncementCursor(s.paths.announced)
-        return Announcer(self.registry, cursor, sinks, self.metrics)
+        return Announcer(self.registry, sinks, self.metrics)
 
     def _runtime_info(self) -> bytes:
         """Where this daemon can be reached, for `ctd promote` & co. (removed on stop)."""
@@ -310,34 +340,20 @@ class Daemon:
         }
         return json.dumps(info).encode()
 
-    def _slot_ages(self) -> dict[tuple[str, str], float]:
-        """Creation time of the model in each slot, read at scrape time (cached per version)."""
-        out = {}
-        for symbol in self.registry.symbols():
-            slots = self.registry.slots(symbol)
-            for slot, held in (("champion", slots.champion), ("shadow", slots.shadow)):
-                if held is not None:
-                    out[(symbol, slot)] = self._created_at(symbol, held)
-        return out
-
-    def _created_at(self, symbol: str, version: str) -> float:
-        key = (symbol, version)
-        if key not in self._created:
-            self._created[key] = self.registry.metadata(symbol, version).created_ts
-        return self._created[key]
-
     def readiness(self) -> dict[str, bool]:
         """Named checks of /readyz; ready when all are true. Answers from the first moment
         the HTTP server is up, so each check looks at its component only once it exists."""
         store: BarStore | None = getattr(self, "store", None)
         intake: Intake | None = getattr(self, "intake", None)
         probe: BrokerProbe | None = getattr(self, "probe", None)
+        handover: Handover | None = getattr(self, "handover", None)
         return {
             "started": self._started.is_set(),
             "not_draining": not self._stopping.is_set(),
             "store": store is not None and store.ping(),
             "store_writable": intake is None or intake.store_writable,
             "broker": probe is not None and probe.connected,
+            "group": handover is not None and handover.joined,
         }
 
     # -- training and commands ----------------------------------------------------------
@@ -366,18 +382,6 @@ class Daemon:
         except StoreError as exc:  # the count in memory stands; the store catches up next run
             _log.error("mark_trained_failed", symbol=symbol, error=str(exc))
 
-    def _job_spec(self, job: TrainJob, staging: Path) -> JobSpec:
-        config = job_config(self._train_config, self.registry, job.symbol)
-        return JobSpec(
-            symbol=job.symbol,
-            run_id=job.run_id,
-            store_path=self.settings.paths.bars,
-            window_bars=self.settings.train_window_bars,
-            staging_dir=staging,
-            config=config,
-            log_level=self.settings.log_level,
-        )
-
     def _on_job_done(self, outcome: JobOutcome) -> None:
         if outcome.cancelled or (not outcome.ok and self._cancelling.is_set()):
             # Not a failure: the job runs again after the restart (its bars are not marked).
@@ -388,4 +392,8 @@ class Daemon:
                 error=outcome.error,
             )
             return
-        self._runs.record(outcome)
+        try:
+            self._runs.record(outcome)
+        except FencedError as exc:  # the symbol moved to another daemon while it trained
+            self.metrics.registry_fenced.labels(outcome.job.symbol).inc()
+            _log.warning("training_outcome_fenced", symbol=outcome.job.symbol, error=str(exc))

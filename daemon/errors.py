@@ -16,6 +16,7 @@ Hierarchy::
     ├── StoreError                                        a SQLite operation failed (rolled back)
     │   └── PredictionStoreError                          ... of the prediction log
     ├── DeadLetterError                                   the DLQ did not confirm (not committed)
+    ├── RebuildError                                      taken-over partitions not replayed in time
     ├── OperatorError                                     an operator action could not be done
     └── InvalidInput(CtdError, ValueError)                input rejected at the edge; never fatal
         ├── InvalidMessage                                a bars-topic message (goes to the DLQ)
@@ -147,6 +148,15 @@ class DeadLetterError(CtdError):
     def __init__(self, topic: str, cause: BaseException) -> None:
         self.topic = topic
         super().__init__(f"cannot write to DLQ topic {topic!r}: {type(cause).__name__}: {cause}")
+
+
+class RebuildError(CtdError):
+    """Partitions taken over could not be replayed from Kafka within the time allowed; they
+    stay unserved (paused) and the rebuild is tried again."""
+
+    def __init__(self, partitions: Sequence[str]) -> None:
+        self.partitions = list(partitions)
+        super().__init__(f"rebuild of {', '.join(self.partitions)} did not finish in time")
 
 
 class OperatorError(CtdError):

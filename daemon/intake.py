@@ -12,6 +12,7 @@ A failed poll (store or broker) is retried with backoff (0.5 s doubling to
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Final
 
 from daemon.errors import StoreError
@@ -42,8 +43,11 @@ class Intake(Loop):
         watch: LiveWatch,
         trigger: RetrainTrigger,
         metrics: Metrics,
+        before_poll: Callable[[], None] = lambda: None,
+        before_close: Callable[[], None] = lambda: None,
     ) -> None:
         super().__init__()
+        self._before_poll, self._before_close = before_poll, before_close
         self._ingestor = ingestor
         self._live = live
         self._watch = watch
@@ -62,12 +66,16 @@ class Intake(Loop):
         try:
             self._poll_until_stopped()
         finally:
-            self._ingestor.close()
+            try:
+                self._before_close()
+            finally:
+                self._ingestor.close()
 
     def _poll_until_stopped(self) -> None:
         backoff = 0.5
         while not self._stop.is_set():
             try:
+                self._before_poll()
                 report = self._ingestor.poll_once()
             except StoreError as exc:
                 self.store_writable = False

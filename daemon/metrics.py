@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
+from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -17,6 +18,15 @@ from prometheus_client.registry import Collector
 
 TRAINING_OUTCOMES = ("champion", "shadow", "rejected", "failed")
 TRAINING_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
+REBUILD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 60, 120)
+
+
+def ctd_version() -> str:
+    """The installed ctd's version (``ctd_build_info``); "0+unknown" from a bare source tree."""
+    try:
+        return version("ctd")
+    except PackageNotFoundError:
+        return "0+unknown"
 
 
 class ModelAgeCollector(Collector):
@@ -253,6 +263,38 @@ class Metrics:
             "ctd_live_monitor_triggers_total",
             "Retrains requested by live monitors and schedules, by kind.",
             ["symbol", "kind"],
+            registry=r,
+        )
+
+        # The fleet: partitions follow the consumer group, history is rebuilt from Kafka.
+        self.owned_partitions = Gauge(
+            "ctd_owned_partitions", "Bars-topic partitions this daemon owns.", registry=r
+        )
+        self.rebuild_seconds = Histogram(
+            "ctd_rebuild_duration_seconds",
+            "Wall time to replay taken-over partitions from Kafka into the local store.",
+            buckets=REBUILD_BUCKETS,
+            registry=r,
+        )
+        self.rebuild_bars = Counter(
+            "ctd_rebuild_bars_total",
+            "Bars replayed from Kafka into the local store when partitions were taken over.",
+            registry=r,
+        )
+        self.takeovers = Counter(
+            "ctd_symbol_takeovers_total",
+            "Symbols this daemon took over (claimed in the registry after a rebalance).",
+            registry=r,
+        )
+        self.trial_checkpoints = Counter(
+            "ctd_trial_checkpoints_total",
+            "Shadow-trial checkpoints written to the registry.",
+            registry=r,
+        )
+        self.registry_fenced = Counter(
+            "ctd_registry_fenced_total",
+            "Registry writes refused because another daemon now owns the symbol.",
+            ["symbol"],
             registry=r,
         )
 

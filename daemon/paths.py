@@ -28,8 +28,12 @@ class DataPaths:
     """The prediction log: live predictions, labels, trial states (SQLite, WAL)."""
     registry = _Under("registry")
     """The default registry location (``CTD_REGISTRY_URL`` unset)."""
+    registry_cache = _Under("registry-cache")
+    """Local copies of model files from an object-store registry (immutable, so never stale)."""
     runtime = _Under("daemon.json")
     """Where a running daemon can be reached (pid, broker, HTTP); removed on stop."""
+    member = _Under("member")
+    """This daemon's name in registry claims when no static group instance id is set."""
     announced = _Under("announced.json")
     """Per symbol, the ledger seq up to which decisions were announced."""
     staging = _Under("staging")

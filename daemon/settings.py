@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     # Kafka. Unset bootstrap servers: `ctd run` / `ctd demo` start the bundled broker.
     kafka_bootstrap_servers: str | None = None
     kafka_group_id: str = Field("ctd", min_length=1)
+    # Static membership (KIP-345): a daemon restarted with the same id within the session
+    # timeout gets its partitions back without a rebalance of the others. One per daemon.
+    kafka_group_instance_id: str | None = Field(None, min_length=1, max_length=249)
     kafka_client_id: str = Field("ctd", min_length=1)
     # tansu answers the first JoinGroup after ~session_timeout/2 (NOTES.md).
     kafka_session_timeout_ms: int = Field(6000, ge=1000)
@@ -83,9 +86,20 @@ class Settings(BaseSettings):
     topic_dlq: str = Field("ctd.bars.dlq", min_length=1)
     topic_commands: str = Field("ctd.commands", min_length=1)
     topic_promotions: str = Field("ctd.promotions", min_length=1)
+    # retention.ms of the bars topic when ctd creates it. Kafka is the bars' source of truth
+    # (a daemon rebuilds a partition's history from it when it takes the partition over), so
+    # it must cover the training window: train_window_bars x the bar interval, with margin.
+    # -1 keeps every bar. Topics created by ops keep their own setting.
+    topic_bars_retention_ms: int = Field(-1, ge=-1)
 
     # State.
     data_dir: Path = Path("./ctd-data")
+    # The model registry: a directory (default <data_dir>/registry), or s3://bucket/prefix
+    # for a fleet (extra `s3`; endpoint and credentials from the standard AWS_* variables).
+    registry_url: str | None = Field(None, min_length=1)
+    # How often a daemon checkpoints its running shadow trials to the registry, so that the
+    # daemon taking a symbol over continues the trial (it rescores bars since the checkpoint).
+    trial_checkpoint_seconds: float = Field(10.0, gt=0)
 
     # HTTP (metrics, health).
     http_host: str = "127.0.0.1"

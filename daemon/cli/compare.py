@@ -18,9 +18,10 @@ from rich.table import Table
 
 from daemon.cli.fmt import fmt, pct
 from daemon.errors import NothingToReportError
+from daemon.registry import open_registry
 from daemon.settings import Settings
 from deploy.durable import write_atomic
-from deploy.registry import Registry, Slots
+from deploy.registry import Slots
 from trainers.metadata import CandidateError, ModelMetadata
 from trainers.onnx_io import OnnxScorer
 
@@ -56,7 +57,7 @@ def compare(settings: Settings, symbol: str, out_png: Path | None = None) -> lis
     runs). The chart goes to ``out_png`` (default under the data directory). Raises
     NothingToReportError when the symbol has no version.
     """
-    registry = Registry(settings.paths.registry)
+    registry = open_registry(settings)
     versions = registry.versions(symbol)
     if not versions:
         raise NothingToReportError(symbol, f"no model versions in {registry.url}")

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Final
 
+from daemon.registry import open_registry
 from daemon.settings import Settings
 from deploy.durable import write_atomic
 from deploy.events import utc_now
@@ -29,7 +30,7 @@ def manifest(settings: Settings, out: Path | None = None) -> dict[str, Any]:
     n_features, output), the feature spec, test metrics, data range and
     created_at. Written atomically to ``out`` (default <data_dir>/manifest.json).
     """
-    registry = Registry(settings.paths.registry)
+    registry = open_registry(settings)
     symbols: dict[str, Any] = {}
     for symbol in registry.symbols():
         slots = registry.slots(symbol)

@@ -19,6 +19,7 @@ from daemon.actions import Command, execute
 from daemon.errors import OperatorError
 from daemon.kafka.clients import make_producer
 from daemon.kafka.probe import broker_reachable
+from daemon.registry import open_registry
 from daemon.settings import Settings
 from daemon.store.predictions import PredictionStore
 from deploy.events import RegistryEvent
@@ -55,7 +56,7 @@ def run(settings: Settings, command: Command, *, wait_seconds: float = 30.0) -> 
 def _via_daemon(
     settings: Settings, bootstrap: str, command: Command, wait_seconds: float
 ) -> dict[str, Any]:
-    registry = Registry(settings.paths.registry)
+    registry = open_registry(settings)
     seen = len(registry.history(command.symbol))
     producer = make_producer(settings, bootstrap)
     try:
@@ -81,7 +82,7 @@ def _via_daemon(
 
 
 def _direct(settings: Settings, command: Command) -> RegistryEvent:
-    registry = Registry(settings.paths.registry)
+    registry = open_registry(settings)
     try:
         event = execute(
             registry,

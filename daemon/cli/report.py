@@ -14,6 +14,7 @@ from typing import Final
 from daemon.cli.compare import error_text, slot_of, version_rows
 from daemon.cli.fmt import fmt, md_table, pct, ts
 from daemon.errors import NothingToReportError, StoreError
+from daemon.registry import open_registry
 from daemon.settings import Settings
 from daemon.store.predictions import PredictionStore
 from deploy.durable import write_atomic
@@ -36,7 +37,7 @@ def report(settings: Settings, symbol: str, out_md: Path | None = None) -> Path:
     plus the slot holders), rejected runs, and the last ``HISTORY_LINES`` ledger
     lines. Raises NothingToReportError for a symbol with no version and no history.
     """
-    registry = Registry(settings.paths.registry)
+    registry = open_registry(settings)
     versions = registry.versions(symbol)
     history = registry.history(symbol)
     if not versions and not history:

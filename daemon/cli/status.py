@@ -1,13 +1,17 @@
-"""One row of status per symbol, read from the store and the registry on disk.
+"""One row of status per symbol, read from the local store and the registry.
 
 Shared by ``ctd status`` (works whether or not a daemon is running) and the
-demo's live table, so both always show the same thing.
+demo's live table, so both always show the same thing. Against a shared
+registry (``CTD_REGISTRY_URL=s3://...``) it lists every symbol of the fleet,
+with the daemon that owns it (its claim) and the evidence of its running
+trial as last checkpointed; ``bars`` counts this machine's store only.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,8 +19,10 @@ from rich.console import Console
 from rich.table import Table
 
 from daemon.errors import EXIT_FAILURE, EXIT_OK
+from daemon.registry import open_registry
 from daemon.settings import Settings
 from daemon.store.bars import BarStore
+from deploy.handoff import TrialCheckpoint
 from deploy.registry import Registry
 
 
@@ -33,13 +39,18 @@ class SymbolStatus:
     last_event: str | None
     last_event_ts: str | None
     failures: int
+    owner: str | None = None
+    """The daemon acting for the symbol (member@generation), from its last claim."""
+    trial_bars: int | None = None
+    """Paired bars of the running shadow trial as last checkpointed by its owner."""
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
 def symbol_status(symbol: str, bars: int, registry: Registry) -> SymbolStatus:
-    slots = registry.slots(symbol)
+    state = registry.state(symbol)
+    slots = state.slots
     meta = None if slots.champion is None else registry.metadata(symbol, slots.champion)
     history = registry.history(symbol)
     last = history[-1] if history else None
@@ -55,7 +66,18 @@ def symbol_status(symbol: str, bars: int, registry: Registry) -> SymbolStatus:
         last_event=None if last is None else last.event,
         last_event_ts=None if last is None else last.ts,
         failures=sum(1 for e in history if e.event == "training_failed"),
+        owner=None if state.owner is None else str(state.owner),
+        trial_bars=_trial_bars(state.trial),
     )
+
+
+def _trial_bars(trial: Mapping[str, Any] | None) -> int | None:
+    """n of the checkpointed trial, if the checkpoint says (see ``deploy.handoff``)."""
+    try:
+        test = TrialCheckpoint.from_dict(trial).state.test if trial else None
+        return None if test is None else int(test["n"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def all_status(
@@ -73,7 +95,7 @@ def print_status(settings: Settings, symbol: str | None, *, as_json: bool, conso
     bars = settings.paths.bars
     store = BarStore(bars, read_only=True) if bars.exists() else None
     try:
-        rows = all_status(store, Registry(settings.paths.registry), symbol)
+        rows = all_status(store, open_registry(settings), symbol)
     finally:
         if store is not None:
             store.close()
@@ -95,6 +117,7 @@ def print_status(settings: Settings, symbol: str | None, *, as_json: bool, conso
         "last event",
         "at",
         "failures",
+        "owner",
     ):
         table.add_column(col)
     for r in rows:
@@ -110,6 +133,7 @@ def print_status(settings: Settings, symbol: str | None, *, as_json: bool, conso
             r.last_event or "-",
             r.last_event_ts or "-",
             str(r.failures),
+            r.owner or "-",
         )
     console.print(table)
     return EXIT_OK

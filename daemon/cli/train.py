@@ -22,12 +22,12 @@ from prometheus_client import CollectorRegistry
 from daemon.cli.csvfile import read_ohlcv_csv
 from daemon.live.path import SavedTrialPlacer
 from daemon.metrics import Metrics
+from daemon.registry import open_registry
 from daemon.settings import Settings
 from daemon.store.predictions import PredictionStore
 from daemon.training.jobs import candidate_summary, job_config
 from daemon.training.outcomes import RunRecorder
 from daemon.training.scheduler import JobOutcome, TrainJob
-from deploy.registry import Registry
 from trainers.data import validate_symbol
 from trainers.errors import InvalidInputError, UnknownTrainerError
 from trainers.pipeline import train_symbol
@@ -77,7 +77,7 @@ def train_csv(
     validate_symbol(symbol)
     names = _trainer_names(trainers)
     bars = read_ohlcv_csv(csv_path).tail(settings.train_window_bars)
-    registry = Registry(settings.paths.registry)
+    registry = open_registry(settings)
     base = settings.train_config
     config = job_config(base if names is None else replace(base, trainers=names), registry, symbol)
     job = TrainJob(

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Final
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from daemon.errors import TopicSetupError
@@ -78,12 +78,21 @@ def make_consumer(
     *,
     topic: str | None = None,
     group_id: str | None = None,
+    subscribe: bool = True,
 ) -> KafkaConsumer:
     """A group consumer (default: ``topic_bars`` in ``kafka_group_id``) with manual
-    commits; values arrive as raw bytes. A batch it cannot decode raises UndecodableBatch."""
+    commits; values arrive as raw bytes. A batch it cannot decode raises UndecodableBatch.
+    ``subscribe=False``: the caller subscribes (with a rebalance listener).
+
+    The ingest group (``kafka_group_id``) uses static membership when
+    ``kafka_group_instance_id`` is set; other groups (commands) never do: one
+    instance id may be in a group once."""
+    group = group_id or settings.kafka_group_id
+    static = settings.kafka_group_instance_id if group == settings.kafka_group_id else None
     consumer = KafkaConsumer(
-        topic or settings.topic_bars,
-        group_id=group_id or settings.kafka_group_id,
+        *([topic or settings.topic_bars] if subscribe else []),
+        group_id=group,
+        group_instance_id=static,
         enable_auto_commit=False,
         # 'latest' re-delivers the last batch on tansu (NOTES.md); committed offsets rule anyway.
         auto_offset_reset="earliest",
@@ -129,6 +138,14 @@ def default_topics(settings: Settings) -> list[str]:
     ]
 
 
+def topic_configs(settings: Settings, topic: str) -> dict[str, str]:
+    """Configs ctd sets on a topic it creates: the bars topic keeps bars for
+    ``topic_bars_retention_ms`` (Kafka is their source of truth); others the broker's default."""
+    if topic == settings.topic_bars:
+        return {"retention.ms": str(settings.topic_bars_retention_ms)}
+    return {}
+
+
 def ensure_topics(
     settings: Settings,
     bootstrap_servers: str,
@@ -165,6 +182,7 @@ def ensure_topics(
                         topic: {
                             "num_partitions": settings.topic_partitions,
                             "replication_factor": settings.topic_replication_factor,
+                            "configs": topic_configs(settings, topic),
                         }
                     },
                     timeout_ms=int(timeout * 1000),
@@ -178,3 +196,17 @@ def ensure_topics(
         raise TopicSetupError(wanted, f"{type(exc).__name__}: {exc}") from exc
     finally:
         admin.close()
+
+
+def resume(consumer: KafkaConsumer, partitions: Sequence[TopicPartition]) -> None:
+    """``consumer.resume`` that does not strand a partition.
+
+    kafka-python 3.0.12 parks records fetched for a paused partition and puts them
+    back only when its "next records" slot is None, but a drained slot holds an
+    empty record set instead, so the partition never delivers again (measured,
+    NOTES.md). Clearing an empty slot after resuming avoids it.
+    """
+    consumer.resume(*partitions)
+    fetcher = consumer._fetcher
+    if fetcher._next_partition_records is not None and not fetcher._next_partition_records:
+        fetcher._next_partition_records = None

@@ -31,7 +31,7 @@ from daemon.kafka.dlq import dlq_payload
 from daemon.kafka.undecodable import UndecodableBatch, UndecodableBatches
 from daemon.logs import get_logger
 from daemon.settings import Settings
-from daemon.store.bars import BarStore
+from daemon.store.bars import BarStore, Partition
 from trainers.data import BarRecord
 
 _log = get_logger(component="ingest")
@@ -117,10 +117,13 @@ class Ingestor:
             return _NOTHING
         bars: list[BarRecord] = []
         rejected: list[_Rejected] = []
+        sources: dict[str, Partition] = {}
         for tp, msgs in batch.items():
             for msg in msgs:
                 try:
-                    bars.extend(decode_bar_message(msg.value, msg.key))
+                    decoded = decode_bar_message(msg.value, msg.key)
+                    bars.extend(decoded)
+                    sources.update((b.symbol, (tp.topic, tp.partition)) for b in decoded[:1])
                 except InvalidMessage as exc:
                     rejected.append(_Rejected(msg.value, msg.key, exc.reason, tp, msg.offset))
                 except Exception as exc:  # a decoder bug must not stop ingest: keep the message
@@ -132,7 +135,7 @@ class Ingestor:
             self._rewind(spans)
             raise DeadLetterError(self._dlq_topic, exc) from exc
         try:
-            new_bars = self._store.upsert(bars) if bars else {}
+            new_bars = self._store.upsert(bars, positions=_ends(spans), partitions=sources)
         except StoreError:
             self._rewind(spans)
             raise
@@ -174,6 +177,7 @@ class Ingestor:
             self._producer.send(self._dlq_topic, value=reference).get(timeout=self._send_timeout)
         except (KafkaError, OSError) as err:
             raise DeadLetterError(self._dlq_topic, err) from err
+        self._store.upsert([], positions=_ends({tp: (exc.first, exc.end)}))
         self._undecodable.skip(exc)
         committed = self._commit({tp: (exc.first, exc.end)})
         return IngestReport(
@@ -247,3 +251,7 @@ class Ingestor:
     def close(self) -> None:
         """Leave the group without committing anything not already committed."""
         self._consumer.close(autocommit=False)
+
+
+def _ends(spans: dict[TopicPartition, tuple[int, int]]) -> dict[Partition, int]:
+    return {(tp.topic, tp.partition): end for tp, (_first, end) in spans.items()}

@@ -17,6 +17,7 @@ from daemon.actions import Command, Retrain, execute
 from daemon.live.announce import Announcer
 from daemon.logs import get_logger
 from daemon.metrics import LiveRow, Metrics, TrialRow
+from deploy.errors import FencedError
 from deploy.events import RegistryEvent
 from deploy.live import LiveScorer
 from deploy.live_state import LiveUpdate
@@ -37,6 +38,7 @@ class LivePath:
         self.registry = registry
         self.announcer = announcer
         self.metrics = metrics
+        self._created: dict[tuple[str, str], float] = {}
 
     def on_batch(self, bars_by_symbol: Mapping[str, Sequence[BarRecord]]) -> list[LiveUpdate]:
         """Score and resolve the batch's bars; apply any decision the trials reached."""
@@ -66,6 +68,11 @@ class LivePath:
             _log.warning("stale_trial_decision", symbol=decision.symbol, error=str(exc))
             self.scorer.sync(decision.symbol)
             return
+        except FencedError as exc:  # another daemon owns the symbol now; it decides
+            self.metrics.registry_fenced.labels(decision.symbol).inc()
+            _log.warning("trial_decision_fenced", symbol=decision.symbol, error=str(exc))
+            self.scorer.forget(decision.symbol)
+            return
         _log.info(
             "trial_decided",
             symbol=decision.symbol,
@@ -88,10 +95,11 @@ class LivePath:
         return events
 
     def command(self, command: Command, retrain: Retrain) -> RegistryEvent | None:
-        """Execute an operator command; registry errors propagate to the caller."""
+        """Execute an operator command; registry errors propagate to the caller. Operators
+        are never fenced: any daemon of a fleet may carry out a command."""
         partial = self.scorer.trial(command.symbol)
         event = execute(
-            self.registry,
+            self.registry.unfenced(),
             command,
             evidence=partial.evidence_dict() if partial else {},
             retrain=retrain,
@@ -100,6 +108,20 @@ class LivePath:
             self.scorer.sync(command.symbol)
             self.announcer.announce([event])
         return event
+
+    def slot_ages(self) -> dict[tuple[str, str], float]:
+        """Creation time of the model in each slot of the symbols served here (cached per
+        version), for ``ctd_model_age_seconds`` at scrape time."""
+        out = {}
+        for st in self.scorer.status():
+            for slot, held in (("champion", st.champion_version), ("shadow", st.shadow_version)):
+                if held is None:
+                    continue
+                if (st.symbol, held) not in self._created:
+                    meta = self.registry.metadata(st.symbol, held)
+                    self._created[(st.symbol, held)] = meta.created_ts
+                out[(st.symbol, slot)] = self._created[(st.symbol, held)]
+        return out
 
     def accuracy_rows(self) -> Iterable[LiveRow]:
         for st in self.scorer.status():

@@ -83,9 +83,12 @@ class LiveWatch:
         registry: Registry,
         metrics: Metrics,
         trigger: Retrain,
+        served: Callable[[], Iterable[str]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
+        # The symbols whose champions the scheduled jobs judge: in a fleet, this daemon's own.
+        self._served = served if served is not None else registry.symbols
         self.registry = registry
         self.metrics = metrics
         self._trigger = trigger
@@ -113,9 +116,9 @@ class LiveWatch:
                 self._fire(u.symbol, alarm)
 
     def check(self) -> None:
-        """Scheduled: every champion's monitors judge its age (staleness)."""
+        """Scheduled: the monitors of every champion this daemon serves judge its age."""
         now = time.time()
-        for symbol in self.registry.symbols():
+        for symbol in sorted(self._served()):
             alarms: list[LiveAlarm] = []
             with self._lock:
                 watched = self._current(symbol, self.registry.slots(symbol).champion)
@@ -129,12 +132,18 @@ class LiveWatch:
                 self._fire(symbol, alarm)
 
     def retrain_all(self) -> None:
-        """Scheduled job (cron setting): retrain every symbol that has a champion."""
-        for symbol in self.registry.symbols():
+        """Scheduled job (cron setting): retrain every symbol this daemon serves that has a
+        champion (in a fleet, each daemon its own)."""
+        for symbol in sorted(self._served()):
             if self.registry.slots(symbol).champion is not None and self._trigger(
                 symbol, "schedule"
             ):
                 self.metrics.live_monitor_triggers.labels(symbol, "schedule").inc()
+
+    def forget(self, symbol: str) -> None:
+        """Stop watching ``symbol`` (handed over to another daemon); its cooldown stays."""
+        with self._lock:
+            self._watched.pop(symbol, None)
 
     def readings(self) -> Iterable[MonitorReading]:
         """Every monitor's readings, for the metrics collector."""

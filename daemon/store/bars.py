@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
@@ -43,6 +43,17 @@ CREATE TABLE IF NOT EXISTS trained (
     bar_count INTEGER NOT NULL,
     at REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS positions (
+    topic TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    next_offset INTEGER NOT NULL CHECK (next_offset >= 0),
+    PRIMARY KEY (topic, partition)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS symbol_partitions (
+    symbol TEXT PRIMARY KEY,
+    topic TEXT NOT NULL,
+    partition INTEGER NOT NULL
+) WITHOUT ROWID;
 """
 
 _INSERT: Final = """
@@ -55,6 +66,14 @@ UPDATE bars SET open = ?3, high = ?4, low = ?5, close = ?6, volume = ?7
 WHERE symbol = ?1 AND ts = ?2
   AND (open != ?3 OR high != ?4 OR low != ?5 OR close != ?6 OR volume != ?7)
 """
+_ADVANCE: Final = """
+INSERT INTO positions (topic, partition, next_offset) VALUES (?, ?, ?)
+ON CONFLICT (topic, partition) DO UPDATE SET next_offset = MAX(next_offset, excluded.next_offset)
+"""
+_PLACE: Final = """
+INSERT INTO symbol_partitions (symbol, topic, partition) VALUES (?, ?, ?)
+ON CONFLICT (symbol) DO UPDATE SET topic = excluded.topic, partition = excluded.partition
+"""
 _LOAD_ALL: Final = (
     "SELECT ts, open, high, low, close, volume FROM bars WHERE symbol = ? ORDER BY ts"
 )
@@ -64,8 +83,17 @@ _LOAD_LAST: Final = (
 )
 
 
+Partition = tuple[str, int]
+"""A Kafka topic partition, as (topic, partition): the store knows no Kafka types."""
+
+
 class BarStore(SqliteFile):
     """Bars by (symbol, ts), per-symbol counts, and retrain bookkeeping.
+
+    It also records, in the same transaction as the bars, how far into each Kafka
+    partition it is complete (``positions``: every bar before that offset is
+    stored) and which partition each symbol's bars come from, so a daemon that
+    takes a partition over knows exactly which offsets to rebuild.
 
     Every method raises StoreError for SQLite and file-system failures, and
     trainers.data.InvalidSymbolError for a symbol outside the whitelist.
@@ -105,22 +133,32 @@ class BarStore(SqliteFile):
                     conn.execute("ROLLBACK")
                 raise
 
-    def upsert(self, bars: Sequence[BarRecord]) -> dict[str, int]:
+    def upsert(
+        self,
+        bars: Sequence[BarRecord],
+        *,
+        positions: Mapping[Partition, int] | None = None,
+        partitions: Mapping[str, Partition] | None = None,
+    ) -> dict[str, int]:
         """Store bars in one transaction; return how many were new, per symbol in the input.
 
         Idempotent by (symbol, ts): a re-delivered bar counts 0, a corrected one
         (same key, different values) replaces the row and counts 0. Within one
-        call, the last bar for a key wins.
+        call, the last bar for a key wins. ``positions``: the next offset of each
+        partition the bars complete (a position never moves back); ``partitions``:
+        the partition each symbol's bars came from.
         """
         by_symbol: dict[str, list[BarRecord]] = defaultdict(list)
         for bar in bars:
             by_symbol[bar.symbol].append(bar)  # a BarRecord is a row in column order
-        if not by_symbol:
+        if not by_symbol and not positions and not partitions:
             return {}
         for symbol in by_symbol:
             validate_symbol(symbol)
         new: dict[str, int] = {}
         with self._transaction("upsert") as conn:
+            conn.executemany(_ADVANCE, [(t, p, n) for (t, p), n in (positions or {}).items()])
+            conn.executemany(_PLACE, [(s, t, p) for s, (t, p) in (partitions or {}).items()])
             for symbol, rows in by_symbol.items():
                 new[symbol] = conn.executemany(_INSERT, rows).rowcount
                 if new[symbol] < len(rows):  # some keys existed: apply corrections
@@ -152,6 +190,15 @@ class BarStore(SqliteFile):
             row = conn.execute("SELECT n FROM symbol_counts WHERE symbol = ?", (symbol,)).fetchone()
         return 0 if row is None else int(row[0])
 
+    def count_after(self, symbol: str, ts: int) -> int:
+        """Bars of ``symbol`` newer than ``ts`` (a walk of the key from ``ts`` on)."""
+        validate_symbol(symbol)
+        with self._connection("count_after") as conn:
+            row = conn.execute(
+                "SELECT COUNT(*) FROM bars WHERE symbol = ? AND ts > ?", (symbol, ts)
+            ).fetchone()
+        return int(row[0])
+
     def counts(self) -> dict[str, int]:
         """Bars per symbol, from the counter table (O(symbols), no scan of bars)."""
         with self._connection("counts") as conn:
@@ -161,6 +208,18 @@ class BarStore(SqliteFile):
     def symbols(self) -> list[str]:
         """Symbols with at least one bar, sorted."""
         return sorted(self.counts())
+
+    def positions(self) -> dict[Partition, int]:
+        """Per partition, the offset before which every bar is stored."""
+        with self._connection("positions") as conn:
+            rows = conn.execute("SELECT topic, partition, next_offset FROM positions").fetchall()
+        return {(str(t), int(p)): int(n) for t, p, n in rows}
+
+    def partitions(self) -> dict[str, Partition]:
+        """The partition each symbol's bars came from (as last seen)."""
+        with self._connection("partitions") as conn:
+            rows = conn.execute("SELECT symbol, topic, partition FROM symbol_partitions").fetchall()
+        return {str(s): (str(t), int(p)) for s, t, p in rows}
 
     def mark_trained(self, symbol: str, bar_count: int, at: float) -> None:
         """Record that ``symbol`` was trained on ``bar_count`` bars at unix time ``at``."""

@@ -4,8 +4,9 @@ the live path and tools; one process, thread-safe."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+from daemon.store.bars import Partition
 from trainers.data import BarRecord, Bars, validate_symbol
 
 
@@ -15,12 +16,23 @@ class MemoryBarStore:
     def __init__(self) -> None:
         self._bars: dict[str, dict[int, BarRecord]] = {}
         self._trained: dict[str, tuple[int, float]] = {}
+        self._positions: dict[Partition, int] = {}
+        self._partitions: dict[str, Partition] = {}
         self._lock = threading.Lock()
 
-    def upsert(self, bars: Sequence[BarRecord]) -> dict[str, int]:
+    def upsert(
+        self,
+        bars: Sequence[BarRecord],
+        *,
+        positions: Mapping[Partition, int] | None = None,
+        partitions: Mapping[str, Partition] | None = None,
+    ) -> dict[str, int]:
         """Store bars; return how many were new, per symbol (a correction replaces, counts 0)."""
         new: dict[str, int] = {}
         with self._lock:
+            for tp, offset in (positions or {}).items():
+                self._positions[tp] = max(offset, self._positions.get(tp, 0))
+            self._partitions.update(partitions or {})
             for bar in bars:
                 rows = self._bars.setdefault(validate_symbol(bar.symbol), {})
                 new[bar.symbol] = new.get(bar.symbol, 0) + (bar.ts not in rows)
@@ -39,9 +51,21 @@ class MemoryBarStore:
         with self._lock:
             return len(self._bars.get(validate_symbol(symbol), {}))
 
+    def count_after(self, symbol: str, ts: int) -> int:
+        with self._lock:
+            return sum(1 for t in self._bars.get(validate_symbol(symbol), {}) if t > ts)
+
     def counts(self) -> dict[str, int]:
         with self._lock:
             return {s: len(rows) for s, rows in self._bars.items() if rows}
+
+    def positions(self) -> dict[Partition, int]:
+        with self._lock:
+            return dict(self._positions)
+
+    def partitions(self) -> dict[str, Partition]:
+        with self._lock:
+            return dict(self._partitions)
 
     def mark_trained(self, symbol: str, bar_count: int, at: float) -> None:
         with self._lock:

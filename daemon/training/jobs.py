@@ -7,11 +7,30 @@ significance budget, so offline training follows the daemon's rules exactly.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
+from daemon.settings import Settings
+from daemon.training.scheduler import TrainJob
+from daemon.training.worker import JobSpec
 from deploy.registry import Registry
 from monitors.gates import bootstrap_alpha
 from trainers.config import TrainConfig
 from trainers.metadata import ModelMetadata
+
+
+def job_spec(
+    settings: Settings, base: TrainConfig, registry: Registry, job: TrainJob, staging: Path
+) -> JobSpec:
+    """What a worker process is told for ``job``: where the bars are, the window, the config."""
+    return JobSpec(
+        symbol=job.symbol,
+        run_id=job.run_id,
+        store_path=settings.paths.bars,
+        window_bars=settings.train_window_bars,
+        staging_dir=staging,
+        config=job_config(base, registry, job.symbol),
+        log_level=settings.log_level,
+    )
 
 
 def job_config(base: TrainConfig, registry: Registry, symbol: str) -> TrainConfig:

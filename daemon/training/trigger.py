@@ -80,6 +80,14 @@ class RetrainTrigger:
         """A retrain asked for by an operator or a live monitor, whatever the bar count."""
         return self._queue.request(symbol, self.count(symbol), reason)
 
+    def take_over(self, symbol: str, count: int, trained_at: int | None) -> None:
+        """A symbol this daemon just took over: its bar count after the rebuild, and the count
+        at its last training (estimated from the registry when another daemon trained it)."""
+        with self._lock:
+            self._counts[symbol] = count
+            if trained_at is not None:
+                self._trained[symbol] = max(trained_at, self._trained.get(symbol, 0))
+
     def trained(self, symbol: str, bar_count: int) -> int:
         """Record a finished training on ``bar_count`` bars; return the count now recorded.
 

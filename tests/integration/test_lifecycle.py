@@ -431,6 +431,7 @@ def test_readyz_is_503_while_start_is_blocked_and_a_failed_start_releases_its_po
             "store": True,
             "store_writable": True,
             "broker": False,
+            "group": False,
         }
         assert answer == (503, {"ready": False, "checks": checks})
     finally:

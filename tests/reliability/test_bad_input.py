@@ -374,6 +374,7 @@ def test_a_thousand_bad_messages_go_to_the_dlq_and_every_good_bar_is_stored_once
         "predictions.sqlite-shm",
         "registry",
         "staging",
+        "member",
     }
     assert {p.name for p in data.iterdir()} <= allowed
     registry = data / "registry"

@@ -154,7 +154,7 @@ def promote_crash(
     reg.place(SYMBOL, v1)
     reg.place(SYMBOL, v2)
     log = tmp / "daemon.log"
-    crashing = rel.DaemonProcess(settings, log, runner_args=["--crash-at", point])
+    crashing = rel.DaemonProcess(settings, log, runner_args=["--crash-in-promote-at", point])
     clean = rel.DaemonProcess(settings, log, runner_args=[])
     try:
         crashing.start()

@@ -360,21 +360,32 @@ def read_journal(path: Path) -> dict[str, list[tuple[float, float | None]]]:
 
 
 # -- the runner -------------------------------------------------------------------------
-def _arm_crash(point: str) -> None:
+def _crash_in_promote(point: str) -> None:
+    """SIGKILL this process at the durable-write ``point`` of the first ``promote`` command
+    (armed when the command is handled: the slots writes of start-up, such as the claim
+    of a takeover, pass)."""
+    from daemon.app import Daemon
     from deploy import durable
 
     def crash(name: str) -> None:
         if name == point:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    durable.crash_point = crash
+    handle = Daemon.handle_command
+
+    def armed(self: Daemon, command: Any) -> Any:
+        if command.action == "promote":
+            durable.crash_point = crash
+        return handle(self, command)
+
+    Daemon.handle_command = armed  # type: ignore[method-assign]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``ctd run`` (daemon/cli.py) with the test seams; settings come from CTD_* as usual."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--job-target", choices=["run_job", "slow", "journal"], default="run_job")
-    parser.add_argument("--crash-at", default=None)
+    parser.add_argument("--crash-in-promote-at", default=None)
     args = parser.parse_args(argv)
 
     from daemon.logs import configure_logging
@@ -386,8 +397,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from daemon.app import Daemon
     from tests.support.reliability_targets import JOB_TARGETS
 
-    if args.crash_at:
-        _arm_crash(args.crash_at)
+    if args.crash_in_promote_at:
+        _crash_in_promote(args.crash_in_promote_at)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     assert settings.kafka_bootstrap_servers is not None

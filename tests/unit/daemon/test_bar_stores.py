@@ -37,3 +37,20 @@ def test_trained_state_keeps_the_last_mark(store: Store) -> None:
     store.mark_trained("A", 100, 1.0)
     store.mark_trained("A", 250, 2.0)
     assert store.trained_state() == {"A": (250, 2.0)}
+
+
+def test_positions_only_move_forward_and_partitions_follow_the_last_write(store: Store) -> None:
+    """A partition's position is where its stored bars end; it never moves back (a re-delivered
+    older batch), and positions alone can be recorded (a skipped batch with no bars)."""
+    assert store.positions() == {} and store.partitions() == {}
+    store.upsert(
+        [_bar("AAA", 0), _bar("BBB", 0)],
+        positions={("bars", 0): 10, ("bars", 1): 4},
+        partitions={"AAA": ("bars", 0), "BBB": ("bars", 1)},
+    )
+    store.upsert([_bar("AAA", 1)], positions={("bars", 0): 7})
+    store.upsert([], positions={("bars", 1): 9})
+    assert store.positions() == {("bars", 0): 10, ("bars", 1): 9}
+    store.upsert([], partitions={"AAA": ("bars", 2)})
+    assert store.partitions() == {"AAA": ("bars", 2), "BBB": ("bars", 1)}
+    assert store.count("AAA") == 2

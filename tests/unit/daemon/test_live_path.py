@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from daemon.actions import Command
-from daemon.live.announce import AnnouncementCursor, Announcer
+from daemon.live.announce import Announcer
 from daemon.live.path import LivePath
 from daemon.metrics import Metrics
 from daemon.store.memory import MemoryBarStore
@@ -51,12 +52,7 @@ class Rig:
         self.store = MemoryBarStore()
         self.sink = RecordingSink()
         self.metrics = Metrics(CollectorRegistry(), version="test")
-        announcer = Announcer(
-            self.registry,
-            AnnouncementCursor(tmp_path / "announced.json"),
-            [self.sink],
-            self.metrics,
-        )
+        announcer = Announcer(self.registry, [self.sink], self.metrics)
         scorer = LiveScorer(
             self.registry,
             MemoryPredictionLog(),
@@ -110,7 +106,35 @@ def test_decisions_are_counted_and_promotion_kinds_reach_every_sink(rig: Rig) ->
     assert rig.sink.events[1].actor == "operator:ann"
     assert rig.sample("ctd_shadow_placements_total", symbol="AAA") == 1
     assert rig.sample("ctd_shadow_rejections_total", symbol="AAA") == 1
-    assert AnnouncementCursor(rig.tmp / "announced.json").get("AAA") == 3
+    assert rig.registry.state("AAA").announced == 3
+
+
+def test_taking_a_symbol_over_announces_what_its_last_owner_did_not(rig: Rig) -> None:
+    """A decision recorded but never announced (its daemon died in between) is announced by
+    the daemon that takes the symbol over, once; a registry without a mark replays nothing."""
+    rig.live.place("AAA", rig.version("c", 0.7), reason="test")
+    rig.registry.place("AAA", rig.version("s", 0.3))  # recorded, not announced
+    rig.registry.reject("AAA", evidence={}, reason="worse")
+    assert rig.live.announcer.catch_up(["AAA"]) == 1
+    assert [e.event for e in rig.sink.events] == ["champion_bootstrapped", "rejected"]
+    assert rig.registry.state("AAA").announced == 3
+    assert rig.live.announcer.catch_up(["AAA"]) == 0
+
+
+def test_without_a_mark_only_the_last_write_is_announced_again(rig: Rig) -> None:
+    """A registry of an earlier release has no announced mark: taking a symbol over announces
+    the lines of its last write again (its writer may have died before announcing), not the
+    whole history."""
+    rig.registry.place("AAA", rig.version("c", 0.7))
+    rig.registry.place("AAA", rig.version("s", 0.3))
+    rig.registry.promote("AAA", evidence={}, reason="better")
+    stored = rig.registry.storage.get("AAA/slots.json")
+    assert stored is not None
+    doc = json.loads(stored.data)
+    del doc["announced"]
+    rig.registry.storage.put("AAA/slots.json", json.dumps(doc).encode())
+    assert rig.live.announcer.catch_up(["AAA"]) == 1
+    assert [e.event for e in rig.sink.events] == ["promoted"]
 
 
 def test_a_replaced_shadow_hands_its_running_trial_evidence_to_the_ledger(rig: Rig) -> None:
