@@ -151,7 +151,7 @@ def bench_pair(trainer: str, args: argparse.Namespace, tmp: Path) -> list[str]:
             if update.errors:
                 raise RuntimeError(f"live scoring failed: {update.errors}")
             if i >= WARMUP_CALLS:
-                predictions += update.predictions
+                predictions += len(update.predictions)
         start += calls * size
         if predictions != 2 * (calls - WARMUP_CALLS) * size:
             raise RuntimeError(f"{trainer}: {predictions} predictions, expected 2 per bar")

@@ -28,6 +28,7 @@ from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry
 
 from daemon.actions import Command
+from daemon.api import ReadApi
 from daemon.errors import StoreError
 from daemon.fleet.handover import Handover
 from daemon.fleet.ownership import Ownership, member_id
@@ -41,6 +42,7 @@ from daemon.kafka.probe import BrokerProbe, check_sasl_mechanism
 from daemon.kafka.promotions import PromotionsTopicSink
 from daemon.live.announce import Announcer
 from daemon.live.path import LivePath
+from daemon.live.publish import PredictionPublisher, PredictionRecord
 from daemon.live.watch import LiveWatch
 from daemon.logs import get_logger
 from daemon.metrics import Metrics, ctd_version
@@ -135,8 +137,7 @@ class Daemon:
         self._start_live(stack)
         self._start_training(stack)
         self._start_intake(stack)
-        # Jobs interrupted by a previous stop run again once their partitions are assigned
-        # (daemon.fleet.handover asks for every symbol it takes over, the first time all).
+        # Interrupted jobs run again when their partitions are assigned (daemon.fleet.handover).
         write_atomic(self.settings.paths.runtime, self._runtime_info())
         stack.callback(self.settings.paths.runtime.unlink, missing_ok=True)
 
@@ -161,7 +162,8 @@ class Daemon:
         member = member_id(s.kafka_group_instance_id, paths.member)
         self.ownership = Ownership(member, self.store.partitions)
         # Up once the stores are open, so /readyz never reports a store still opening.
-        self.http = HttpServer(s.http_host, s.http_port, make_app(m.registry, self.readiness))
+        api = ReadApi(self.registry.unfenced(), self.store, self._latest_prediction)
+        self.http = HttpServer(s.http_host, s.http_port, make_app(m.registry, self.readiness, api))
         stack.callback(self.http.stop)
         self.http.start()
         # Shared storage: another machine may be writing; each symbol is synced when claimed.
@@ -192,7 +194,8 @@ class Daemon:
             lambda symbol, n: self.store.load(symbol, last_n=n),
             s.promotion_config,
         )
-        self.live = LivePath(scorer, self.registry, announcer, m)
+        publisher = PredictionPublisher(self.producer, s, scorer.model, m)
+        self.live = LivePath(scorer, self.registry, announcer, m, publisher=publisher)
         m.add_live(self.live.accuracy_rows, self.live.trial_rows)
         m.add_alert_deliveries(announcer.deliveries)
         m.add_model_age(self.live.slot_ages)
@@ -311,8 +314,9 @@ class Daemon:
         for child in multiprocessing.active_children():
             child.kill()
 
-    def wait(self, timeout: float | None = None) -> bool:
-        return self._stopping.wait(timeout)
+    def _latest_prediction(self, symbol: str) -> PredictionRecord | None:
+        live: LivePath | None = getattr(self, "live", None)
+        return None if live is None or live.publisher is None else live.publisher.latest(symbol)
 
     def _remaining(self, floor: float) -> float:
         """Seconds left of the stop's grace, but at least ``floor``."""
@@ -333,12 +337,8 @@ class Daemon:
 
     def _runtime_info(self) -> bytes:
         """Where this daemon can be reached, for `ctd promote` & co. (removed on stop)."""
-        info = {
-            "pid": os.getpid(),
-            "bootstrap_servers": self.bootstrap_servers,
-            "http": self.http.url,
-        }
-        return json.dumps(info).encode()
+        info = {"pid": os.getpid(), "bootstrap_servers": self.bootstrap_servers}
+        return json.dumps({**info, "http": self.http.url}).encode()
 
     def readiness(self) -> dict[str, bool]:
         """Named checks of /readyz; ready when all are true. Answers from the first moment

@@ -1,4 +1,5 @@
-"""HTTP endpoints: /metrics (Prometheus), /healthz (process alive), /readyz (can do work).
+"""HTTP endpoints: /metrics (Prometheus), /healthz (process alive), /readyz (can do work),
+and /v1/... handed to the read API (``daemon.api``).
 
 A small WSGI app in front of prometheus-client's own, served by a threaded
 wsgiref server so that a slow scrape never blocks a probe.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -18,6 +20,17 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 StartResponse = Callable[..., Any]
 Environ = dict[str, Any]
 ReadinessCheck = Callable[[], dict[str, bool]]
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+Api = Callable[[str, str], Response]
+"""(method, path) -> the response of a /v1 route."""
 
 
 class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
@@ -31,13 +44,19 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def make_app(
-    registry: CollectorRegistry, readiness: ReadinessCheck
+    registry: CollectorRegistry, readiness: ReadinessCheck, api: Api | None = None
 ) -> Callable[[Environ, StartResponse], Iterable[bytes]]:
     """The WSGI app. ``readiness`` returns named checks; ready when all are true."""
     metrics_app = make_wsgi_app(registry)
 
     def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "/")
+        if api is not None and path.startswith("/v1/"):
+            method = environ.get("REQUEST_METHOD", "GET")
+            response = api(method, path)
+            headers = [*response.headers, ("Content-Length", str(len(response.body)))]
+            start_response(response.status, headers)
+            return [] if method == "HEAD" else [response.body]
         if path == "/metrics":
             return metrics_app(environ, start_response)  # type: ignore[no-any-return]
         if path == "/healthz":
@@ -52,12 +71,14 @@ def make_app(
     return app
 
 
+def json_response(status: str, body: dict[str, Any]) -> Response:
+    return Response(status, [("Content-Type", "application/json")], json.dumps(body).encode())
+
+
 def _json(start_response: StartResponse, status: str, body: dict[str, Any]) -> list[bytes]:
-    data = json.dumps(body).encode()
-    start_response(
-        status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
-    )
-    return [data]
+    response = json_response(status, body)
+    start_response(status, [*response.headers, ("Content-Length", str(len(response.body)))])
+    return [response.body]
 
 
 class HttpServer:

@@ -118,7 +118,7 @@ class Intake(Loop):
                 m.init_symbol(symbol)
         # Counts first, so a retrain a live monitor requests carries this batch's count.
         self._trigger.add_bars(grown)
-        self._watch.on_updates(self._live.on_batch(report.bars_by_symbol))
+        self._watch.on_updates(self._live.on_batch(report.bars_by_symbol, report.received_at))
         self._trigger.request_due(grown, "new_bars")
 
     def _undecodable(self, batch: UndecodableBatch, *, skipped: bool) -> None:

@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 TRAINING_OUTCOMES = ("champion", "shadow", "rejected", "failed")
 TRAINING_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 REBUILD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 60, 120)
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 def ctd_version() -> str:
@@ -269,6 +270,19 @@ class Metrics:
         # The fleet: partitions follow the consumer group, history is rebuilt from Kafka.
         self.owned_partitions = Gauge(
             "ctd_owned_partitions", "Bars-topic partitions this daemon owns.", registry=r
+        )
+        self.predictions_published = Counter(
+            "ctd_predictions_published_total",
+            "Prediction records sent to the predictions topic, by broker outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        self.prediction_latency = Histogram(
+            "ctd_prediction_latency_seconds",
+            "Bar arrival (its poll returned) to the broker's acknowledgement of the bar's "
+            "published prediction.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.rebuild_seconds = Histogram(
             "ctd_rebuild_duration_seconds",

@@ -86,6 +86,7 @@ class Settings(BaseSettings):
     topic_dlq: str = Field("ctd.bars.dlq", min_length=1)
     topic_commands: str = Field("ctd.commands", min_length=1)
     topic_promotions: str = Field("ctd.promotions", min_length=1)
+    topic_predictions: str = Field("ctd.predictions", min_length=1)
     # retention.ms of the bars topic when ctd creates it. Kafka is the bars' source of truth
     # (a daemon rebuilds a partition's history from it when it takes the partition over), so
     # it must cover the training window: train_window_bars x the bar interval, with margin.
@@ -141,6 +142,12 @@ class Settings(BaseSettings):
     promotion_max_samples: int = Field(2000, ge=1)
     promotion_min_effect: float = Field(0.0, ge=0, lt=1)
     webhook_url: str | None = None
+    # Published predictions (daemon/live/publish.py): signal +1 above signal_long_above, -1
+    # below signal_short_below, else 0; canary_share of the bars (by a hash of symbol and bar)
+    # serve the shadow's prediction instead of the champion's (0: pure shadow mode).
+    signal_long_above: float = Field(0.55, ge=0.5, le=1)
+    signal_short_below: float = Field(0.45, ge=0, le=0.5)
+    canary_share: float = Field(0.0, ge=0, le=1)
     webhook_timeout_seconds: float = Field(5.0, gt=0)
     webhook_retries: int = Field(3, ge=0, le=20)
 

@@ -139,7 +139,7 @@ class LiveScorer:
                     self._symbols.pop(symbol, None)
                     failure = f"{symbol}: live scoring failed: {type(exc).__name__}: {exc}"
                     errors = (*self._cache.take_errors(symbol), failure)
-                    updates[symbol] = LiveUpdate(symbol, 0, 0, 0, 0, errors=errors)
+                    updates[symbol] = LiveUpdate(symbol, 0, 0, (), 0, errors=errors)
             writes = [plan.write for plan in plans if plan.write is not None]
             if writes:
                 try:
@@ -186,6 +186,11 @@ class LiveScorer:
             if st is None:
                 st, _ = self._load(symbol, None)
             return None if st.trial is None else st.trial.snapshot(symbol)
+
+    def model(self, symbol: str, version: str) -> LiveModel | None:
+        """The served model of a version (loaded on first use); None if it cannot be served."""
+        with self._lock:
+            return self._cache.model(symbol, version)
 
     def forget(self, symbol: str) -> None:
         """Drop the symbol's memory (handed over to or from another daemon); the next batch
@@ -381,7 +386,7 @@ class LiveScorer:
             symbol,
             scored=plan.scored,
             ignored=plan.ignored,
-            predictions=0 if walk is None else len(walk.predictions),
+            predictions=() if walk is None else tuple(walk.predictions),
             resolved=0 if walk is None else len(walk.resolutions),
             decision=decision,
             ended=plan.ended,

@@ -91,7 +91,8 @@ class LiveUpdate:
     symbol: str
     scored: int
     ignored: int
-    predictions: int
+    predictions: tuple[Prediction, ...]
+    """Logged for the batch's new bars (committed before this update is returned)."""
     resolved: int
     decision: TrialDecision | None = None
     ended: TrialDecision | None = None

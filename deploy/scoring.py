@@ -35,10 +35,12 @@ class LiveModelError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class LiveModel:
-    """A loaded session and when the version's training data ends."""
+    """A loaded session, when the version's training data ends, who trained it and when."""
 
     scorer: OnnxScorer
     trained_until: int | None
+    trainer: str | None = None
+    created_ts: float | None = None
 
     @property
     def window(self) -> int:
@@ -155,7 +157,7 @@ class ModelCache:
                 version,
                 f"window {scorer.window} exceeds live max_window {self._max_window}",
             )
-        return LiveModel(scorer, meta.trained_until)
+        return LiveModel(scorer, meta.trained_until, meta.trainer, meta.created_ts)
 
 
 def feature_tail(bars: Bars, m: int) -> FloatArray:

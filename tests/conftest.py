@@ -20,6 +20,7 @@ with warnings.catch_warnings():
 from daemon.kafka.broker import LocalBroker
 from daemon.kafka.clients import ensure_topics
 from daemon.settings import Settings, load_settings
+from tests.support.helpers import TOPIC_KINDS
 
 pytest_plugins = ["tests.support.s3"]
 
@@ -35,10 +36,11 @@ class Topics:
     dlq: str
     commands: str
     promotions: str
+    predictions: str
 
     @property
     def all(self) -> list[str]:
-        return [self.bars, self.dlq, self.commands, self.promotions]
+        return [self.bars, self.dlq, self.commands, self.promotions, self.predictions]
 
 
 @pytest.fixture(scope="session")
@@ -50,9 +52,9 @@ def broker() -> Iterator[LocalBroker]:
 
 @pytest.fixture
 def topics(broker: LocalBroker, settings_base: dict[str, Any]) -> Topics:
-    """Four topics with names unique to this test, created on the session broker."""
+    """The daemon's topics with names unique to this test, created on the session broker."""
     tag = uuid.uuid4().hex[:10]
-    names = Topics(f"t{tag}.bars", f"t{tag}.dlq", f"t{tag}.commands", f"t{tag}.promotions")
+    names = Topics(*(f"t{tag}.{kind}" for kind in TOPIC_KINDS))
     ensure_topics(load_settings(**settings_base), broker.bootstrap_servers, names.all)
     return names
 
@@ -82,6 +84,7 @@ def settings_factory(settings_base: dict[str, Any], topics: Topics) -> Callable[
             "topic_dlq": topics.dlq,
             "topic_commands": topics.commands,
             "topic_promotions": topics.promotions,
+            "topic_predictions": topics.predictions,
             **overrides,
         }
         return load_settings(**values)

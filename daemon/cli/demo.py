@@ -19,9 +19,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from daemon.cli.status import all_status
 from daemon.kafka.bars import encode_batch
 from daemon.loop import Loop
+from daemon.status import all_status
 from daemon.store.bars import BarStore
 from deploy.registry import Registry
 from trainers.data import bar_records

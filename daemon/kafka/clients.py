@@ -135,6 +135,7 @@ def default_topics(settings: Settings) -> list[str]:
         settings.topic_dlq,
         settings.topic_commands,
         settings.topic_promotions,
+        settings.topic_predictions,
     ]
 
 

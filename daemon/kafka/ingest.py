@@ -62,6 +62,8 @@ class IngestReport:
     """The batch that failed to decode in this poll (nothing else was delivered)."""
     undecodable_skipped: bool = False
     """True when ``undecodable`` was out of retries: dead-lettered by reference, skipped."""
+    received_at: float | None = None
+    """``time.monotonic()`` when the poll returned the batch."""
 
 
 _NOTHING = IngestReport(0, 0, 0, {}, {}, [], None)
@@ -112,6 +114,7 @@ class Ingestor:
             )
         except UndecodableBatch as exc:
             return self._on_undecodable(exc)
+        received_at = time.monotonic()
         spans = {tp: (msgs[0].offset, msgs[-1].offset + 1) for tp, msgs in batch.items() if msgs}
         if not spans:
             return _NOTHING
@@ -155,6 +158,7 @@ class Ingestor:
             max_event_lag_seconds=lag,
             committed=committed,
             partitions=spans,
+            received_at=received_at,
         )
 
     def _on_undecodable(self, exc: UndecodableBatch) -> IngestReport:

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from daemon.actions import Command, Retrain, execute
 from daemon.live.announce import Announcer
+from daemon.live.publish import PredictionPublisher
 from daemon.logs import get_logger
 from daemon.metrics import LiveRow, Metrics, TrialRow
 from deploy.errors import FencedError
@@ -32,16 +33,27 @@ class LivePath:
     """Live scoring, trial decisions and announcements for one daemon."""
 
     def __init__(
-        self, scorer: LiveScorer, registry: Registry, announcer: Announcer, metrics: Metrics
+        self,
+        scorer: LiveScorer,
+        registry: Registry,
+        announcer: Announcer,
+        metrics: Metrics,
+        *,
+        publisher: PredictionPublisher | None = None,
     ) -> None:
         self.scorer = scorer
         self.registry = registry
         self.announcer = announcer
         self.metrics = metrics
+        self.publisher = publisher
         self._created: dict[tuple[str, str], float] = {}
 
-    def on_batch(self, bars_by_symbol: Mapping[str, Sequence[BarRecord]]) -> list[LiveUpdate]:
-        """Score and resolve the batch's bars; apply any decision the trials reached."""
+    def on_batch(
+        self, bars_by_symbol: Mapping[str, Sequence[BarRecord]], received_at: float | None = None
+    ) -> list[LiveUpdate]:
+        """Score and resolve the batch's bars, publish the predictions (after the log commit),
+        apply any decision the trials reached. ``received_at``: when the bars' poll returned
+        (``time.monotonic()``), for the publish latency."""
         if not bars_by_symbol:
             return []
         try:
@@ -49,9 +61,11 @@ class LivePath:
         except Exception as exc:  # the bars are stored; the next batch catches up from the store
             _log.error("live_batch_failed", error=str(exc), exc_info=True)
             return []
+        if self.publisher is not None:
+            self.publisher.publish(updates, received_at)
         for u in updates:
             if u.predictions:
-                self.metrics.live_predictions.labels(u.symbol).inc(u.predictions)
+                self.metrics.live_predictions.labels(u.symbol).inc(len(u.predictions))
             for error in u.errors:
                 self.metrics.live_errors.labels(u.symbol).inc()
                 _log.warning("live_scoring_problem", symbol=u.symbol, error=error)

@@ -105,6 +105,9 @@ def ledger(registry: Any, symbol: str) -> list[dict[str, Any]]:
     return [event.to_dict() for event in registry.history(symbol)]
 
 
+TOPIC_KINDS = ("bars", "dlq", "commands", "promotions", "predictions")
+
+
 def own_settings(
     bootstrap_servers: str, data_dir: Path, prefix: str = "t", **overrides: Any
 ) -> Settings:
@@ -119,7 +122,7 @@ def own_settings(
     values: dict[str, Any] = {
         "kafka_bootstrap_servers": bootstrap_servers,
         "kafka_group_id": tag,
-        **{f"topic_{kind}": f"{tag}.{kind}" for kind in ("bars", "dlq", "commands", "promotions")},
+        **{f"topic_{kind}": f"{tag}.{kind}" for kind in TOPIC_KINDS},
         "data_dir": data_dir,
         "http_port": 0,
     }

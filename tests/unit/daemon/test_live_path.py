@@ -87,7 +87,7 @@ def rig(tmp_path: Path) -> Rig:
 def test_every_new_bar_is_scored_and_carries_what_the_monitors_need(rig: Rig) -> None:
     rig.live.place("AAA", rig.version("c", 0.7), reason="test")
     (update,) = rig.live.on_batch({"AAA": rig.bars(5)})
-    assert (update.scored, update.predictions) == (5, 5)
+    assert (update.scored, len(update.predictions)) == (5, 5)
     assert update.champion == rig.registry.slots("AAA").champion
     assert [o.champion_correct is None for o in update.observations] == [True] + [False] * 4
     assert all(
