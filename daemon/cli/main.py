@@ -60,6 +60,7 @@ def _handlers() -> dict[str, Handler]:
         "compare": _cmd_compare,
         "report": _cmd_report,
         "manifest": _cmd_manifest,
+        "backtest": _cmd_backtest,
     }
 
 
@@ -108,6 +109,17 @@ def _parser() -> argparse.ArgumentParser:
         "manifest", help="JSON deployment manifest of all champions and shadows"
     )
     manifest.add_argument("--out", type=Path, default=None)
+    backtest = sub.add_parser(
+        "backtest", help="replay a symbol's history through the retrain-and-promote lifecycle"
+    )
+    backtest.add_argument("--symbol", required=True)
+    backtest.add_argument(
+        "--csv", type=Path, default=None, metavar="FILE", help="default: the local bar store"
+    )
+    backtest.add_argument("--out", type=Path, required=True, metavar="DIR")
+    backtest.add_argument(
+        "--cost-bps", type=float, default=1.0, help="cost per unit of turnover (basis points)"
+    )
     return parser
 
 
@@ -167,4 +179,20 @@ def _cmd_manifest(settings: Settings, args: argparse.Namespace) -> int:
     out: Path = args.out or settings.paths.manifest
     manifest(settings, out)
     print(out)
+    return EXIT_OK
+
+
+def _cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.cli.backtest import backtest
+    from daemon.logs import configure_logging
+
+    configure_logging("WARNING", settings.log_format)
+    report, paths = backtest(settings, args.symbol, args.csv, args.out, cost_bps=args.cost_bps)
+    for name, s in report.scores.items():
+        acc = "-" if s.accuracy is None else f"{s.accuracy:.3f}"
+        sharpe = "-" if s.sharpe is None else f"{s.sharpe:.2f}"
+        print(f"{name:12s} accuracy {acc}  Sharpe {sharpe}  return {s.cumulative_return:+.2%}")
+    print(f"replayed {report.bars} bars in {report.seconds:.1f} s")
+    for path in paths:
+        print(path)
     return EXIT_OK
