@@ -60,14 +60,16 @@ class Settings(BaseSettings):
     kafka_max_poll_records: int = Field(2000, ge=1)
     kafka_max_poll_interval_ms: int = Field(300_000, ge=1000)
     kafka_poll_timeout_ms: int = Field(500, ge=1)
+    # The longest a fetch waits for data. Kafka answers as soon as data arrives; tansu only
+    # at this deadline, so it bounds the bundled broker's delivery latency.
+    kafka_fetch_max_wait_ms: int = Field(50, ge=1, le=30_000)
     kafka_request_timeout_ms: int = Field(30_000, ge=1000)
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_cafile: Path | None = None
-    # Mutual TLS: the client certificate (PEM), its key if not in the same file, the key's
-    # passphrase if it is encrypted.
+    # Mutual TLS: client certificate (PEM), its key if in another file, the key's passphrase.
     kafka_ssl_certfile: Path | None = None
     kafka_ssl_keyfile: Path | None = None
     kafka_ssl_key_password: SecretStr | None = None
@@ -98,8 +100,7 @@ class Settings(BaseSettings):
     # The model registry: a directory (default <data_dir>/registry), or s3://bucket/prefix
     # for a fleet (extra `s3`; endpoint and credentials from the standard AWS_* variables).
     registry_url: str | None = Field(None, min_length=1)
-    # How often a daemon checkpoints its running shadow trials to the registry, so that the
-    # daemon taking a symbol over continues the trial (it rescores bars since the checkpoint).
+    # How often running shadow trials are checkpointed to the registry for the next owner.
     trial_checkpoint_seconds: float = Field(10.0, gt=0)
 
     # HTTP (metrics, health).

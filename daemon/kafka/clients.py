@@ -102,6 +102,7 @@ def make_consumer(
         heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
         max_poll_records=settings.kafka_max_poll_records,
         max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         **client_config(settings, bootstrap_servers),
     )
     return guard_consumer(consumer)
