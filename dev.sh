@@ -37,7 +37,7 @@ cmd="${1:-}"
 case "$cmd" in
   demo) venv; exec "$BIN/ctd" demo "$@" ;;
   run) venv; exec "$BIN/ctd" run "$@" ;;
-  test) venv; lint; bash scripts/ensure-promtool.sh; exec "$BIN/python" -m pytest "$@" ;;
+  test) venv; lint; bash scripts/ensure-test-tools.sh; exec "$BIN/python" -m pytest "$@" ;;
   lint) venv; lint ;;
   bench) venv; for b in bench/[a-z]*.py; do m=$(basename "$b" .py); echo "== bench.$m"; "$BIN/python" -m "bench.$m"; done ;;
   *) echo "usage: ./dev.sh {demo|run|test|lint|bench} [args]" >&2; exit 2 ;;

@@ -1,8 +1,10 @@
 """Alert sinks: where registry decisions are announced. One protocol; the webhook first.
 
-``AlertSink`` is the extension point: the daemon hands every promotion-topic
-event to each configured sink (``daemon.live.announce``), and exports each
-sink's delivery counts as ``ctd_alert_deliveries_total{sink, outcome}``.
+``AlertSink`` is the extension point: the daemon (``daemon.live.announce``) hands
+every registry event to each configured sink, which takes the kinds it is for (the
+promotions topic and the webhook: promotion-topic kinds; the MLflow mirror: every slot
+change), and exports each sink's delivery counts as ``ctd_alert_deliveries_total{sink,
+outcome}``.
 
 The webhook: ``notify`` only enqueues (a full queue drops the event and counts it); one
 background thread posts, with a timeout per attempt and exponential backoff

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Final
 
 from monitors.base import Action, Extra, MonitorWarning, Response, response_action
 
@@ -299,3 +300,15 @@ class ExplodingGradientMonitor(_OnceRule):
                 step, f"gradient norm {norm:.4g} above {self.max_norm:g} at step {step}", norm
             )
         return Action.CONTINUE
+
+
+WARNING_KINDS: Final = tuple(
+    rule.kind
+    for rule in (
+        NonFiniteLossMonitor,
+        DivergenceMonitor,
+        OverfittingMonitor,
+        ExplodingGradientMonitor,
+    )
+)
+"""Every kind of warning a training run can carry (metrics create each series at 0)."""

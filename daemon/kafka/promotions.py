@@ -28,6 +28,9 @@ class PromotionsTopicSink:
         self.failed = 0
 
     def notify(self, event: RegistryEvent) -> bool:
+        """Publish a decision of the promotions topic's kinds; others are not for it."""
+        if not event.is_promotion_topic_event:
+            return False
         try:
             self._producer.send(self._topic, key=event.symbol.encode(), value=event.to_json()).get(
                 timeout=SEND_TIMEOUT_SECONDS

@@ -31,7 +31,7 @@ _log = get_logger(component="announce")
 
 
 class Announcer:
-    """Counts every registry event and hands the promotion-topic ones to every sink."""
+    """Counts every registry event and hands it to every sink (each picks its kinds)."""
 
     def __init__(self, registry: Registry, sinks: Sequence[AlertSink], metrics: Metrics) -> None:
         self.registry = registry
@@ -70,9 +70,8 @@ class Announcer:
             last = max((line.seq or 0 for line in lines), default=0)
             missed = [line for line in lines if (line.seq or 0) > done]
             for line in missed:
-                if line.is_promotion_topic_event:
-                    self._announce_one(line)
-                    replayed += 1
+                self._announce_one(line)
+                replayed += 1
             if last:
                 self._mark(symbol, last)
         if replayed:
@@ -98,6 +97,5 @@ class Announcer:
         counter = self._counters.get(event.event)
         if counter is not None:
             counter.labels(event.symbol).inc()
-        if event.is_promotion_topic_event:
-            for sink in self.sinks:
-                sink.notify(event)
+        for sink in self.sinks:  # each sink takes the kinds it is for
+            sink.notify(event)

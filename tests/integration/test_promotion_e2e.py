@@ -143,6 +143,9 @@ def test_regime_change_gets_a_better_shadow_promoted(
             for r in read_topic(str(settings.kafka_bootstrap_servers), settings.topic_promotions, 2)
         ]
         kinds = {(e["symbol"], e["event"]) for e in topic}
+        assert {kind for _, kind in kinds} <= {
+            "promoted", "rejected", "rolled_back", "champion_bootstrapped"
+        }  # the topic's kinds only: no shadow placements or training notes  # fmt: skip
         assert (REGIME, "promoted") in kinds
         assert (WALK, "promoted") not in kinds
         assert "promoted" not in _events(daemon, WALK)

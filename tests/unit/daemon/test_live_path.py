@@ -97,13 +97,16 @@ def test_every_new_bar_is_scored_and_carries_what_the_monitors_need(rig: Rig) ->
     assert rig.sample("ctd_live_predictions_total", symbol="AAA") == 5
 
 
-def test_decisions_are_counted_and_promotion_kinds_reach_every_sink(rig: Rig) -> None:
-    """The bootstrap and a rejection go to the sinks; a shadow placement is only counted."""
+def test_decisions_are_counted_and_every_event_reaches_every_sink(rig: Rig) -> None:
+    """Every decision is counted and handed to each sink, which picks its kinds (the webhook
+    and the promotions topic skip a shadow placement; the MLflow mirror takes it)."""
     rig.live.place("AAA", rig.version("c", 0.7), reason="test")
     rig.live.place("AAA", rig.version("s", 0.3), reason="test")
     rig.live.command(Command("reject", "AAA", "not convinced", "operator:ann"), lambda *_: True)
-    assert [e.event for e in rig.sink.events] == ["champion_bootstrapped", "rejected"]
-    assert rig.sink.events[1].actor == "operator:ann"
+    assert [e.event for e in rig.sink.events] == [
+        "champion_bootstrapped", "shadow_placed", "rejected"
+    ]  # fmt: skip
+    assert rig.sink.events[2].actor == "operator:ann"
     assert rig.sample("ctd_shadow_placements_total", symbol="AAA") == 1
     assert rig.sample("ctd_shadow_rejections_total", symbol="AAA") == 1
     assert rig.registry.state("AAA").announced == 3
@@ -115,8 +118,10 @@ def test_taking_a_symbol_over_announces_what_its_last_owner_did_not(rig: Rig) ->
     rig.live.place("AAA", rig.version("c", 0.7), reason="test")
     rig.registry.place("AAA", rig.version("s", 0.3))  # recorded, not announced
     rig.registry.reject("AAA", evidence={}, reason="worse")
-    assert rig.live.announcer.catch_up(["AAA"]) == 1
-    assert [e.event for e in rig.sink.events] == ["champion_bootstrapped", "rejected"]
+    assert rig.live.announcer.catch_up(["AAA"]) == 2
+    assert [e.event for e in rig.sink.events] == [
+        "champion_bootstrapped", "shadow_placed", "rejected"
+    ]  # fmt: skip
     assert rig.registry.state("AAA").announced == 3
     assert rig.live.announcer.catch_up(["AAA"]) == 0
 
