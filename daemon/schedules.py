@@ -1,5 +1,6 @@
-"""Work on a clock: the live monitors' scheduled check and the optional cron retrain of every
-symbol (APScheduler; a job that raises is logged and the scheduler keeps running)."""
+"""Work on a clock: the live monitors' scheduled check, the re-check of quarantined symbols,
+and the optional cron retrain of every symbol (APScheduler; a job that raises is logged and
+the scheduler keeps running)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,19 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from daemon.settings import Settings
+from deploy.quarantine import RECHECK_SECONDS
 
 
 class Schedules:
     """Starts on construction; ``stop`` does not wait for a job in progress."""
 
     def __init__(
-        self, settings: Settings, *, check: Callable[[], None], retrain_all: Callable[[], None]
+        self,
+        settings: Settings,
+        *,
+        check: Callable[[], None],
+        retrain_all: Callable[[], None],
+        recheck: Callable[[], None],
     ) -> None:
         self._jobs = BackgroundScheduler(
             timezone="UTC",
@@ -26,6 +33,7 @@ class Schedules:
         self._jobs.add_job(
             check, IntervalTrigger(seconds=settings.monitor_check_seconds), id="live-monitors"
         )
+        self._jobs.add_job(recheck, IntervalTrigger(seconds=RECHECK_SECONDS), id="quarantine")
         if settings.retrain_cron:
             self._jobs.add_job(
                 retrain_all,
@@ -35,7 +43,8 @@ class Schedules:
         self._jobs.start()
 
     def job(self, job_id: str) -> Job | None:
-        """A scheduled job by id ("live-monitors", "cron-retrain"), e.g. to run it now."""
+        """A scheduled job by id ("live-monitors", "quarantine", "cron-retrain"), e.g. to run
+        it now."""
         found: Job | None = self._jobs.get_job(job_id)
         return found
 

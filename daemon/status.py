@@ -15,6 +15,7 @@ from typing import Any
 
 from daemon.store.bars import BarStore
 from deploy.handoff import TrialCheckpoint
+from deploy.quarantine import STATE_ERRORS, check_symbol, reason_of
 from deploy.registry import Registry
 
 
@@ -35,6 +36,9 @@ class SymbolStatus:
     """The daemon acting for the symbol (member@generation), from its last claim."""
     trial_bars: int | None = None
     """Paired bars of the running shadow trial as last checkpointed by its owner."""
+    quarantined: str | None = None
+    """Why the symbol's registry state cannot be read (``deploy.quarantine``): its reason
+    and the error; the daemon skips it until ``ctd doctor`` repairs it."""
 
     def to_dict(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.__slots__}
@@ -79,4 +83,14 @@ def all_status(
     symbols = sorted(set(counts) | set(registry.symbols()))
     if only is not None:
         symbols = [s for s in symbols if s == only]
-    return [symbol_status(s, counts.get(s, 0), registry) for s in symbols]
+    return [_status_or_quarantined(s, counts.get(s, 0), registry) for s in symbols]
+
+
+def _status_or_quarantined(symbol: str, bars: int, registry: Registry) -> SymbolStatus:
+    """The symbol's row; for one whose state does not read whole, a row saying why."""
+    try:
+        check_symbol(registry, symbol)
+        return symbol_status(symbol, bars, registry)
+    except STATE_ERRORS as exc:
+        why = f"{reason_of(exc)}: {exc}"
+        return SymbolStatus(symbol, bars, 0, *(None,) * 7, 0, quarantined=why)

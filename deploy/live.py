@@ -60,6 +60,7 @@ from deploy.live_state import (
     restore_symbol,
     restore_trial,
 )
+from deploy.quarantine import STATE_ERRORS, Quarantine
 from deploy.registry import Registry
 from deploy.scoring import ACCURACY_WINDOW, LiveModel, ModelCache, feature_tail
 from deploy.sequential import Decision, PairedSequentialTest, PromotionTestConfig
@@ -99,6 +100,7 @@ class LiveScorer:
         max_window: int = 128,
         catch_up_bars: int = 1000,
         slots_poll_seconds: float = 1.0,
+        quarantine: Quarantine | None = None,
     ) -> None:
         for name, value in (
             ("max_window", max_window),
@@ -116,6 +118,7 @@ class LiveScorer:
         self._capacity = FEATURE_SPEC.lookback + max_window - 1
         self._symbols: dict[str, SymbolState] = {}
         self._cache = ModelCache(registry, max_window)
+        self.quarantine = quarantine if quarantine is not None else Quarantine()
         self._lock = threading.RLock()
 
     # -- public API ------------------------------------------------------------------------
@@ -133,10 +136,16 @@ class LiveScorer:
             updates: dict[str, LiveUpdate] = {}
             plans: list[Plan] = []
             for symbol, bars in bars_by_symbol.items():
+                if symbol in self.quarantine:
+                    updates[symbol] = LiveUpdate(symbol, 0, len(bars), (), 0)
+                    continue
                 try:
                     plans.append(self._plan(symbol, bars))
                 except Exception as exc:  # one symbol's failure must not stall the others
                     self._symbols.pop(symbol, None)
+                    if isinstance(exc, STATE_ERRORS):
+                        self.quarantine.add(symbol, exc)
+                        self._cache.forget_symbol(symbol)
                     failure = f"{symbol}: live scoring failed: {type(exc).__name__}: {exc}"
                     errors = (*self._cache.take_errors(symbol), failure)
                     updates[symbol] = LiveUpdate(symbol, 0, 0, (), 0, errors=errors)
@@ -206,6 +215,8 @@ class LiveScorer:
         with self._lock:
             out = []
             for symbol in sorted(self._symbols):
+                if symbol in self.quarantine:
+                    continue
                 st = self._symbols[symbol]
                 out.append(
                     LiveStatus(
@@ -265,7 +276,10 @@ class LiveScorer:
         for version in (st.champion, st.shadow):
             if version is None or self._cache.loaded(symbol, version):
                 continue
-            self._cache.model(symbol, version)
+            if self._cache.model(symbol, version) is None:
+                failure = self._cache.failure(symbol, version)
+                if isinstance(failure, STATE_ERRORS):
+                    raise failure  # its state is unreadable: quarantined by ``on_batch``
             rolling = self._cache.rolling(symbol, version)
             for proba, label in self.log.recent_outcomes(symbol, version, ACCURACY_WINDOW):
                 rolling.add((proba >= 0.5) == (label == 1))

@@ -81,7 +81,7 @@ class Rolling:
 @dataclass
 class _Served:
     model: LiveModel | None
-    error: str | None
+    error: Exception | None
     rolling: Rolling = field(default_factory=Rolling)
 
 
@@ -112,6 +112,15 @@ class ModelCache:
         """Drop everything kept about a version that left the slots."""
         self._served.pop((symbol, version), None)
 
+    def failure(self, symbol: str, version: str) -> Exception | None:
+        """Why a version cannot be served (None when it loaded or was never tried)."""
+        served = self._served.get((symbol, version))
+        return None if served is None else served.error
+
+    def forget_symbol(self, symbol: str) -> None:
+        for key in [key for key in self._served if key[0] == symbol]:
+            del self._served[key]
+
     def take_errors(self, symbol: str) -> list[str]:
         """Load failures not reported yet (each is reported once)."""
         return self._new_errors.pop(symbol, [])
@@ -124,7 +133,7 @@ class ModelCache:
                 served = _Served(self._load(symbol, version), None)
             except Exception as exc:  # a broken model must not stop the other slot or symbol
                 error = f"{symbol} {version}: cannot load for live scoring: {exc}"
-                served = _Served(None, error)
+                served = _Served(None, exc)
                 self._new_errors.setdefault(symbol, []).append(error)
             self._served[key] = served
         return served

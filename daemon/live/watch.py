@@ -21,6 +21,7 @@ from daemon.logs import get_logger
 from daemon.metrics import Metrics, MonitorReading
 from daemon.settings import Settings
 from deploy.live_state import LiveUpdate
+from deploy.quarantine import STATE_ERRORS, Quarantine
 from deploy.registry import Registry
 from monitors.drift import DriftMonitor
 from monitors.live import Cooldown, DecayMonitor, StalenessMonitor
@@ -85,8 +86,10 @@ class LiveWatch:
         trigger: Retrain,
         served: Callable[[], Iterable[str]] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        quarantine: Quarantine | None = None,
     ) -> None:
         self.settings = settings
+        self.quarantine = quarantine if quarantine is not None else Quarantine()
         # The symbols whose champions the scheduled jobs judge: in a fleet, this daemon's own.
         self._served = served if served is not None else registry.symbols
         self.registry = registry
@@ -121,7 +124,7 @@ class LiveWatch:
         for symbol in sorted(self._served()):
             alarms: list[LiveAlarm] = []
             with self._lock:
-                watched = self._current(symbol, self.registry.slots(symbol).champion)
+                watched = self._current(symbol, self._champion(symbol))
                 if watched is None:
                     continue
                 for monitor in watched.monitors:
@@ -135,9 +138,7 @@ class LiveWatch:
         """Scheduled job (cron setting): retrain every symbol this daemon serves that has a
         champion (in a fleet, each daemon its own)."""
         for symbol in sorted(self._served()):
-            if self.registry.slots(symbol).champion is not None and self._trigger(
-                symbol, "schedule"
-            ):
+            if self._champion(symbol) is not None and self._trigger(symbol, "schedule"):
                 self.metrics.live_monitor_triggers.labels(symbol, "schedule").inc()
 
     def forget(self, symbol: str) -> None:
@@ -168,14 +169,30 @@ class LiveWatch:
         self.metrics.live_monitor_triggers.labels(symbol, alarm.kind).inc()
         self._trigger(symbol, alarm.kind)
 
+    def _champion(self, symbol: str) -> str | None:
+        """The symbol's champion; None when it has none or is quarantined (an unreadable
+        file quarantines it here)."""
+        if symbol in self.quarantine:
+            return None
+        try:
+            return self.registry.slots(symbol).champion
+        except STATE_ERRORS as exc:
+            self.quarantine.add(symbol, exc)
+            return None
+
     def _current(self, symbol: str, champion: str | None) -> _Watched | None:
         """Monitors of the symbol's present champion, rebuilt when the champion changed."""
-        if champion is None:
+        if champion is None or symbol in self.quarantine:
             self._watched.pop(symbol, None)
             return None
         watched = self._watched.get(symbol)
         if watched is None or watched.champion != champion:
-            meta = self.registry.metadata(symbol, champion)
+            try:
+                meta = self.registry.metadata(symbol, champion)
+            except STATE_ERRORS as exc:
+                self.quarantine.add(symbol, exc)
+                self._watched.pop(symbol, None)
+                return None
             built = (factory(self.settings, meta) for factory in MONITORS.values())
             watched = _Watched(
                 champion,
@@ -184,6 +201,8 @@ class LiveWatch:
                 tuple(m for m in built if m is not None),
             )
             self._watched[symbol] = watched
+            for kind in (*MONITORS, "schedule"):  # series at 0 from the first champion on
+                self.metrics.live_monitor_triggers.labels(symbol, kind)
             _log.info(
                 "live_monitors_armed",
                 symbol=symbol,

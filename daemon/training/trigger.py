@@ -9,7 +9,7 @@ requests a retrain whatever the count (the queue still coalesces and backs off).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -46,8 +46,10 @@ class RetrainTrigger:
         *,
         counts: Mapping[str, int],
         trained: Mapping[str, int],
+        held: Container[str] = (),
     ) -> None:
         self._policy = policy
+        self._held = held  # symbols never queued (quarantined)
         self._queue = queue
         self._counts = dict(counts)
         self._trained = dict(trained)
@@ -73,11 +75,14 @@ class RetrainTrigger:
             with self._lock:
                 total = self._counts.get(symbol, 0)
                 due = self._policy.due(total, self._trained.get(symbol))
-            if due:
+            if due and symbol not in self._held:
                 self._queue.request(symbol, total, reason)
 
     def request(self, symbol: str, reason: str) -> bool:
-        """A retrain asked for by an operator or a live monitor, whatever the bar count."""
+        """A retrain asked for by an operator or a live monitor, whatever the bar count;
+        False for a held symbol."""
+        if symbol in self._held:
+            return False
         return self._queue.request(symbol, self.count(symbol), reason)
 
     def take_over(self, symbol: str, count: int, trained_at: int | None) -> None:

@@ -433,7 +433,7 @@ def test_readyz_is_503_while_start_is_blocked_and_a_failed_start_releases_its_po
             "broker": False,
             "group": False,
         }
-        assert answer == (503, {"ready": False, "checks": checks})
+        assert answer == (503, {"ready": False, "checks": checks, "quarantined": []})
     finally:
         thread.join(30)
         silent.close()

@@ -19,6 +19,7 @@ import pytest
 
 from deploy import durable
 from deploy.errors import RegistryCorrupt
+from deploy.quarantine import check_symbol, reason_of
 from deploy.registry import Registry, Slots
 from deploy.versions import new_version_id
 from tests.support.helpers import ledger
@@ -186,6 +187,7 @@ def test_add_version_killed_at_each_point_leaves_no_version_or_a_complete_one(
 
     renamed = point == "metadata.json:replaced"
     assert reg.versions(SYMBOL) == ([V0, V2] if renamed else [V0])
+    assert reg.unplaced(SYMBOL) == ([V2] if renamed else [])  # for start-up adoption
     assert any("incomplete version" in c for c in cleaned) == (not renamed)
     if renamed:
         assert reg.model_path(SYMBOL, V2).read_bytes() == (staging / "model.onnx").read_bytes()
@@ -218,11 +220,17 @@ def test_torn_multi_line_append_is_completed_by_recover(tmp_path: Path) -> None:
     _assert_consistent(root, reg)
 
 
-def test_recover_refuses_a_slot_pointing_at_a_missing_version(tmp_path: Path) -> None:
-    """A champion whose directory is gone is corruption no crash can cause; recover names it."""
+def test_recover_keeps_a_slotted_version_with_a_missing_file_for_the_quarantine(
+    tmp_path: Path,
+) -> None:
+    """A champion whose model.onnx is gone is corruption no crash can cause: recover neither
+    raises nor deletes what is left of it; the quarantine check names the missing file."""
     root = tmp_path / "registry"
     reg = Registry(root)
     _setup_add(reg, tmp_path)
     (root / SYMBOL / V0 / "model.onnx").unlink()
-    with pytest.raises(RegistryCorrupt, match=rf"slots\.json.*champion {V0}"):
-        reg.recover()
+    assert reg.recover() == []
+    assert (root / SYMBOL / V0 / "metadata.json").exists()
+    with pytest.raises(RegistryCorrupt, match=rf"{V0}/model\.onnx: missing") as caught:
+        check_symbol(reg, SYMBOL)
+    assert reason_of(caught.value) == "model"
