@@ -17,10 +17,13 @@ Hierarchy::
     │   └── PredictionStoreError                          ... of the prediction log
     ├── DeadLetterError                                   the DLQ did not confirm (not committed)
     ├── RebuildError                                      taken-over partitions not replayed in time
+    ├── CommandsSecretError                               the commands' signing secret is unusable
     ├── OperatorError                                     an operator action could not be done
+    │   └── UnforcedPromotion                             promote on too few trial bars, no --force
     └── InvalidInput(CtdError, ValueError)                input rejected at the edge; never fatal
         ├── InvalidMessage                                a bars-topic message (goes to the DLQ)
-        └── InvalidCommand                                a commands-topic message (counted, logged)
+        ├── InvalidCommand                                a commands-topic message (counted, logged)
+        └── UnverifiedCommand                             a command failing signature, age or nonce
 
 Errors of the other packages (``trainers.errors``, ``deploy.errors``, an invalid
 symbol) keep their own hierarchies; the CLI maps the few it expects.
@@ -31,7 +34,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import ClassVar, Final
+from typing import ClassVar, Final, Literal
 
 from daemon.text import one_line
 
@@ -159,8 +162,28 @@ class RebuildError(CtdError):
         super().__init__(f"rebuild of {', '.join(self.partitions)} did not finish in time")
 
 
+class CommandsSecretError(CtdError):
+    """The secret that signs operator commands is missing, too short or readable by others."""
+
+    def __init__(self, where: str, problem: str) -> None:
+        self.where, self.problem = where, problem
+        super().__init__(f"commands secret {where}: {problem}")
+
+
 class OperatorError(CtdError):
     """An operator action could not be carried out; the message says why."""
+
+
+class UnforcedPromotion(OperatorError):
+    """A promote of a shadow whose trial has fewer than ``min_samples`` paired bars, without
+    ``--force``: too little live evidence to act on unless the operator says so."""
+
+    def __init__(self, symbol: str, samples: int, min_samples: int) -> None:
+        self.symbol, self.samples, self.min_samples = symbol, samples, min_samples
+        super().__init__(
+            f"{symbol}: the shadow's trial has {samples} paired bars, fewer than "
+            f"promotion_min_samples {min_samples}; promote with --force to override"
+        )
 
 
 class InvalidInput(CtdError, ValueError):
@@ -177,3 +200,16 @@ class InvalidMessage(InvalidInput):
 
 class InvalidCommand(InvalidInput):
     """A command message that cannot be executed."""
+
+
+RejectReason = Literal["unsigned", "bad_signature", "expired", "replayed"]
+"""Why a command was refused before execution (``ctd_commands_rejected_total{reason}``)."""
+
+
+class UnverifiedCommand(InvalidInput):
+    """A command that is not provably a fresh one from a holder of the secret: no signature,
+    a wrong one, a timestamp outside the skew window, or an id another record carried."""
+
+    def __init__(self, why: RejectReason, reason: str) -> None:
+        self.why = why
+        super().__init__(f"{why}: {reason}")

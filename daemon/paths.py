@@ -34,6 +34,9 @@ class DataPaths:
     """Where a running daemon can be reached (pid, broker, HTTP); removed on stop."""
     member = _Under("member")
     """This daemon's name in registry claims when no static group instance id is set."""
+    commands_secret = _Under("commands.secret")
+    """The key operator commands are signed with when ``CTD_COMMANDS_SECRET`` is unset
+    (generated once, mode 0600; the CLI of this machine reads it)."""
     announced = _Under("announced.json")
     """Per symbol, the ledger seq up to which decisions were announced."""
     staging = _Under("staging")

@@ -13,6 +13,7 @@ Hierarchy::
     ├── NothingToRollBackError(RegistryError)              rollback with no previous champion
     ├── RegistryCorrupt(RegistryError)                     on-disk state that no crash can produce
     ├── FencedError(RegistryError)                         a daemon's write after another took over
+    ├── DuplicateCommandError(RegistryError)               an operator command already in the ledger
     └── RegistryBusy(RegistryError)                        compare-and-swap lost too many times
 
 An invalid symbol raises ``trainers.data.InvalidSymbolError`` (a ``ValueError``),
@@ -110,3 +111,12 @@ class RegistryBusy(RegistryError):
     def __init__(self, symbol: str, attempts: int) -> None:
         self.symbol, self.attempts = symbol, attempts
         super().__init__(f"{symbol}: registry write still contended after {attempts} attempts")
+
+
+class DuplicateCommandError(RegistryError):
+    """An operator command whose id is already in the symbol's ledger (``seq``): it was
+    applied once (e.g. before a crash cut off its offset commit) and is not applied again."""
+
+    def __init__(self, symbol: str, command_id: str, seq: int | None) -> None:
+        self.symbol, self.command_id, self.seq = symbol, command_id, seq
+        super().__init__(f"{symbol}: command {command_id} was already applied (ledger seq {seq})")

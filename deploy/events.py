@@ -50,6 +50,8 @@ RECORD_ONLY_KINDS: Final[frozenset[str]] = frozenset({"training_failed", "candid
 """Kinds that change no slot, so they go to the history without a slots.json write."""
 
 _TS_PATTERN: Final = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z")
+COMMAND_ID_PATTERN: Final = re.compile(r"[0-9a-f]{32}")
+"""An operator command's id: 128 random bits as lowercase hex (the daemon's commands topic)."""
 
 
 def utc_now() -> str:
@@ -76,6 +78,11 @@ class RegistryEvent:
     reason: str = ""
     seq: int | None = None
     """Position in the symbol's ledger, once recorded there (None before)."""
+    command_id: str | None = None
+    """The id of the operator command that made this decision (None for the daemon's own):
+    a command delivered twice finds it here and is not applied again."""
+    forced: bool = False
+    """An operator promote that overrode the trial's minimum sample count (``--force``)."""
 
     def __post_init__(self) -> None:
         if self.event not in EVENT_KINDS:
@@ -85,6 +92,10 @@ class RegistryEvent:
         validate_symbol(self.symbol)
         if _TS_PATTERN.fullmatch(self.ts) is None:
             raise ValueError(f"event ts {self.ts!r} is not ISO 8601 UTC ending in 'Z'")
+        if self.command_id is not None and COMMAND_ID_PATTERN.fullmatch(self.command_id) is None:
+            raise ValueError(
+                f"command_id {self.command_id!r} must match {COMMAND_ID_PATTERN.pattern}"
+            )
         try:
             # A deep copy through JSON: later mutation of the caller's dict cannot reach us.
             evidence = json.loads(json.dumps(dict(self.evidence), allow_nan=False))
@@ -94,7 +105,7 @@ class RegistryEvent:
 
     def to_dict(self) -> dict[str, Any]:
         """A fresh JSON-ready dict (the promotions-topic fields plus actor, reason and, once
-        recorded, the ledger ``seq``)."""
+        recorded, the ledger ``seq``; ``command_id`` and ``forced`` only when set)."""
         out = {
             "event": self.event,
             "symbol": self.symbol,
@@ -107,6 +118,10 @@ class RegistryEvent:
         }
         if self.seq is not None:
             out["seq"] = self.seq
+        if self.command_id is not None:
+            out["command_id"] = self.command_id
+        if self.forced:
+            out["forced"] = True
         return out
 
     @classmethod
@@ -122,6 +137,11 @@ class RegistryEvent:
             evidence = doc.get("evidence") or {}
             if not isinstance(evidence, Mapping):
                 raise ValueError(f"evidence must be an object, got {evidence!r}")
+            command_id, forced = doc.get("command_id"), doc.get("forced", False)
+            if command_id is not None and not isinstance(command_id, str):
+                raise ValueError(f"command_id must be a string or null, got {command_id!r}")
+            if not isinstance(forced, bool):
+                raise ValueError(f"forced must be a boolean, got {forced!r}")
             return cls(
                 doc["event"],
                 doc["symbol"],
@@ -132,6 +152,8 @@ class RegistryEvent:
                 str(doc.get("actor", "daemon")),
                 str(doc.get("reason", "")),
                 seq,
+                command_id,
+                forced,
             )
         except KeyError as exc:
             raise ValueError(f"event has no {exc.args[0]!r} field") from None

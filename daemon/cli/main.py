@@ -61,6 +61,7 @@ def _handlers() -> dict[str, Handler]:
         "report": _cmd_report,
         "manifest": _cmd_manifest,
         "backtest": _cmd_backtest,
+        "doctor": _cmd_doctor,
     }
 
 
@@ -91,6 +92,12 @@ def _parser() -> argparse.ArgumentParser:
         op.add_argument("symbol")
         op.add_argument("--reason", default="", help="why (kept in the ledger)")
         op.add_argument("--actor", default=None, help="who (default: operator:$USER)")
+        if action == "promote":
+            op.add_argument(
+                "--force",
+                action="store_true",
+                help="promote on a trial shorter than CTD_PROMOTION_MIN_SAMPLES (in the ledger)",
+            )
     train = sub.add_parser(
         "train", help="train a symbol from an OHLCV CSV into the registry (no Kafka)"
     )
@@ -120,7 +127,19 @@ def _parser() -> argparse.ArgumentParser:
     backtest.add_argument(
         "--cost-bps", type=float, default=1.0, help="cost per unit of turnover (basis points)"
     )
+    doctor = sub.add_parser("doctor", help="what is wrong with a symbol's registry state")
+    doctor.add_argument("symbol", nargs="?", default=None)
+    doctor.add_argument("--apply", action="store_true", help="carry out the repairs")
+    doctor.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
+
+
+def _cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from daemon.cli.doctor import doctor
+
+    return doctor(settings, args.symbol, apply=args.apply, as_json=args.json, console=Console())
 
 
 def _cmd_status(settings: Settings, args: argparse.Namespace) -> int:
@@ -138,7 +157,8 @@ def _cmd_operator(settings: Settings, args: argparse.Namespace) -> int:
 
     symbol = validate_symbol(args.symbol)
     actor = args.actor or f"operator:{os.environ.get('USER', 'unknown')}"
-    line = run(settings, Command(args.command, symbol, args.reason, actor))
+    force = getattr(args, "force", False)  # promote only
+    line = run(settings, Command(args.command, symbol, args.reason, actor, force=force))
     print(json.dumps(line, indent=2))
     return EXIT_OK
 

@@ -2,10 +2,12 @@
 
 With a daemon reachable (``CTD_KAFKA_BOOTSTRAP_SERVERS``, or the bundled broker
 address the daemon left in ``<data_dir>/daemon.json``) the command goes on the
-commands topic, so the daemon executes and announces it (metrics, promotions
-topic, webhook) exactly as its own decisions. Without one, promote / reject /
-rollback act on the registry directly (flock-serialised with any daemon);
-the daemon picks slot changes up when it next runs.
+commands topic, signed with the shared secret (``daemon.kafka.signing``), so the
+daemon executes and announces it (metrics, promotions topic, webhook) exactly as
+its own decisions. Without one, promote / reject / rollback act on the registry
+directly (flock-serialised with any daemon); the daemon picks slot changes up
+when it next runs. Either way a promote on a trial shorter than
+``promotion_min_samples`` needs ``force``.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import os
 import time
 from typing import Any
 
-from daemon.actions import Command, execute
+from daemon.actions import Command, TrialSoFar, execute
 from daemon.errors import OperatorError
 from daemon.kafka.clients import make_producer
+from daemon.kafka.commands_secret import commands_key
 from daemon.kafka.probe import broker_reachable
+from daemon.kafka.signing import sign_command
 from daemon.registry import open_registry
 from daemon.settings import Settings
 from daemon.store.predictions import PredictionStore
@@ -58,11 +62,11 @@ def _via_daemon(
 ) -> dict[str, Any]:
     registry = open_registry(settings)
     seen = len(registry.history(command.symbol))
+    message = sign_command(command, commands_key(settings, create=False))
     producer = make_producer(settings, bootstrap)
     try:
-        producer.send(
-            settings.topic_commands, key=command.symbol.encode(), value=command.to_json()
-        ).get(timeout=10)
+        key = command.symbol.encode()
+        producer.send(settings.topic_commands, key=key, value=message).get(timeout=10)
     finally:
         producer.close(timeout=5)
     if command.action == "retrain":
@@ -71,13 +75,14 @@ def _via_daemon(
     deadline = time.monotonic() + wait_seconds
     while time.monotonic() < deadline:
         for line in registry.history(command.symbol)[seen:]:
-            if line.event == wanted and line.actor == command.actor:
+            if line.event == wanted and line.command_id == command.id:
                 return line.to_dict()
         time.sleep(0.2)
     raise OperatorError(
-        f"sent {command.action} to the daemon, but no {wanted!r} line reached the ledger of "
-        f"{command.symbol} within {wait_seconds:.0f}s (see the daemon's log: the action may "
-        "have been refused)"
+        f"sent {command.action} {command.id} to the daemon, but no {wanted!r} line reached "
+        f"the ledger of {command.symbol} within {wait_seconds:.0f}s (see the daemon's log: "
+        "the action may have been refused, or its signature rejected if this machine's "
+        "commands secret is not the daemon's)"
     )
 
 
@@ -87,7 +92,7 @@ def _direct(settings: Settings, command: Command) -> RegistryEvent:
         event = execute(
             registry,
             command,
-            evidence=_trial_evidence(settings, registry, command.symbol),
+            trial=_saved_trial(settings, registry, command.symbol),
             retrain=lambda _symbol, _reason: False,
         )
     except Exception as exc:
@@ -96,14 +101,18 @@ def _direct(settings: Settings, command: Command) -> RegistryEvent:
     return event
 
 
-def _trial_evidence(settings: Settings, registry: Registry, symbol: str) -> dict[str, object]:
-    """The running trial's evidence as the prediction log last saved it, if it is this pair's."""
+def _saved_trial(settings: Settings, registry: Registry, symbol: str) -> TrialSoFar:
+    """The running trial as the prediction log last saved it, if it is this pair's."""
+    min_samples = settings.promotion_min_samples
     path = settings.paths.predictions
     if not path.exists():
-        return {}
+        return TrialSoFar({}, 0, min_samples)
     log = PredictionStore(path)
     try:
         trial = saved_trial(log, registry, symbol)
     finally:
         log.close()
-    return {} if trial is None else {**trial.evidence_dict(), "source": "prediction log"}
+    if trial is None:
+        return TrialSoFar({}, 0, min_samples)
+    evidence = {**trial.evidence_dict(), "source": "prediction log"}
+    return TrialSoFar(evidence, trial.evidence.n, min_samples)

@@ -1,57 +1,34 @@
-"""The commands topic: decode operator commands and hand them, in order, to the daemon.
+"""The commands topic: verify operator commands and hand them, in order, to the daemon.
 
-Command event: ``{"action": "retrain" | "promote" | "reject" | "rollback",
-"symbol": ..., "reason": ..., "actor": ...}``. A message that does not decode
-is counted and logged, never executed. Offsets are committed after execution.
+The wire format and its checks are ``daemon.kafka.signing``. A message that does not
+decode is counted as invalid; one that fails verification (unsigned, bad signature,
+expired, replayed) is counted by reason in ``ctd_commands_rejected_total``; each is
+logged once and never executed. Offsets are committed after execution.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 
 from kafka import KafkaConsumer, OffsetAndMetadata
+from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 from prometheus_client import Counter
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from daemon.actions import Action, Command
-from daemon.errors import InvalidCommand
+from daemon.actions import Command
+from daemon.errors import InvalidCommand, UnverifiedCommand
 from daemon.kafka.clients import make_consumer
+from daemon.kafka.replay import ReplayGuard
+from daemon.kafka.signing import decode_command
+from daemon.kafka.topics import TopicReset
 from daemon.kafka.undecodable import UndecodableBatch, UndecodableBatches
 from daemon.logs import get_logger
 from daemon.loop import Loop
 from daemon.settings import Settings
-from trainers.data import validate_symbol
 
 _log = get_logger(component="commands")
-
-
-class _CommandModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    action: Action
-    symbol: str
-    reason: str = Field("", max_length=1000)
-    actor: str = Field("operator", min_length=1, max_length=200)
-
-    @field_validator("symbol")
-    @classmethod
-    def _symbol(cls, value: str) -> str:
-        return validate_symbol(value)
-
-
-def decode_command(value: bytes | None) -> Command:
-    """Bytes from the commands topic -> Command, or InvalidCommand naming the problem."""
-    if not value:
-        raise InvalidCommand("empty command message")
-    try:
-        model = _CommandModel.model_validate_json(value)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "message"
-        raise InvalidCommand(f"{where}: {first['msg']}") from None
-    return Command(model.action, model.symbol, model.reason, model.actor)
 
 
 class CommandConsumer(Loop):
@@ -68,19 +45,29 @@ class CommandConsumer(Loop):
         bootstrap_servers: str,
         *,
         handle: Callable[[Command], object],
+        key: bytes,
         counter: Counter,
+        rejected: Counter,
     ) -> None:
+        """``key``: the HMAC key (``daemon.kafka.commands_secret``); ``counter``:
+        ``ctd_commands_total``; ``rejected``: ``ctd_commands_rejected_total``."""
         super().__init__()
         self._settings = settings
         self._bootstrap = bootstrap_servers
         self._handle = handle
+        self._key = key
         self._counter = counter
+        self._rejected = rejected
+        self._replays = ReplayGuard()
+        self.topic_reset = TopicReset([settings.topic_commands])
+        """Catches up with a commands topic that was lost and re-created (``TopicReset``)."""
 
     def _run(self) -> None:
         s = self._settings
         consumer = make_consumer(
-            s, self._bootstrap, topic=s.topic_commands, group_id=f"{s.kafka_group_id}.commands"
+            s, self._bootstrap, group_id=f"{s.kafka_group_id}.commands", subscribe=False
         )
+        consumer.subscribe(self.topic_reset.topics, listener=self.topic_reset)
         undecodable = UndecodableBatches(
             consumer,
             retries=s.ingest_undecodable_retries,
@@ -90,6 +77,7 @@ class CommandConsumer(Loop):
             while not self._stop.is_set():
                 undecodable.resume_due()
                 try:
+                    self.topic_reset.catch_up(consumer, self.topic_reset)
                     batches = consumer.poll(timeout_ms=s.kafka_poll_timeout_ms)
                 except UndecodableBatch as exc:
                     self._skip_undecodable(consumer, undecodable, exc)
@@ -100,18 +88,29 @@ class CommandConsumer(Loop):
                     continue
                 for records in batches.values():
                     for record in records:
-                        self._message(record.value)
+                        self._message(record)
                 if batches:
                     consumer.commit()
         finally:
             consumer.close()
 
-    def _message(self, value: bytes | None) -> None:
+    def _message(self, record: ConsumerRecord) -> None:
+        where = {"partition": record.partition, "offset": record.offset}
+        skew, now = self._settings.commands_max_skew_seconds, time.time()
         try:
-            command = decode_command(value)
+            signed = decode_command(record.value, self._key, now=now, max_skew=skew)
+            command = signed.command
+            position = (record.partition, record.offset)
+            expires_at = signed.signed_at + skew
+            if self._replays.replayed(command.id, position, expires_at=expires_at, now=now):
+                raise UnverifiedCommand("replayed", f"command id {command.id} was seen before")
+        except UnverifiedCommand as exc:
+            self._rejected.labels(exc.why).inc()
+            _log.warning("command_rejected", why=exc.why, reason=exc.reason, **where)
+            return
         except InvalidCommand as exc:
             self._counter.labels("invalid", "invalid").inc()
-            _log.warning("command_invalid", reason=exc.reason)
+            _log.warning("command_invalid", reason=exc.reason, **where)
             return
         self._handle(command)
 

@@ -1,4 +1,5 @@
-"""Operator commands: decoding, and `ctd promote / reject / rollback / retrain` without a daemon."""
+"""`ctd promote / reject / rollback / retrain` without a daemon (the wire format of commands
+through one: tests/unit/daemon/test_signing.py and test_commands.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from daemon.errors import InvalidCommand
-from daemon.kafka.commands import decode_command
 from deploy.registry import Registry
 from tests.support.helpers import ledger
 from tests.support.metadata import write_sample_metadata
@@ -47,38 +46,6 @@ def two_champions(tmp_path: Path) -> tuple[Path, Registry, str, str]:
     reg.place("BTCUSDT", v2)
     reg.promote("BTCUSDT", evidence={"n": 500})
     return data, reg, v1, v2
-
-
-@pytest.mark.parametrize(
-    ("value", "needle"),
-    [
-        (b"", "empty"),
-        (b"{", "Invalid JSON"),
-        (b'{"action": "delete", "symbol": "BTCUSDT"}', "action"),
-        (b'{"action": "promote", "symbol": "../x"}', "invalid symbol"),
-        (b'{"action": "promote", "symbol": "BTCUSDT", "extra": 1}', "extra"),
-        (b'{"action": "promote"}', "symbol"),
-    ],
-)
-def test_bad_commands_are_refused_with_a_reason(value: bytes, needle: str) -> None:
-    """Each malformed command raises InvalidCommand whose reason names the problem."""
-    with pytest.raises(InvalidCommand) as info:
-        decode_command(value)
-    assert needle.lower() in info.value.reason.lower()
-
-
-def test_command_round_trips() -> None:
-    """A command encodes to the topic's JSON form and decodes back to the same command."""
-    cmd = decode_command(
-        b'{"action": "rollback", "symbol": "ETHUSDT", "reason": "bad fills", "actor": "alice"}'
-    )
-    assert decode_command(cmd.to_json()) == cmd
-    assert (cmd.action, cmd.symbol, cmd.reason, cmd.actor) == (
-        "rollback",
-        "ETHUSDT",
-        "bad fills",
-        "alice",
-    )
 
 
 def test_cli_rollback_restores_previous_champion_and_ledger_shows_both_steps(two_champions) -> None:
@@ -135,3 +102,36 @@ def test_cli_rejects_path_like_symbol(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "invalid symbol" in proc.stderr
     assert not (tmp_path / "data").exists()
+
+
+@pytest.fixture
+def shadow_on_trial(tmp_path: Path) -> tuple[Path, Registry, str, str]:
+    """Champion v1 and shadow v2, with no trial evidence yet."""
+    data = tmp_path / "data"
+    reg = Registry(data / "registry")
+    v1, v2 = _version(reg, tmp_path, "1"), _version(reg, tmp_path, "2")
+    reg.place("BTCUSDT", v1)
+    reg.place("BTCUSDT", v2)
+    return data, reg, v1, v2
+
+
+def test_cli_promote_on_a_short_trial_needs_force(shadow_on_trial) -> None:
+    """Without --force a promote of a shadow with fewer trial bars than the minimum exits 1
+    naming --force and changes nothing."""
+    data, reg, v1, v2 = shadow_on_trial
+    lines = ledger(reg, "BTCUSDT")
+    proc = _ctd(data, "promote", "BTCUSDT")
+    assert proc.returncode == 1
+    assert "--force" in proc.stderr and "promotion_min_samples 100" in proc.stderr
+    assert (reg.slots("BTCUSDT").champion, reg.slots("BTCUSDT").shadow) == (v1, v2)
+    assert ledger(reg, "BTCUSDT") == lines
+
+
+def test_cli_promote_force_is_recorded_in_the_ledger(shadow_on_trial) -> None:
+    data, reg, _v1, v2 = shadow_on_trial
+    proc = _ctd(data, "promote", "BTCUSDT", "--force", "--reason", "vendor change")
+    assert proc.returncode == 0, proc.stderr
+    line = json.loads(proc.stdout)
+    assert (line["event"], line["to_version"], line["forced"]) == ("promoted", v2, True)
+    assert ledger(reg, "BTCUSDT")[-1]["command_id"] == line["command_id"]
+    assert reg.slots("BTCUSDT").champion == v2

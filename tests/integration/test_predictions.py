@@ -263,7 +263,7 @@ def test_after_a_promotion_served_records_carry_the_new_version(rig: Rig) -> Non
     daemon = rig.daemon
     assert daemon is not None
     slots = daemon.registry.slots(SYMBOL)
-    event = daemon.handle_command(Command("promote", SYMBOL, reason="test"))
+    event = daemon.handle_command(Command("promote", SYMBOL, reason="test", force=True))
     assert event is not None and event.event == "promoted"
     first = len(rig.sent_ts)
     rig.send(100, chunk=1)

@@ -16,11 +16,14 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from daemon.actions import Command
 from daemon.app import Daemon
 from daemon.errors import CodecUnavailableError
 from daemon.kafka.bars import encode_bar, encode_batch
 from daemon.kafka.clients import make_producer
 from daemon.kafka.codecs import check_codecs
+from daemon.kafka.commands_secret import commands_key
+from daemon.kafka.signing import sign_command
 from daemon.settings import Settings
 from tests.support.foreign import flush, foreign_producer, foreign_read
 from tests.support.helpers import wait_for
@@ -240,7 +243,7 @@ def test_an_undecodable_commands_batch_is_skipped_and_later_commands_still_run(
     command sent after it is executed."""
     s = daemon.settings
     bootstrap = daemon.bootstrap_servers
-    command = json.dumps({"action": "reject", "symbol": "NOSUCH", "reason": "t"}).encode()
+    command = sign_command(Command("reject", "NOSUCH", "t"), commands_key(s, create=False))
     raw_produce(bootstrap, s.topic_commands, 0, corrupt_crc(record_batch([(None, command)])))
     raw_produce(bootstrap, s.topic_commands, 0, record_batch([(None, command)]))
     wait_for(

@@ -280,8 +280,8 @@ def _log_failure_with_config_in_locals(settings: Settings) -> str:
 
 
 def test_only_client_config_unwraps_a_secret() -> None:
-    """get_secret_value() is called in two audited places: kafka.client_config (every client)
-    and the start-up check that the mTLS key loads."""
+    """get_secret_value() is called in three audited places: kafka.client_config (every
+    client), the start-up check that the mTLS key loads, and the commands' HMAC key."""
     calls = []
     for package in PACKAGES:
         for path in sorted((REPO / package).rglob("*.py")):
@@ -294,5 +294,6 @@ def test_only_client_config_unwraps_a_secret() -> None:
                         calls.append(f"{path.relative_to(REPO)}::{func.name}")
     assert sorted(set(calls)) == [
         "daemon/kafka/clients.py::client_config",
+        "daemon/kafka/commands_secret.py::commands_key",
         "daemon/settings.py::_check_client_certificate",
     ]

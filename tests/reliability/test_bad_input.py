@@ -375,6 +375,7 @@ def test_a_thousand_bad_messages_go_to_the_dlq_and_every_good_bar_is_stored_once
         "registry",
         "staging",
         "member",
+        "commands.secret",  # generated once at start-up (no CTD_COMMANDS_SECRET set)
     }
     assert {p.name for p in data.iterdir()} <= allowed
     registry = data / "registry"

@@ -20,7 +20,10 @@ from typing import Any
 import pytest
 
 from daemon.actions import Command
+from daemon.kafka.commands_secret import commands_key
+from daemon.kafka.signing import sign_command
 from daemon.settings import Settings
+from daemon.training.recovery import ADOPTED_REASON
 from deploy.registry import Registry, Slots
 from tests.support import reliability as rel
 from tests.support.helpers import ledger, own_settings, read_topic, wait_for
@@ -110,6 +113,71 @@ def test_kill_9_during_training_leaves_no_trace_and_the_job_runs_again_after_res
     assert _trained_state(settings.paths.bars) == {SYMBOL: N_BARS}
 
 
+@pytest.mark.parametrize("point", ["metadata.json:replaced", "metadata.json:written"])
+def test_kill_9_between_version_and_slot_leaves_a_champion_after_restart_without_new_bars(
+    settings_factory: Callable[..., Settings], tmp_path: Path, point: str
+) -> None:
+    """Killed once the run's bars are marked trained but before its slot is written: a complete
+    version is adopted as champion at start-up (a ledger line says so, the promotions topic
+    announces it); an incomplete one is removed and its bars retrained. No new bar needed."""
+    settings = settings_factory(
+        http_port=rel.free_port(),
+        trainers=("xgboost",),
+        min_bars=N_BARS,
+        retrain_every_bars=100_000,
+        log_format="json",
+    )
+    assert settings.kafka_bootstrap_servers is not None
+    log = tmp_path / "daemon.log"
+    crashing = rel.DaemonProcess(settings, log, runner_args=["--crash-in-register-at", point])
+    clean = rel.DaemonProcess(settings, log, runner_args=[])
+    complete = point == "metadata.json:replaced"
+    try:
+        crashing.start()
+        rel.send_batches(
+            settings.kafka_bootstrap_servers, settings.topic_bars, bar_records(SYMBOL, _bars())
+        )
+        assert crashing.proc is not None
+        code = crashing.proc.wait(timeout=120)
+        assert code == -signal.SIGKILL, f"daemon did not die at {point}: {crashing.log_tail()}"
+        wait_for(lambda: crashing.group_members() == [], timeout=15, message="workers gone")
+        # The state the crash leaves: bars counted as trained, no slot for the run.
+        assert _trained_state(settings.paths.bars) == {SYMBOL: N_BARS}
+        reg = Registry(settings.paths.registry)
+        assert reg.slots(SYMBOL) == Slots(None, None)
+        orphan = reg.versions(SYMBOL)
+        assert len(orphan) == (1 if complete else 0)
+
+        started = time.monotonic()
+        clean.start()  # no bar is sent from here on
+        champion = wait_for(
+            lambda: Registry(settings.paths.registry).slots(SYMBOL).champion,
+            timeout=10 if complete else 120,
+            message="a champion after the restart",
+        )
+        seconds = time.monotonic() - started
+        assert clean.terminate() == 0, clean.log_tail()
+    finally:
+        crashing.reap_group()
+        clean.reap_group()
+
+    reg = rel.assert_registry_consistent(settings.paths.registry)
+    [line] = ledger(reg, SYMBOL)
+    assert (line["event"], line["to_version"]) == ("champion_bootstrapped", champion)
+    if complete:
+        assert orphan == [champion] and reg.versions(SYMBOL) == orphan
+        assert line["reason"] == ADOPTED_REASON
+        assert _trained_state(settings.paths.bars) == {SYMBOL: N_BARS}  # no second run
+        announced = read_topic(settings.kafka_bootstrap_servers, settings.topic_promotions, 1)
+        assert [
+            (json.loads(r.value)["event"], json.loads(r.value)["to_version"]) for r in announced
+        ] == [("champion_bootstrapped", champion)]
+    else:
+        assert line["reason"].startswith("run ")  # retrained: a new run placed its version
+        assert reg.versions(SYMBOL) == [champion]
+    print(f"{point}: champion {seconds:.1f} s after the restart")
+
+
 # -- promotion ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -130,8 +198,8 @@ def promote_crash(
     broker: Any,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[dict[str, Any]]:
-    """Champion V1 + shadow V2; a daemon killed inside `promote` at the given registry point;
-    then a clean restart that consumes the re-delivered command."""
+    """Champion V1 + shadow V2; a daemon killed inside a forced `promote` (no trial yet) at
+    the given registry point; then a clean restart that consumes the re-delivered command."""
 
     from daemon.kafka.clients import ensure_topics
 
@@ -159,10 +227,11 @@ def promote_crash(
     try:
         crashing.start()
         producer = rel.make_producer(broker.bootstrap_servers)
+        command = Command("promote", SYMBOL, reason="reliability test", force=True)
         producer.send(
             settings.topic_commands,
             key=SYMBOL.encode(),
-            value=Command("promote", SYMBOL, reason="reliability test").to_json(),
+            value=sign_command(command, commands_key(settings, create=False)),
         ).get(timeout=10)
         producer.close(timeout=5)
         assert crashing.proc is not None
@@ -172,20 +241,19 @@ def promote_crash(
         after_crash = rel.assert_registry_consistent(settings.paths.registry).slots(SYMBOL)
 
         clean.start()
+
+        def outcomes() -> dict[str, float]:
+            return {
+                outcome: clean.sample("ctd_commands_total", action="promote", outcome=outcome) or 0
+                for outcome in ("done", "refused", "duplicate")
+            }
+
         wait_for(
-            lambda: (
-                (clean.sample("ctd_commands_total", action="promote", outcome="done") or 0)
-                + (clean.sample("ctd_commands_total", action="promote", outcome="refused") or 0)
-                >= 1
-            ),
+            lambda: sum(outcomes().values()) >= 1,
             timeout=60,
             message="the re-delivered promote command was consumed",
         )
-        outcome = (
-            "done"
-            if clean.sample("ctd_commands_total", action="promote", outcome="done")
-            else "refused"
-        )
+        (outcome,) = [name for name, n in outcomes().items() if n]
         assert clean.terminate() == 0, clean.log_tail()
     finally:
         crashing.reap_group()
@@ -205,12 +273,13 @@ def test_promote_killed_mid_write_leaves_previous_or_next_state_and_applies_once
     promote_crash: dict[str, Any],
 ) -> None:
     """Killed before the slots rename the promotion is lost whole and redone from the
-    re-delivered command; after it, it is kept and the re-delivery is refused: one promotion."""
+    re-delivered command; after it, it is kept and the re-delivery is recognised by its id
+    in the ledger as a duplicate: one promotion."""
     c = promote_crash
     before, after = Slots(c["v1"], c["v2"]), Slots(c["v2"], None, (c["v1"],))
     committed = c["point"] != "slots.json:written"
     assert c["after_crash"] == (after if committed else before)
-    assert c["outcome"] == ("refused" if committed else "done")
+    assert c["outcome"] == ("duplicate" if committed else "done")
     reg = rel.assert_registry_consistent(c["settings"].paths.registry)
     assert reg.slots(SYMBOL) == after
     promoted = [e for e in ledger(reg, SYMBOL) if e["event"] == "promoted"]

@@ -43,6 +43,7 @@ class Fleet:
         self.tmp, self.bootstrap, self.symbols = tmp, bootstrap, tuple(symbols)
         values: dict[str, Any] = {
             "registry_url": f"s3://{bucket}/registry",
+            "commands_secret": "fleet-test-commands-secret",  # a shared registry needs one
             "kafka_session_timeout_ms": 3000,
             "kafka_heartbeat_interval_ms": 500,
             "topic_partitions": 6,

@@ -6,15 +6,17 @@ kills a daemon, not the test) and judge it from the outside only: the SQLite
 store, the registry files, the Kafka topics and committed offsets, /metrics,
 /readyz and /proc. The process is either the real entry point
 (``python -m daemon.cli run``) or this module run as a script, which does the
-same with two test seams the CLI does not have::
+same with test seams the CLI does not have::
 
-    python -m tests.support.reliability [--job-target NAME] [--crash-at POINT]
+    python -m tests.support.reliability [--job-target NAME] [--crash-in-...-at POINT]
 
 ``--job-target`` picks a worker function of tests/support/reliability_targets.py
 (``slow``: sleeps before the real job; ``journal``: records start and end of
 every run to a file);
-``--crash-at`` SIGKILLs the daemon when the registry reaches that crash point
-(``deploy.durable.crash_point``), e.g. in the middle of a promotion.
+``--crash-in-promote-at`` / ``--crash-in-rollback-at`` / ``--crash-in-register-at``
+SIGKILL the daemon when the registry reaches that crash point
+(``deploy.durable.crash_point``) inside the first ``promote`` / ``rollback`` command / the
+registration of the first passing run.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from kafka import KafkaProducer
+from pydantic import SecretStr
 
 from daemon.kafka.bars import encode_batch
 from daemon.settings import Settings
@@ -197,7 +200,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
     for name, value in settings.model_dump().items():
         if value is None:
             continue
-        if isinstance(value, tuple):
+        if isinstance(value, SecretStr):
+            text = value.get_secret_value()
+        elif isinstance(value, tuple):
             text = ",".join(str(v) for v in value)
         elif isinstance(value, bool):
             text = "true" if value else "false"
@@ -360,25 +365,46 @@ def read_journal(path: Path) -> dict[str, list[tuple[float, float | None]]]:
 
 
 # -- the runner -------------------------------------------------------------------------
-def _crash_in_promote(point: str) -> None:
-    """SIGKILL this process at the durable-write ``point`` of the first ``promote`` command
-    (armed when the command is handled: the slots writes of start-up, such as the claim
-    of a takeover, pass)."""
-    from daemon.app import Daemon
+def _arm(point: str) -> None:
+    """From now on, SIGKILL this process when a durable write reaches ``point``."""
     from deploy import durable
 
     def crash(name: str) -> None:
         if name == point:
             os.kill(os.getpid(), signal.SIGKILL)
 
+    durable.crash_point = crash
+
+
+def _crash_in_command(action: str, point: str) -> None:
+    """SIGKILL this process at the durable-write ``point`` of the first ``action`` command
+    (armed when the command is handled: the slots writes of start-up, such as the claim
+    of a takeover, pass)."""
+    from daemon.app import Daemon
+
     handle = Daemon.handle_command
 
     def armed(self: Daemon, command: Any) -> Any:
-        if command.action == "promote":
-            durable.crash_point = crash
+        if command.action == action:
+            _arm(point)
         return handle(self, command)
 
     Daemon.handle_command = armed  # type: ignore[method-assign]
+
+
+def _crash_in_register(point: str) -> None:
+    """SIGKILL this process at the durable-write ``point`` of the first passing run's
+    registration: add_version (model.onnx, then metadata.json), then the slot decision
+    (slots.json, history.jsonl)."""
+    from daemon.training.outcomes import RunRecorder
+
+    register = RunRecorder._register
+
+    def armed(self: RunRecorder, outcome: Any, meta: Any) -> Any:
+        _arm(point)
+        return register(self, outcome, meta)
+
+    RunRecorder._register = armed  # type: ignore[method-assign]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -386,6 +412,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--job-target", choices=["run_job", "slow", "journal"], default="run_job")
     parser.add_argument("--crash-in-promote-at", default=None)
+    parser.add_argument("--crash-in-rollback-at", default=None)
+    parser.add_argument("--crash-in-register-at", default=None)
     args = parser.parse_args(argv)
 
     from daemon.logs import configure_logging
@@ -398,7 +426,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tests.support.reliability_targets import JOB_TARGETS
 
     if args.crash_in_promote_at:
-        _crash_in_promote(args.crash_in_promote_at)
+        _crash_in_command("promote", args.crash_in_promote_at)
+    if args.crash_in_rollback_at:
+        _crash_in_command("rollback", args.crash_in_rollback_at)
+    if args.crash_in_register_at:
+        _crash_in_register(args.crash_in_register_at)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     assert settings.kafka_bootstrap_servers is not None
