@@ -103,8 +103,13 @@ class Intake(Loop):
                 _log.warning("message_dead_lettered", reason=reason)
         if report.undecodable is not None:
             self._undecodable(report.undecodable, skipped=report.undecodable_skipped)
+        for rule, n in report.implausible.items():
+            m.implausible_bars.labels(rule).inc(n)
         for symbol, records in report.bars_by_symbol.items():
             m.ingest_bars.labels(symbol).inc(len(records))
+        for symbol, n in report.corrected.items():
+            m.store_corrections.labels(symbol).inc(n)
+            _log.info("bars_corrected", symbol=symbol, bars=n)
         if report.valid_bars:
             m.store_transactions.inc()
         if report.max_event_lag_seconds is not None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import numpy as np
@@ -104,6 +104,19 @@ FEATURE_SPEC: Final = FeatureSpec(
   0.5 when high == low.
 - ``volume_z20``: (volume - mean) / std over the last 20 bars, 0 when std is 0.
 """
+
+
+FLOAT32_MAX: Final = float(np.finfo(np.float32).max)
+"""Models run on float32 (ONNX): a feature beyond this is infinite to them."""
+MIN_PRICE: Final = 1e-18
+MAX_PRICE: Final = 1e18
+"""Prices the features can represent. The largest feature of prices in
+``MIN_PRICE..MAX_PRICE`` is a ratio of two of them (``macd``, ``range``): at most
+1e36, within float32's 3.4e38; log returns stay below 83. A price outside
+(1e300 beside 100) makes a float32 feature infinite and that row untrainable."""
+MAX_VOLUME: Final = 1e150
+"""Volumes the features can represent: ``volume_z20`` squares deviations of 20
+volumes in float64 (max 1.8e308); the z-score itself is scale-free."""
 
 
 def _validate(bars: Bars) -> None:
@@ -274,16 +287,20 @@ def compute_labels(bars: Bars) -> FloatArray:
 
 @dataclass(frozen=True, slots=True)
 class TrainingMatrix:
-    """Rows whose features and label are all finite, in time order.
+    """Rows whose features (in float32 too) and label are all finite, in time order.
 
     ``ts[i]`` is the timestamp of the bar whose features are ``X[i]``; ``y[i]`` and
-    ``fwd_returns[i]`` describe the move from that bar to the next.
+    ``fwd_returns[i]`` describe the move from that bar to the next. ``excluded_ts``:
+    bars with a full lookback and a label whose row was left out anyway because a
+    feature is not finite in float32 (a price the features cannot represent in the
+    window): one bad bar costs its rows, never the run.
     """
 
     X: FloatArray
     y: FloatArray
     fwd_returns: FloatArray
     ts: IntArray
+    excluded_ts: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def __len__(self) -> int:
         return len(self.y)
@@ -302,14 +319,22 @@ class TrainingMatrix:
 
 
 def training_matrix(bars: Bars) -> TrainingMatrix:
-    """Features, labels and forward returns of every bar that has all three."""
+    """Features, labels and forward returns of every bar that has all three, with every
+    feature inside float32's range (``excluded_ts`` names the rows that had history and
+    a label but not that)."""
     features = compute_features(bars)
     y = compute_labels(bars)
     fwd = forward_returns(bars)
-    keep = np.isfinite(features).all(axis=1) & np.isfinite(y) & np.isfinite(fwd)
+    labelled = np.isfinite(y) & np.isfinite(fwd)
+    labelled[: FEATURE_SPEC.lookback - 1] = False  # warm-up rows are NaN by design
+    # NaN compares False: one test for NaN, inf and finite-but-infinite-in-float32.
+    representable = (np.abs(features) <= FLOAT32_MAX).all(axis=1)
+    keep = labelled & representable
+    ts = np.asarray(bars.ts, dtype=np.int64)
     return TrainingMatrix(
         X=np.ascontiguousarray(features[keep]),
         y=y[keep],
         fwd_returns=fwd[keep],
-        ts=np.asarray(bars.ts, dtype=np.int64)[keep],
+        ts=ts[keep],
+        excluded_ts=ts[labelled & ~representable],
     )

@@ -74,6 +74,10 @@ class DataRange(_Record):
     last_ts: int | None
     n_rows: int
     sha256: str
+    excluded_rows: int = 0
+    """Rows left out because a feature was not finite in float32 (``TrainingMatrix``)."""
+    excluded_first_ts: int | None = None
+    """The bar of the first excluded row; the bad bar is at most a lookback before it."""
 
 
 class Rows(_Record):

@@ -68,6 +68,10 @@ def train_symbol(
         # (for window 1, x = m.X[start:stop] instead)
         classification_metrics(m.y[start:stop], scorer.predict_proba(x), m.fwd_returns[start:stop])
 
+    A row whose features are not finite in float32 (a bar the features cannot
+    represent in its window) is left out and reported in ``metadata.data``
+    (``excluded_rows``, ``excluded_first_ts``); the run goes on without it.
+
     Raises ``InvalidSymbolError`` for a bad symbol, ``InsufficientDataError``
     when the bars are too few for features and a split, and
     ``InvalidInputError`` for invalid bars or labels the baseline cannot fit
@@ -206,4 +210,6 @@ def _data_range(bars: Bars, matrix: TrainingMatrix) -> DataRange:
         last_ts=int(bars.ts[-1]) if len(bars) else None,
         n_rows=len(matrix),
         sha256=bars_sha256(bars),
+        excluded_rows=len(matrix.excluded_ts),
+        excluded_first_ts=int(matrix.excluded_ts[0]) if len(matrix.excluded_ts) else None,
     )

@@ -16,6 +16,7 @@ import numpy as np
 from daemon.errors import CsvFormatError
 from daemon.kafka.bars import MAX_TS, MIN_TS, format_ts
 from trainers.data import Bars
+from trainers.features import MAX_PRICE, MAX_VOLUME, MIN_PRICE
 
 TIME_COLUMNS: Final = ("ts", "timestamp", "date")
 PRICE_COLUMNS: Final = ("open", "high", "low", "close")
@@ -113,8 +114,17 @@ def _parse_row(
     for name, value in zip(PRICE_COLUMNS, (o, h, lo, c), strict=True):
         if value <= 0:
             raise CsvFormatError(path, f"column {name!r} must be > 0, got {value!r}", line)
+        if not MIN_PRICE <= value <= MAX_PRICE:
+            raise CsvFormatError(
+                path,
+                f"column {name!r} is {value!r}, outside {MIN_PRICE:g}..{MAX_PRICE:g} "
+                "(the prices the features can represent)",
+                line,
+            )
     if v < 0:
         raise CsvFormatError(path, f"column 'volume' must be >= 0, got {v!r}", line)
+    if v > MAX_VOLUME:
+        raise CsvFormatError(path, f"column 'volume' must be <= {MAX_VOLUME:g}, got {v!r}", line)
     if h < max(o, c):
         raise CsvFormatError(path, f"high {h!r} is below max(open, close) {max(o, c)!r}", line)
     if lo > min(o, c):

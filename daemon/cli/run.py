@@ -34,7 +34,9 @@ def _kafka(settings: Settings) -> Iterator[str]:
         return
     from daemon.kafka.broker import LocalBroker
 
-    with LocalBroker(log_path=settings.paths.broker_log) as broker:
+    with LocalBroker(
+        log_path=settings.paths.broker_log, storage=settings.bundled_broker_storage
+    ) as broker:
         yield broker.bootstrap_servers
 
 
@@ -96,6 +98,9 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from daemon.logs import configure_logging
 
+    # The feed's clock runs thousands of times faster than the wall clock (minute bars at
+    # demo_bars_per_second): after a few hours its bars are ahead of now, and plausible.
+    settings = settings.model_copy(update={"max_future_skew_seconds": None})
     console = Console()
     show_table = not args.no_table and console.is_terminal
     signals = _StopSignals()

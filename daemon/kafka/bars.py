@@ -8,7 +8,11 @@ Two JSON forms arrive on the bars topic (DESIGN.md)::
 
 Everything past this module handles ``BarRecord`` only. A message is valid as a
 whole or not at all: one bad bar sends the whole batch to the DLQ, with a reason
-that names the field, the bar index and the bad value.
+that names the field, the bar index and the bad value. Prices must lie in
+``trainers.features.MIN_PRICE..MAX_PRICE`` (and volume below ``MAX_VOLUME``):
+a finite price the features cannot represent would make every later training
+run of the symbol see infinite features. Rules that depend on the clock or on
+the symbol's history come after decoding (``daemon.kafka.plausibility``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from daemon.errors import InvalidMessage
 from daemon.text import show
 from trainers.data import BarRecord, InvalidSymbolError, validate_symbol
+from trainers.features import MAX_PRICE, MAX_VOLUME, MIN_PRICE
 
 MAX_MESSAGE_BYTES: Final = 1 << 20
 """Messages larger than this are rejected before parsing (JSON parsing cost is unbounded)."""
@@ -85,6 +90,18 @@ class _Ohlcv(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> _Ohlcv:
+        for name in ("open", "high", "low", "close"):
+            price = getattr(self, name)
+            if not MIN_PRICE <= price <= MAX_PRICE:
+                raise ValueError(
+                    f"{name} {price!r} is outside {MIN_PRICE:g}..{MAX_PRICE:g}, the prices the "
+                    "features can represent"
+                )
+        if self.volume > MAX_VOLUME:
+            raise ValueError(
+                f"volume {self.volume!r} is above {MAX_VOLUME:g}, the largest the features "
+                "can represent"
+            )
         if self.high < max(self.open, self.close):
             raise ValueError(
                 f"high {self.high!r} is below max(open, close) {max(self.open, self.close)!r}"
@@ -291,8 +308,9 @@ def _decode_fast(value: bytes | None) -> list[BarRecord] | None:
                 whole
                 and MIN_TS <= ts <= MAX_TS
                 and math.isfinite(o + h + lo + c + v)
-                and lo <= min(o, c)
-                and h >= max(o, c)
+                and MIN_PRICE <= lo <= min(o, c)
+                and max(o, c) <= h <= MAX_PRICE
+                and v <= MAX_VOLUME
             ):
                 return None
             records.append(BarRecord(symbol, ts, o, h, lo, c, v))

@@ -7,6 +7,11 @@ rewinds the consumer to the start of the batch, so the batch comes again
 (at-least-once); the store's idempotent upsert by (symbol, ts) turns
 re-delivery into exactly one row per bar.
 
+Validation is decoding (daemon.kafka.bars: an invalid message goes to the DLQ
+whole) then the plausibility rules (daemon.kafka.plausibility): a message with
+a rejected bar goes to the DLQ with a reason naming it, and its other bars are
+stored with the batch.
+
 A record batch the consumer cannot decode (daemon/undecodable.py) pauses its
 partition alone for a bounded number of retries; then a reference to it
 (topic, partition, offset range, reason) is confirmed on the DLQ, the
@@ -28,6 +33,7 @@ from kafka.errors import KafkaError, MessageSizeTooLargeError
 from daemon.errors import DeadLetterError, InvalidMessage, StoreError
 from daemon.kafka.bars import decode_bar_message
 from daemon.kafka.dlq import dlq_payload
+from daemon.kafka.plausibility import BarScreen, EdgeRules, Rule
 from daemon.kafka.undecodable import UndecodableBatch, UndecodableBatches
 from daemon.logs import get_logger
 from daemon.settings import Settings
@@ -53,7 +59,8 @@ class IngestReport:
     """The batch's valid bars in message order, for live scoring."""
     dlq_reasons: list[str]
     max_event_lag_seconds: float | None
-    """Largest over symbols of (now - newest bar ts); None without valid bars."""
+    """Largest over the batch's symbols of (now - the symbol's latest ts); a late bar does not
+    make it older. None without stored bars."""
     committed: bool = True
     """False if the offset commit failed (bars are stored; the batch may come again)."""
     partitions: dict[TopicPartition, tuple[int, int]] = field(default_factory=dict)
@@ -64,6 +71,10 @@ class IngestReport:
     """True when ``undecodable`` was out of retries: dead-lettered by reference, skipped."""
     received_at: float | None = None
     """``time.monotonic()`` when the poll returned the batch."""
+    corrected: dict[str, int] = field(default_factory=dict)
+    """Stored rows replaced by different values for the same (symbol, ts), per symbol."""
+    implausible: dict[Rule, int] = field(default_factory=dict)
+    """Valid bars a plausibility rule sent to the DLQ (with their message), per rule."""
 
 
 _NOTHING = IngestReport(0, 0, 0, {}, {}, [], None)
@@ -87,6 +98,8 @@ class Ingestor:
         self._consumer = consumer
         self._producer = producer
         self._store = store
+        self.screen = BarScreen(EdgeRules.from_settings(settings), store)
+        self._assignment: frozenset[TopicPartition] = frozenset()
         self._dlq_topic = settings.topic_dlq
         self._poll_timeout_ms = settings.kafka_poll_timeout_ms
         self._max_records = settings.kafka_max_poll_records
@@ -116,29 +129,20 @@ class Ingestor:
             return self._on_undecodable(exc)
         received_at = time.monotonic()
         spans = {tp: (msgs[0].offset, msgs[-1].offset + 1) for tp, msgs in batch.items() if msgs}
+        self._follow_assignment()
         if not spans:
             return _NOTHING
-        bars: list[BarRecord] = []
-        rejected: list[_Rejected] = []
-        sources: dict[str, Partition] = {}
-        for tp, msgs in batch.items():
-            for msg in msgs:
-                try:
-                    decoded = decode_bar_message(msg.value, msg.key)
-                    bars.extend(decoded)
-                    sources.update((b.symbol, (tp.topic, tp.partition)) for b in decoded[:1])
-                except InvalidMessage as exc:
-                    rejected.append(_Rejected(msg.value, msg.key, exc.reason, tp, msg.offset))
-                except Exception as exc:  # a decoder bug must not stop ingest: keep the message
-                    reason = f"decoder failed: {type(exc).__name__}: {exc}"
-                    rejected.append(_Rejected(msg.value, msg.key, reason, tp, msg.offset))
         try:
+            bars, rejected, sources, implausible = self._validate(batch)  # reads the store
             self._dead_letter(rejected)
         except (KafkaError, OSError) as exc:
             self._rewind(spans)
             raise DeadLetterError(self._dlq_topic, exc) from exc
+        except StoreError:
+            self._rewind(spans)
+            raise
         try:
-            new_bars = self._store.upsert(bars, positions=_ends(spans), partitions=sources)
+            written = self._store.write(bars, positions=_ends(spans), partitions=sources)
         except StoreError:
             self._rewind(spans)
             raise
@@ -147,19 +151,63 @@ class Ingestor:
         for bar in bars:
             by_symbol[bar.symbol].append(bar)
         now = time.time()
-        lag = max((now - max(b.ts for b in bs) for bs in by_symbol.values()), default=None)
+        latest = (self.screen.latest(symbol) for symbol in by_symbol)
+        lag = max((now - ts for ts in latest if ts is not None), default=None)
         return IngestReport(
             messages=sum(len(msgs) for msgs in batch.values()),
             valid_bars=len(bars),
             invalid=len(rejected),
-            new_bars=new_bars,
+            new_bars=written.new,
             bars_by_symbol=dict(by_symbol),
             dlq_reasons=[r.reason for r in rejected],
             max_event_lag_seconds=lag,
             committed=committed,
             partitions=spans,
             received_at=received_at,
+            corrected={s: n for s, n in written.corrected.items() if n},
+            implausible=implausible,
         )
+
+    def _validate(
+        self, batch: dict[TopicPartition, list[Any]]
+    ) -> tuple[list[BarRecord], list[_Rejected], dict[str, Partition], dict[Rule, int]]:
+        """Decode and screen every message: the bars to store, the messages to dead-letter
+        (invalid, or with a bar a plausibility rule rejects), each symbol's partition and
+        the rejected bars per rule. Raises StoreError (the screen reads the store)."""
+        bars: list[BarRecord] = []
+        rejected: list[_Rejected] = []
+        sources: dict[str, Partition] = {}
+        implausible: dict[Rule, int] = {}
+        now = time.time()
+        for tp, msgs in batch.items():
+            for msg in msgs:
+                try:
+                    decoded = decode_bar_message(msg.value, msg.key)
+                except InvalidMessage as exc:
+                    rejected.append(_Rejected(msg.value, msg.key, exc.reason, tp, msg.offset))
+                    continue
+                except Exception as exc:  # a decoder bug must not stop ingest: keep the message
+                    reason = f"decoder failed: {type(exc).__name__}: {exc}"
+                    rejected.append(_Rejected(msg.value, msg.key, reason, tp, msg.offset))
+                    continue
+                screened = self.screen.screen(decoded, now)
+                if screened.rejected:
+                    reason = screened.reason()
+                    rejected.append(_Rejected(msg.value, msg.key, reason, tp, msg.offset))
+                    for r in screened.rejected:
+                        implausible[r.rule] = implausible.get(r.rule, 0) + 1
+                if screened.accepted:
+                    bars.extend(screened.accepted)
+                    sources[decoded[0].symbol] = (tp.topic, tp.partition)
+        return bars, rejected, sources, implausible
+
+    def _follow_assignment(self) -> None:
+        """After a rebalance another daemon may have stored bars of the partitions this one
+        gained (daemon.kafka.rebuild): the screen re-reads its symbols from the store."""
+        assignment = frozenset(self._consumer.assignment())
+        if assignment != self._assignment:
+            self._assignment = assignment
+            self.screen.reset()
 
     def _on_undecodable(self, exc: UndecodableBatch) -> IngestReport:
         """Pause the partition for a retry, or (out of retries) dead-letter a reference to
@@ -246,7 +294,9 @@ class Ingestor:
         return True
 
     def _rewind(self, spans: dict[TopicPartition, tuple[int, int]]) -> None:
-        """Seek back to each partition's first offset of the batch so it is delivered again."""
+        """Seek back to each partition's first offset of the batch so it is delivered again;
+        the screen, which counted the batch's bars as accepted, re-reads the store then."""
+        self.screen.reset()
         for tp, (first, _end) in spans.items():
             # ValueError: revoked meanwhile; the new owner starts from the committed offset.
             with contextlib.suppress(ValueError):

@@ -10,8 +10,11 @@ consumer resumes. The live path and the retrain trigger never see these bars:
 the previous owner already acted on them.
 
 Invalid messages are skipped (the daemon that first consumed them dead-lettered
-them), as are undecodable batches. A partition whose earliest offset is above
-the local position lost bars to retention (``trimmed``).
+them), as are undecodable batches and the bars the plausibility rules reject
+(daemon.kafka.plausibility, judged against this store and clock: a bar that was
+ahead of the clock when first consumed may be stored now that it is not). A
+partition whose earliest offset is above the local position lost bars to
+retention (``trimmed``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from kafka import KafkaConsumer, TopicPartition
 from daemon.errors import InvalidMessage, RebuildError
 from daemon.kafka.bars import decode_bar_message
 from daemon.kafka.clients import client_config
+from daemon.kafka.plausibility import BarScreen, EdgeRules
 from daemon.kafka.undecodable import UndecodableBatch, guard_consumer
 from daemon.logs import get_logger
 from daemon.settings import Settings
@@ -86,8 +90,9 @@ def rebuild(
             **client_config(settings, bootstrap_servers),
         )
     )
+    screen = BarScreen(EdgeRules.from_settings(settings), store)
     try:
-        return _replay(consumer, store, todo, started, timeout_seconds)
+        return _replay(consumer, store, todo, started, timeout_seconds, screen=screen)
     finally:
         consumer.close(autocommit=False)
 
@@ -98,6 +103,8 @@ def _replay(
     todo: dict[TopicPartition, Span],
     started: float,
     timeout_seconds: float,
+    *,
+    screen: BarScreen,
 ) -> RebuildReport:
     consumer.assign(list(todo))
     earliest: dict[TopicPartition, int] = consumer.beginning_offsets(list(todo))
@@ -108,7 +115,7 @@ def _replay(
             trimmed.append((tp.topic, tp.partition))
         consumer.seek(tp, start)
     remaining = {tp for tp, span in todo.items() if consumer.position(tp) < span.end}
-    batch = _Batch(todo)
+    batch = _Batch(todo, screen)
     while remaining:
         if time.monotonic() - started > timeout_seconds:
             raise RebuildError(sorted(f"{tp.topic}:{tp.partition}" for tp in remaining))
@@ -133,8 +140,9 @@ def _replay(
 class _Batch:
     """The bars of one poll (below each partition's end) and the running totals."""
 
-    def __init__(self, todo: dict[TopicPartition, Span]) -> None:
+    def __init__(self, todo: dict[TopicPartition, Span], screen: BarScreen) -> None:
         self._todo = todo
+        self._screen = screen
         self.records: list[BarRecord] = []
         self.positions: dict[Partition, int] = {}
         self.sources: dict[str, Partition] = {}
@@ -153,8 +161,9 @@ class _Batch:
                     decoded = decode_bar_message(msg.value, msg.key)
                 except InvalidMessage:
                     continue  # dead-lettered by the daemon that consumed it first
-                self.records.extend(decoded)
-                for bar in decoded[:1]:
+                accepted = self._screen.screen(decoded, time.time()).accepted
+                self.records.extend(accepted)
+                for bar in accepted[:1]:
                     self.sources[bar.symbol] = part
                     self.symbols[part].add(bar.symbol)
 

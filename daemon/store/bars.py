@@ -12,6 +12,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
@@ -87,6 +88,16 @@ Partition = tuple[str, int]
 """A Kafka topic partition, as (topic, partition): the store knows no Kafka types."""
 
 
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What one ``write`` changed, per symbol of its input."""
+
+    new: dict[str, int]
+    """Rows the store did not have (a re-delivery counts 0)."""
+    corrected: dict[str, int]
+    """Existing rows replaced by different values for the same (symbol, ts): corrections."""
+
+
 class BarStore(SqliteFile):
     """Bars by (symbol, ts), per-symbol counts, and retrain bookkeeping.
 
@@ -140,35 +151,48 @@ class BarStore(SqliteFile):
         positions: Mapping[Partition, int] | None = None,
         partitions: Mapping[str, Partition] | None = None,
     ) -> dict[str, int]:
-        """Store bars in one transaction; return how many were new, per symbol in the input.
+        """``write``, returning only how many bars were new, per symbol in the input."""
+        return self.write(bars, positions=positions, partitions=partitions).new
+
+    def write(
+        self,
+        bars: Sequence[BarRecord],
+        *,
+        positions: Mapping[Partition, int] | None = None,
+        partitions: Mapping[str, Partition] | None = None,
+    ) -> Written:
+        """Store bars in one transaction; return what was new and what was corrected.
 
         Idempotent by (symbol, ts): a re-delivered bar counts 0, a corrected one
-        (same key, different values) replaces the row and counts 0. Within one
-        call, the last bar for a key wins. ``positions``: the next offset of each
-        partition the bars complete (a position never moves back); ``partitions``:
-        the partition each symbol's bars came from.
+        (same key, different values) replaces the row, counts 0 new and 1
+        corrected. Within one call, the last bar for a key wins (an earlier one
+        with other values counts as corrected). ``positions``: the next offset of
+        each partition the bars complete (a position never moves back);
+        ``partitions``: the partition each symbol's bars came from.
         """
         by_symbol: dict[str, list[BarRecord]] = defaultdict(list)
         for bar in bars:
             by_symbol[bar.symbol].append(bar)  # a BarRecord is a row in column order
         if not by_symbol and not positions and not partitions:
-            return {}
+            return Written({}, {})
         for symbol in by_symbol:
             validate_symbol(symbol)
         new: dict[str, int] = {}
+        corrected: dict[str, int] = {}
         with self._transaction("upsert") as conn:
             conn.executemany(_ADVANCE, [(t, p, n) for (t, p), n in (positions or {}).items()])
             conn.executemany(_PLACE, [(s, t, p) for s, (t, p) in (partitions or {}).items()])
             for symbol, rows in by_symbol.items():
                 new[symbol] = conn.executemany(_INSERT, rows).rowcount
+                corrected[symbol] = 0
                 if new[symbol] < len(rows):  # some keys existed: apply corrections
-                    conn.executemany(_CORRECT, rows)
+                    corrected[symbol] = conn.executemany(_CORRECT, rows).rowcount
                 conn.execute(
                     "INSERT INTO symbol_counts (symbol, n) VALUES (?, ?)"
                     " ON CONFLICT (symbol) DO UPDATE SET n = n + excluded.n",
                     (symbol, new[symbol]),
                 )
-        return new
+        return Written(new, corrected)
 
     def load(self, symbol: str, last_n: int | None = None) -> Bars:
         """The symbol's bars in ascending ts; only the newest ``last_n`` if given."""
@@ -237,3 +261,10 @@ class BarStore(SqliteFile):
         with self._connection("trained_state") as conn:
             rows = conn.execute("SELECT symbol, bar_count, at FROM trained").fetchall()
         return {str(s): (int(n), float(at)) for s, n, at in rows}
+
+    def forget_trained(self, symbol: str) -> None:
+        """Drop ``symbol``'s training record: its bars count as never trained (the record of a
+        run whose result a crash lost; see ``daemon.training.recovery``)."""
+        validate_symbol(symbol)
+        with self._transaction("forget_trained") as conn:
+            conn.execute("DELETE FROM trained WHERE symbol = ?", (symbol,))

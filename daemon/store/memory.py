@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping, Sequence
 
-from daemon.store.bars import Partition
+from daemon.store.bars import Partition, Written
 from trainers.data import BarRecord, Bars, validate_symbol
 
 
@@ -28,16 +28,30 @@ class MemoryBarStore:
         partitions: Mapping[str, Partition] | None = None,
     ) -> dict[str, int]:
         """Store bars; return how many were new, per symbol (a correction replaces, counts 0)."""
+        return self.write(bars, positions=positions, partitions=partitions).new
+
+    def write(
+        self,
+        bars: Sequence[BarRecord],
+        *,
+        positions: Mapping[Partition, int] | None = None,
+        partitions: Mapping[str, Partition] | None = None,
+    ) -> Written:
+        """Store bars; return the new and the corrected ones per symbol, as ``BarStore.write``."""
         new: dict[str, int] = {}
+        corrected: dict[str, int] = {}
         with self._lock:
             for tp, offset in (positions or {}).items():
                 self._positions[tp] = max(offset, self._positions.get(tp, 0))
             self._partitions.update(partitions or {})
             for bar in bars:
                 rows = self._bars.setdefault(validate_symbol(bar.symbol), {})
-                new[bar.symbol] = new.get(bar.symbol, 0) + (bar.ts not in rows)
+                old = rows.get(bar.ts)
+                new[bar.symbol] = new.get(bar.symbol, 0) + (old is None)
+                changed = old is not None and old != bar
+                corrected[bar.symbol] = corrected.get(bar.symbol, 0) + changed
                 rows[bar.ts] = bar
-        return new
+        return Written(new, corrected)
 
     def load(self, symbol: str, last_n: int | None = None) -> Bars:
         validate_symbol(symbol)
@@ -74,3 +88,7 @@ class MemoryBarStore:
     def trained_state(self) -> dict[str, tuple[int, float]]:
         with self._lock:
             return dict(self._trained)
+
+    def forget_trained(self, symbol: str) -> None:
+        with self._lock:
+            self._trained.pop(validate_symbol(symbol), None)

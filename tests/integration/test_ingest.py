@@ -75,8 +75,9 @@ class Kit:
         consumer: KafkaConsumer,
         store: BarStore,
         producer: KafkaProducer | None = None,
+        **overrides: Any,
     ) -> Ingestor:
-        settings = self.settings.model_copy(update={"kafka_poll_timeout_ms": 200})
+        settings = self.settings.model_copy(update={"kafka_poll_timeout_ms": 200, **overrides})
         return Ingestor(consumer, producer or self.producer, store, settings)
 
     def produce(self, messages: list[Message]) -> dict[TopicPartition, int]:
@@ -235,6 +236,72 @@ def test_invalid_messages_go_to_the_dlq_and_valid_ones_around_them_are_stored(ki
         assert expected_in_reason in payload["reason"], payload["reason"]
     got = {tp: off for tp, off in committed(consumer, kit.settings.topic_bars).items() if off}
     assert got == ends
+
+
+def test_implausible_bars_go_to_the_dlq_and_the_rest_of_their_batch_is_stored(kit: Kit) -> None:
+    """A bar a century ahead (alone or inside a batch) and a symbol beyond max_symbols are
+    dead-lettered with their message and a reason; the batch's other bars are stored."""
+    century = int(time.time()) + 100 * 365 * 86_400
+    batch = [bar("AAA", i) for i in range(1, 6)]
+    batch.insert(3, BarRecord("AAA", century, 100.0, 101.0, 99.0, 100.5, 1.0))
+    messages = [
+        (b"AAA", encode_batch("AAA", batch)),
+        single(BarRecord("AAA", century + 60, 100.0, 101.0, 99.0, 100.5, 1.0)),
+        single(bar("BBB", 1)),
+        single(bar("CCC", 0)),  # a third symbol: over max_symbols 2
+    ]
+    ends = kit.produce(messages)
+    consumer, store = kit.consumer(), kit.store()
+    store.upsert([bar("AAA", 0), bar("BBB", 0)])  # partitions interleave: fix who was first
+
+    reports = drain(kit.ingestor(consumer, store, max_symbols=2), messages=len(messages))
+
+    assert store.counts() == {"AAA": 6, "BBB": 2}
+    assert store.load("AAA").ts.max() < century
+    totals: dict[str, int] = {}
+    for r in reports:
+        for rule, n in r.implausible.items():
+            totals[rule] = totals.get(rule, 0) + n
+    assert totals == {"future": 2, "symbol_cap": 1}
+    assert all(r.max_event_lag_seconds is None or r.max_event_lag_seconds > 0 for r in reports)
+    dlq = read_topic(kit.bootstrap, kit.settings.topic_dlq, at_least=3)
+    by_original = {
+        base64.b64decode(p["original_base64"]): p for p in (json.loads(d.value) for d in dlq)
+    }
+    assert len(dlq) == len(by_original) == 3
+    reason = by_original[messages[0][1]]["reason"]
+    assert reason.startswith(("bars[3]: ts 2126-", "bars[3]: ts 2127-"))
+    assert reason.endswith("(1 of 6 bars rejected, 5 stored)")
+    assert "s ahead of the daemon's clock" in by_original[messages[1][1]]["reason"]
+    assert by_original[messages[3][1]]["reason"] == (
+        "new symbol 'CCC' refused: the store holds max_symbols 2 symbols already"
+    )
+    got = {tp: off for tp, off in committed(consumer, kit.settings.topic_bars).items() if off}
+    assert got == ends
+
+
+def test_late_bars_are_stored_without_aging_the_lag_and_corrections_are_counted(
+    kit: Kit,
+) -> None:
+    """A bar 30 days late is stored, but the lag still measures the symbol's newest bar; a
+    bar with a stored (symbol, ts) and other values replaces it and is counted once."""
+    kit.produce([single(bar("AAA", i)) for i in range(5)])
+    consumer, store = kit.consumer(), kit.store()
+    ingestor = kit.ingestor(consumer, store)
+    drain(ingestor, messages=5)
+    late = bar("AAA", -30 * 24 * 60)._replace(volume=1.0)
+    corrected = bar("AAA", 2, close=150.0)
+    kit.produce([single(late), single(corrected), single(bar("AAA", 3))])
+
+    reports = drain(ingestor, messages=3)
+
+    assert store.count("AAA") == 6
+    assert store.load("AAA").close.tolist()[3] == corrected.close
+    assert [r.corrected for r in reports if r.messages] == [{"AAA": 1}]
+    lags = [r.max_event_lag_seconds for r in reports if r.messages]
+    newest = bar("AAA", 4).ts
+    assert all(lag is not None and lag <= time.time() - newest for lag in lags)
+    assert all(lag is not None and lag < time.time() - late.ts - 86_400 for lag in lags)
 
 
 def test_same_bars_twice_are_stored_once(kit: Kit) -> None:

@@ -155,6 +155,10 @@ GOOD = "2025-01-01,1,2,0.5,1.5,10"
             f"date,open,high,low,close,volume\n{GOOD}\n2025-01-02,1,2,1.2,1.5,10\n",
             ["line 3", "low 1.2", "above min(open, close)"],
         ),
+        (
+            f"date,open,high,low,close,volume\n{GOOD}\n2025-01-02,1,1e300,0.5,1.5,10\n",
+            ["line 3", "'high' is 1e+300", "outside 1e-18..1e+18"],
+        ),
         (f"date,open,high,low,close,volume\n{GOOD},7\n", ["line 2", "7 fields", "header has 6"]),
         (
             "date,open,high,low,close,volume\n2025-01-01T10:00:00,1,2,0.5,1.5,10\n",

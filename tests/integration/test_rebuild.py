@@ -3,6 +3,7 @@ against the bundled broker and a real SQLite store."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +97,34 @@ def test_a_span_the_broker_cannot_deliver_fails_within_the_timeout(
     tp = TopicPartition(settings.topic_bars, 0)
     with pytest.raises(RebuildError, match=f"{settings.topic_bars}:0"):
         rebuild(settings, broker.bootstrap_servers, store, {tp: Span(None, 10)}, timeout_seconds=3)
+
+
+def test_a_rebuild_skips_the_bars_the_plausibility_rules_reject(
+    broker: Any, tmp_path: Path
+) -> None:
+    """The daemon that first consumed them dead-lettered a bar a century ahead and a symbol
+    over the cap; a later owner's rebuild must not store them either."""
+    settings = own_settings(
+        broker.bootstrap_servers, tmp_path / "data", "rbp", topic_partitions=1, max_symbols=1
+    )
+    ensure_topics(settings, broker.bootstrap_servers)
+    producer = rel.make_producer(broker.bootstrap_servers)
+    good = [rel.bar("AAA", i) for i in range(20)]
+    ahead = rel.bar("AAA", 20)._replace(ts=int(time.time()) + 100 * 365 * 86_400)
+    messages = [
+        (b"AAA", encode_batch("AAA", [*good[:10], ahead, *good[10:]])),
+        (b"ZZZ", encode_bar(rel.bar("ZZZ", 0))),
+    ]
+    for key, value in messages:
+        producer.send(settings.topic_bars, value, key, partition=0).get(timeout=30)
+    producer.close()
+    store = BarStore(tmp_path / "bars.sqlite")
+    tp = TopicPartition(settings.topic_bars, 0)
+
+    report = rebuild(
+        settings, broker.bootstrap_servers, store, {tp: Span(None, 2)}, timeout_seconds=30
+    )
+
+    assert (report.messages, report.bars, report.new_bars) == (2, 20, 20)
+    assert store.counts() == {"AAA": 20}
+    assert rel.stored_rows(store.path) == sorted(map(rel.row, good))

@@ -1,4 +1,4 @@
-# Over 400 lines: 40 tests, one per rule of the bar-message contract, side by side.
+# Over 400 lines: 43 tests, one per rule of the bar-message contract, side by side.
 """Bar-event decoding: valid messages become BarRecords, everything else an InvalidMessage."""
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from daemon.kafka.bars import (
 from daemon.kafka.dlq import dlq_payload
 from daemon.text import MAX_REASON_CHARS
 from trainers.data import SYMBOL_PATTERN, BarRecord
+from trainers.features import MAX_PRICE, MAX_VOLUME, MIN_PRICE
 
 TS_2025 = 1735689600  # 2025-01-01T00:00:00Z
 
@@ -184,6 +185,45 @@ def test_overflowing_number_is_invalid() -> None:
     """A number literal too large for a float (1e400 parses as inf) is not finite."""
     text = json.dumps(bar()).replace('"high": 110.0', '"high": 1e400')
     assert reason_of(text.encode()) == "high: Input should be a finite number (got inf)"
+
+
+@pytest.mark.parametrize(
+    ("prices", "expected"),
+    [
+        ({"open": 1e300, "high": 1e300, "close": 1e300}, "open 1e+300 is outside 1e-18..1e+18"),
+        ({"high": 1e19}, "high 1e+19 is outside"),
+        ({"low": 1e-300}, "low 1e-300 is outside"),
+        ({"open": 1e-19, "low": 1e-19}, "open 1e-19 is outside"),
+        ({"volume": 1e200}, "volume 1e+200 is above 1e+150"),
+    ],
+)
+def test_finite_values_the_features_cannot_represent_are_invalid(
+    prices: dict[str, float], expected: str
+) -> None:
+    """A finite positive price outside MIN_PRICE..MAX_PRICE (1e300 overflowed float32
+    features) or a volume above MAX_VOLUME is rejected by both decoding paths."""
+    value = dumps(bar(**prices))
+    assert _decode_fast(value) is None
+    assert reason_of(value).startswith(expected)
+    batch = dumps({"symbol": "BTCUSDT", "bars": [batch_bar(0), batch_bar(1, **prices)]})
+    assert reason_of(batch).startswith(f"bars[1]: {expected}")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(min_value=1e-30, max_value=1e30), st.floats(min_value=0, max_value=1e160))
+def test_the_bounds_are_exact_in_both_paths(price: float, volume: float) -> None:
+    """A bar at any price and volume is accepted, by the fast and by the checked path,
+    exactly when the price is inside MIN_PRICE..MAX_PRICE and the volume below MAX_VOLUME."""
+    value = dumps(bar(open=price, high=price, low=price, close=price, volume=volume))
+    inside = MIN_PRICE <= price <= MAX_PRICE and volume <= MAX_VOLUME
+    assert (decoded_or_none(_decode_checked, value) is not None) == inside
+    assert (_decode_fast(value) is not None) == inside
+
+
+def test_the_price_bounds_themselves_are_valid() -> None:
+    for price in (MIN_PRICE, MAX_PRICE):
+        value = dumps(bar(open=price, high=price, low=price, close=price, volume=MAX_VOLUME))
+        assert _decode_fast(value) == _decode_checked(value) != []
 
 
 def test_high_below_open_or_close_is_invalid() -> None:

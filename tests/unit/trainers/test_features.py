@@ -239,6 +239,29 @@ def test_training_matrix_keeps_aligned_complete_rows():
     assert np.array_equal(m.y, (m.fwd_returns > 0).astype(np.float64))
 
 
+@pytest.mark.parametrize("price", [1e300, 1e-300])
+def test_a_row_beyond_float32_is_excluded_and_reported_not_fatal(price: float) -> None:
+    """One bar the features cannot represent (a stored 1e300 from before the edge checked it):
+    only the rows whose window holds it leave the matrix, named in ``excluded_ts``; every row
+    left is finite in float32, which the models see."""
+    bars = random_bars(14, 400)
+    bad = 200
+    cols = {name: getattr(bars, name).copy() for name in ("open", "high", "low", "close")}
+    for col in cols.values():
+        col[bad] = price
+    m = training_matrix(replace(bars, **cols))
+    clean = training_matrix(bars)
+    assert 0 < len(m.excluded_ts) <= LOOKBACK + 1
+    assert len(m) + len(m.excluded_ts) == len(clean)
+    assert set(m.excluded_ts) <= set(bars.ts[bad - 1 : bad + LOOKBACK])
+    assert not set(m.excluded_ts) & set(m.ts)
+    with np.errstate(over="raise"):
+        assert np.isfinite(m.X.astype(np.float32)).all()
+    far = m.ts > bars.ts[bad + LOOKBACK]
+    assert np.array_equal(m.X[far], clean.X[clean.ts > bars.ts[bad + LOOKBACK]])
+    assert len(clean.excluded_ts) == 0
+
+
 def test_training_matrix_of_too_few_bars_is_empty():
     """With no complete row the matrix is empty but well-shaped."""
     m = training_matrix(random_bars(13, LOOKBACK))

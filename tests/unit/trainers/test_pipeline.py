@@ -284,6 +284,25 @@ def test_monitor_abort_fails_the_candidate_with_its_warnings(tmp_path):
     strict_json(tmp_path / "metadata.json")
 
 
+def test_a_price_the_features_cannot_represent_costs_its_rows_not_the_run(tmp_path):
+    """A stored 1e300 bar once failed every retrain ('features have 187 non-finite values');
+    now its rows are left out, counted in metadata.data, and the run trains and exports."""
+    clean = bars(2, 1.0, n=1200)
+    cols = {name: getattr(clean, name).copy() for name in ("open", "high", "low", "close")}
+    for col in cols.values():
+        col[600] = 1e300
+    dirty = type(clean)(clean.ts, **cols, volume=clean.volume)
+    result = train_symbol("BTCUSDT", dirty, XGB, tmp_path / "out")
+    data = result.metadata.data
+    assert data.excluded_rows > 0 and data.excluded_first_ts is not None
+    assert clean.ts[600] <= data.excluded_first_ts <= clean.ts[600 + FEATURE_SPEC.lookback]
+    assert data.n_rows == len(training_matrix(clean)) - data.excluded_rows
+    assert strict_json(tmp_path / "out" / "metadata.json")["data"]["excluded_rows"] == (
+        data.excluded_rows
+    )
+    assert [c.error for c in result.metadata.candidates] == [None]
+
+
 def test_too_few_bars_raises(tmp_path):
     """Bars too few for a split raise InsufficientDataError and write nothing."""
     with pytest.raises(InsufficientDataError):
