@@ -1,9 +1,10 @@
 """The one place that wires ctd together; ``Daemon`` builds ready components and runs them.
 
 Start order (stop runs it backwards, through one ``ExitStack``): stores, HTTP
-(so /readyz answers 503 while starting), registry recovery, topics, producer,
-live path and announcer, training queue, trial checkpoints and the handover
-(daemon.fleet), intake, command consumer, broker probe, schedules.
+(so /readyz answers 503 while starting), registry recovery (and runs a crash
+cut off), topics, producer, live path and announcer, training queue, trial
+checkpoints and the handover (daemon.fleet), intake, command consumer, broker
+probe and topic watch, schedules.
 ``stop(grace)`` thus stops intake first (the consumers finish their batch,
 already committed, and leave their groups), checkpoints the trials, lets in-flight
 training finish until the grace deadline, cancels it then, gives tracking what
@@ -29,19 +30,23 @@ from prometheus_client import CollectorRegistry
 
 from daemon.actions import Command
 from daemon.api import ReadApi
-from daemon.errors import StoreError
+from daemon.errors import OperatorError, StoreError
 from daemon.fleet.handover import Handover
 from daemon.fleet.ownership import Ownership, member_id
-from daemon.http import HttpServer, make_app
+from daemon.http import make_app
+from daemon.httpserver import DROP_REASONS, HttpServer
 from daemon.intake import Intake
 from daemon.kafka.clients import ensure_topics, make_consumer, make_producer
 from daemon.kafka.codecs import check_codecs
 from daemon.kafka.commands import CommandConsumer
+from daemon.kafka.commands_secret import commands_key
 from daemon.kafka.ingest import Ingestor
 from daemon.kafka.probe import BrokerProbe, check_sasl_mechanism
 from daemon.kafka.promotions import PromotionsTopicSink
+from daemon.kafka.topics import TopicWatch
 from daemon.live.announce import Announcer
-from daemon.live.path import LivePath
+from daemon.live.mlflow_mirror import MlflowRegistryMirror
+from daemon.live.path import LivePath, SavedTrialPlacer
 from daemon.live.publish import PredictionPublisher, PredictionRecord
 from daemon.live.watch import LiveWatch
 from daemon.logs import get_logger
@@ -53,15 +58,17 @@ from daemon.store.bars import BarStore
 from daemon.store.predictions import PredictionStore
 from daemon.training.jobs import job_spec
 from daemon.training.outcomes import RunRecorder
+from daemon.training.recovery import recover_runs
 from daemon.training.scheduler import Backoff, JobOutcome, RetrainScheduler
 from daemon.training.tracking import MlflowTracker, TrackingWorker
 from daemon.training.trigger import RetrainTrigger, TriggerPolicy
 from daemon.training.worker import JobSpec, run_job
 from deploy.alerts import AlertSink, WebhookNotifier
 from deploy.durable import write_atomic
-from deploy.errors import FencedError, RegistryError
+from deploy.errors import DuplicateCommandError, FencedError, RegistryError
 from deploy.events import RegistryEvent
 from deploy.live import LiveScorer
+from deploy.quarantine import Quarantine, Quarantined
 from trainers.table import trainer_backends
 
 _log = get_logger(component="daemon")
@@ -103,7 +110,10 @@ class Daemon:
         self.metrics = Metrics(metrics_registry or CollectorRegistry(), version=ctd_version())
         # Daemon writes carry its claim on the symbol (daemon.fleet); ownership exists from start.
         claims = lambda symbol: self.ownership.claim(symbol)  # noqa: E731, PLW0108
-        self.registry = open_registry(settings, claims=claims)
+        alone = settings.on_bundled_broker
+        self.registry = open_registry(settings, claims=None if alone else claims)
+        self.quarantine = Quarantine(on_enter=_quarantined)
+        self.metrics.add_quarantine(self.quarantine.entries)
         self._job_target = job_target
         self.tracking: TrackingWorker | None = None
         self._stack = ExitStack()
@@ -153,6 +163,9 @@ class Daemon:
             _log.info("tracking_enabled", experiment=s.mlflow_experiment)
         self.tracking = tracking
         paths.root.mkdir(parents=True, exist_ok=True)
+        # An unusable (or, for a fleet, missing) secret stops start-up.
+        shared = self.registry.storage.shared
+        self._commands_key = commands_key(s, create=True, shared=shared)
         # Left by a daemon that died mid-job; no worker of this one runs yet.
         shutil.rmtree(paths.staging, ignore_errors=True)
         self.store = BarStore(paths.bars)
@@ -163,13 +176,30 @@ class Daemon:
         self.ownership = Ownership(member, self.store.partitions)
         # Up once the stores are open, so /readyz never reports a store still opening.
         api = ReadApi(self.registry.unfenced(), self.store, self._latest_prediction)
-        self.http = HttpServer(s.http_host, s.http_port, make_app(m.registry, self.readiness, api))
+        app = make_app(m.registry, self.readiness, api, quarantined=self.quarantine.entries)
+        self.http = HttpServer(
+            s.http_host,
+            s.http_port,
+            app,
+            workers=s.http_workers,
+            max_connections=s.http_max_connections,
+            read_timeout=s.http_read_timeout_seconds,
+            write_timeout=s.http_write_timeout_seconds,
+            on_drop=m.init_http(DROP_REASONS),
+        )
         stack.callback(self.http.stop)
         self.http.start()
         # Shared storage: another machine may be writing; each symbol is synced when claimed.
         cleaned = [] if self.registry.storage.shared else self.registry.recover()
         if cleaned:
             _log.warning("registry_recovered", cleaned=cleaned)
+        if not self.registry.storage.shared:  # a fleet's symbols are checked when claimed
+            self.quarantine.check(self.registry, self.registry.symbols())
+            # Runs a crash cut off before their ledger line, before the trigger reads the
+            # training marks. Unfenced, like recover(): no partition is assigned yet, and no
+            # other daemon writes to private storage. The takeover announces what is placed.
+            placer = SavedTrialPlacer(self.registry.unfenced(), self.predictions, actor="daemon")
+            recover_runs(self.registry, self.store, placer, skip=self.quarantine)
 
     def _start_kafka(self, stack: ExitStack) -> None:
         """Security check, topics, the producer (DLQ, promotions)."""
@@ -193,6 +223,7 @@ class Daemon:
             self.predictions,
             lambda symbol, n: self.store.load(symbol, last_n=n),
             s.promotion_config,
+            quarantine=self.quarantine,
         )
         publisher = PredictionPublisher(self.producer, s, scorer.model, m)
         self.live = LivePath(scorer, self.registry, announcer, m, publisher=publisher)
@@ -205,6 +236,7 @@ class Daemon:
             metrics=m,
             trigger=self.request_retrain,
             served=self.ownership.served,
+            quarantine=self.quarantine,
         )
         m.add_live_monitors(self.watch.readings)
 
@@ -233,6 +265,7 @@ class Daemon:
             self.scheduler,
             counts=counts,
             trained=trained,
+            held=self.quarantine,
         )
         self._runs = RunRecorder(
             registry=self.registry,
@@ -283,13 +316,30 @@ class Daemon:
         stack.callback(lambda: self.intake.stop(self._remaining(INTAKE_JOIN_SECONDS)))
         self.intake.start()
         commands = CommandConsumer(
-            s, self.bootstrap_servers, handle=self.handle_command, counter=m.commands
+            s,
+            self.bootstrap_servers,
+            handle=self.handle_command,
+            key=self._commands_key,
+            counter=m.commands,
+            rejected=m.commands_rejected,
         ).start()
         stack.callback(lambda: commands.stop(self._remaining(INTAKE_JOIN_SECONDS)))
         self.probe = BrokerProbe(s, self.bootstrap_servers, m.kafka_connected).start()
         stack.callback(self.probe.stop)
+        if s.create_topics:  # a broker that came back empty gets them again
+
+            def recreated(topics: list[str]) -> None:  # the consumers catch up with new logs
+                self.handover.topic_reset.recreated(topics)
+                commands.topic_reset.recreated(topics)
+
+            watch = TopicWatch(
+                s, self.bootstrap_servers, m.topics_recreated, on_recreated=recreated
+            )
+            stack.callback(watch.start().stop)
         m.ready.set_function(lambda: float(all(self.readiness().values())))
-        self.schedules = Schedules(s, check=self.watch.check, retrain_all=self.watch.retrain_all)
+        self.schedules = Schedules(
+            s, check=self.watch.check, retrain_all=self.watch.retrain_all, recheck=self._recheck
+        )
         stack.callback(self.schedules.stop)
 
     def stop(self, grace_seconds: float = 30.0) -> None:
@@ -324,7 +374,7 @@ class Daemon:
 
     # -- wiring ---------------------------------------------------------------------
     def _announcer(self) -> Announcer:
-        """The alert sinks: the promotions topic always, the webhook when configured."""
+        """The alert sinks: the promotions topic always, the webhook and MLflow if configured."""
         s = self.settings
         sinks: list[AlertSink] = [PromotionsTopicSink(self.producer, s.topic_promotions)]
         if s.webhook_url:
@@ -333,12 +383,21 @@ class Daemon:
                     s.webhook_url, timeout=s.webhook_timeout_seconds, retries=s.webhook_retries
                 )
             )
+        if s.mlflow_registry_mirror and s.mlflow_tracking_uri:  # settings: one needs the other
+            uri, prefix = s.mlflow_tracking_uri, s.mlflow_model_prefix
+            sinks.append(MlflowRegistryMirror(self.registry, uri, prefix=prefix))
         return Announcer(self.registry, sinks, self.metrics)
 
     def _runtime_info(self) -> bytes:
         """Where this daemon can be reached, for `ctd promote` & co. (removed on stop)."""
         info = {"pid": os.getpid(), "bootstrap_servers": self.bootstrap_servers}
         return json.dumps({**info, "http": self.http.url}).encode()
+
+    def _recheck(self) -> None:
+        """Scheduled: release the quarantined symbols a repair made whole again."""
+        for symbol in self.quarantine.recheck(self.registry):
+            _log.info("symbol_released", symbol=symbol)
+            self.live.scorer.forget(symbol)
 
     def readiness(self) -> dict[str, bool]:
         """Named checks of /readyz; ready when all are true. Answers from the first moment
@@ -363,17 +422,45 @@ class Daemon:
         return self.trigger.request(symbol, reason)
 
     def handle_command(self, command: Command) -> RegistryEvent | None:
-        """Execute an operator command; a refused one (e.g. no shadow) is logged, not raised."""
-        log = _log.bind(symbol=command.symbol, action=command.action, actor=command.actor)
+        """Execute a verified operator command. A refused one (an unknown symbol, no shadow,
+        a promote on too short a trial without force) or a duplicate (its id already in the
+        ledger) is counted and logged, not raised, and changes nothing."""
+        log = _log.bind(
+            symbol=command.symbol,
+            action=command.action,
+            actor=command.actor,
+            command_id=command.id,
+        )
         try:
+            unknown = self._unknown_symbol(command)
+            if unknown:
+                raise OperatorError(f"{command.symbol}: {unknown}")
             event = self.live.command(command, self.request_retrain)
-        except RegistryError as exc:
+        except DuplicateCommandError as exc:
+            self.metrics.commands.labels(command.action, "duplicate").inc()
+            log.info("command_duplicate", seq=exc.seq)
+            return None
+        except (RegistryError, OperatorError, StoreError) as exc:
             self.metrics.commands.labels(command.action, "refused").inc()
             log.warning("command_refused", error=str(exc))
             return None
         self.metrics.commands.labels(command.action, "done").inc()
-        log.info("command_done", reason=command.reason)
+        log.info("command_done", reason=command.reason, force=command.force)
         return event
+
+    def _unknown_symbol(self, command: Command) -> str | None:
+        """Why the symbol is unknown here, or None. A retrain needs bars stored here; a slot
+        action bars here or slots in the registry (another daemon of a fleet may hold the
+        bars). Refused early, an unknown symbol gets no registry entry, no metric series and
+        no live state."""
+        if self.store.count(command.symbol):
+            return None
+        if command.action == "retrain":
+            return "no bar of this symbol was ever stored here"
+        slots = self.registry.slots(command.symbol)
+        if slots.champion is None and slots.shadow is None:
+            return "no bar of this symbol was ever stored here, and the registry holds no model"
+        return None
 
     def _mark_trained(self, symbol: str, bar_count: int) -> None:
         kept = self.trigger.trained(symbol, bar_count)
@@ -397,3 +484,7 @@ class Daemon:
         except FencedError as exc:  # the symbol moved to another daemon while it trained
             self.metrics.registry_fenced.labels(outcome.job.symbol).inc()
             _log.warning("training_outcome_fenced", symbol=outcome.job.symbol, error=str(exc))
+
+
+def _quarantined(entry: Quarantined) -> None:
+    _log.error("symbol_quarantined", symbol=entry.symbol, reason=entry.reason, error=entry.detail)

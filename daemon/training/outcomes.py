@@ -66,6 +66,14 @@ class RunRecorder:
             self._track(outcome, "failed")
             return RecordedRun("failed")
         self._count_monitor_output(job.symbol, meta, job.run_id)
+        if meta.data.excluded_rows:  # trained without them; the operator should find the bar
+            _log.warning(
+                "training_rows_excluded",
+                symbol=job.symbol,
+                run_id=job.run_id,
+                rows=meta.data.excluded_rows,
+                first_ts=meta.data.excluded_first_ts,
+            )
         if self.on_trained is not None:
             self.on_trained(job.symbol, job.bar_count)
         if meta.passed:
@@ -127,6 +135,7 @@ class RunRecorder:
     def _count_monitor_output(self, symbol: str, meta: ModelMetadata, run_id: str) -> None:
         """Every monitor warning and gate verdict of a run: a metric and a log event."""
         for cand in meta.candidates:
+            self.metrics.init_trainer(symbol, cand.trainer)
             for warning in cand.warnings:
                 self.metrics.training_warnings.labels(symbol, cand.trainer, warning.kind).inc()
                 _log.warning(
@@ -139,6 +148,8 @@ class RunRecorder:
                     message=warning.message,
                 )
             for verdict in cand.gates:
+                for outcome in ("pass", "fail"):  # both at 0: a fail share reads 0, not nothing
+                    self.metrics.gate_verdicts.labels(cand.trainer, verdict.gate, outcome)
                 outcome = "pass" if verdict.passed else "fail"
                 self.metrics.gate_verdicts.labels(cand.trainer, verdict.gate, outcome).inc()
 

@@ -32,6 +32,7 @@ from typing import Any, Final
 
 from deploy.errors import (
     ArtifactError,
+    DuplicateCommandError,
     DuplicateVersionError,
     RegistryBusy,
     RegistryCorrupt,
@@ -40,7 +41,6 @@ from deploy.errors import (
 from deploy.events import RECORD_ONLY_KINDS, RegistryEvent
 from deploy.registry import decisions
 from deploy.registry.ledger import (
-    SLOTS_FILE,
     Claim,
     Slots,
     SlotsState,
@@ -168,6 +168,18 @@ class Registry:
         """Every symbol the registry holds anything for, sorted."""
         return [s for s in self.storage.children("") if SYMBOL_PATTERN.fullmatch(s)]
 
+    def unplaced(self, symbol: str) -> list[str]:
+        """Complete versions newer than every version a slot or a ledger line names, oldest
+        first: versions a run added but never placed (``add_version`` and ``place`` are two
+        writes, and the process may die between them). RegistryCorrupt if the slots or the
+        ledger do not read."""
+        state = self.state(symbol)
+        named = {state.slots.champion, state.slots.shadow, *state.slots.retired}
+        for line in self.history(symbol):
+            named.update((line.from_version, line.to_version))
+        newest = max((v for v in named if v is not None), default="")
+        return [v for v in self.versions(symbol) if v > newest]  # version ids sort by time
+
     # -- decisions -----------------------------------------------------------------------
 
     def place(
@@ -192,26 +204,55 @@ class Registry:
         return self._decide(symbol, decide)
 
     def promote(
-        self, symbol: str, *, evidence: Mapping[str, Any], actor: str = "daemon", reason: str = ""
+        self,
+        symbol: str,
+        *,
+        evidence: Mapping[str, Any],
+        actor: str = "daemon",
+        reason: str = "",
+        command_id: str | None = None,
+        forced: bool = False,
     ) -> RegistryEvent:
-        """Shadow becomes champion; the old champion is appended to ``retired``. NoShadowError."""
-        return self._decide(
-            symbol, lambda slots: decisions.promote(slots, symbol, evidence, actor, reason)
-        )[0]
+        """Shadow becomes champion; the old champion is appended to ``retired``. NoShadowError.
+
+        ``command_id``: the operator command's id, recorded in the line; DuplicateCommandError
+        if the ledger already has it (here and in reject / rollback). ``forced``: recorded.
+        """
+
+        def decide(slots: Slots) -> tuple[Slots, list[RegistryEvent]]:
+            after, events = decisions.promote(slots, symbol, evidence, actor, reason)
+            return after, [replace(e, forced=forced) for e in events]
+
+        return self._decide(symbol, decide, command_id)[0]
 
     def reject(
-        self, symbol: str, *, evidence: Mapping[str, Any], actor: str = "daemon", reason: str = ""
+        self,
+        symbol: str,
+        *,
+        evidence: Mapping[str, Any],
+        actor: str = "daemon",
+        reason: str = "",
+        command_id: str | None = None,
     ) -> RegistryEvent:
-        """Empty the shadow slot; the champion stays. NoShadowError."""
+        """Empty the shadow slot; the champion stays. NoShadowError, DuplicateCommandError."""
         return self._decide(
-            symbol, lambda slots: decisions.reject(slots, symbol, evidence, actor, reason)
+            symbol,
+            lambda slots: decisions.reject(slots, symbol, evidence, actor, reason),
+            command_id,
         )[0]
 
-    def rollback(self, symbol: str, *, actor: str = "operator", reason: str = "") -> RegistryEvent:
+    def rollback(
+        self,
+        symbol: str,
+        *,
+        actor: str = "operator",
+        reason: str = "",
+        command_id: str | None = None,
+    ) -> RegistryEvent:
         """Restore the newest retired champion (see ``decisions.rollback``).
 
-        Raises NoChampionError, NothingToRollBackError, and UnknownVersionError if
-        the retired version was removed.
+        Raises NoChampionError, NothingToRollBackError, DuplicateCommandError, and
+        UnknownVersionError if the retired version was removed.
         """
 
         def decide(slots: Slots) -> tuple[Slots, list[RegistryEvent]]:
@@ -219,7 +260,11 @@ class Registry:
             self._require_version(symbol, after.champion or "")
             return after, events
 
-        return self._decide(symbol, decide)[0]
+        return self._decide(symbol, decide, command_id)[0]
+
+    def set_slots(self, symbol: str, slots: Slots, event: RegistryEvent) -> RegistryEvent:
+        """A repair (``ctd doctor``): the slots set outright, with the ledger line saying why."""
+        return self._decide(symbol, lambda _: (slots, [event]))[0]
 
     def record(self, event: RegistryEvent) -> RegistryEvent:
         """Append a note that changes no slot (``training_failed``, ``candidate_rejected``);
@@ -297,34 +342,30 @@ class Registry:
         """Start-up repair; returns one line per thing cleaned, for the log.
 
         Removes leftovers of interrupted writes and (on private storage) incomplete
-        versions, re-appends the ledger lines of a decision cut off by a crash, and
-        raises RegistryCorrupt (naming slots.json) if the champion or shadow is not
-        a complete version. ``symbols``: only these (a fleet daemon recovers what it
-        takes over); default every symbol.
+        versions no slot names, and re-appends the ledger lines of a decision cut off
+        by a crash. A symbol whose slots or ledger do not read is left as it is, for
+        ``deploy.quarantine`` to report (one corrupt symbol never stops the others).
+        ``symbols``: only these (a fleet daemon recovers what it takes over); default
+        every symbol.
         """
         cleaned: list[str] = []
         for symbol in self.symbols() if symbols is None else symbols:
             cleaned.extend(self.storage.sweep(symbol))
-            for name in self.storage.children(symbol):
-                if (
-                    not self.storage.shared
-                    and VERSION_PATTERN.fullmatch(name)
-                    and not self._complete(symbol, name)
-                ):
-                    self.storage.delete(f"{symbol}/{name}")
-                    cleaned.append(f"{self.url}/{symbol}/{name}: removed incomplete version")
-            state, _ = read_state(self.storage, symbol)
-            for slot, version in (
-                ("champion", state.slots.champion),
-                ("shadow", state.slots.shadow),
-            ):
-                if version is not None and not self._complete(symbol, version):
-                    raise RegistryCorrupt(
-                        f"{self.url}/{symbol}/{SLOTS_FILE}",
-                        f"{slot} {version} has no complete version",
-                    )
-            _, notes = sync(self.storage, symbol, state)
-            cleaned.extend(notes)
+            try:
+                state, _ = read_state(self.storage, symbol)
+                slotted = {state.slots.champion, state.slots.shadow}
+                for name in self.storage.children(symbol):
+                    if (
+                        not self.storage.shared
+                        and VERSION_PATTERN.fullmatch(name)
+                        and name not in slotted
+                        and not self._complete(symbol, name)
+                    ):
+                        self.storage.delete(f"{symbol}/{name}")
+                        cleaned.append(f"{self.url}/{symbol}/{name}: removed incomplete version")
+                cleaned.extend(sync(self.storage, symbol, state)[1])
+            except RegistryCorrupt:
+                continue
         return cleaned
 
     # -- internals -----------------------------------------------------------------------
@@ -341,16 +382,24 @@ class Registry:
             raise UnknownVersionError(symbol, version)
         return f"{symbol}/{version}"
 
-    def _decide(self, symbol: str, decide: Decide) -> list[RegistryEvent]:
+    def _decide(
+        self, symbol: str, decide: Decide, command_id: str | None = None
+    ) -> list[RegistryEvent]:
         """One slot decision: its lines get the next seqs; a trial checkpoint of another pair
-        is dropped with the pair."""
+        is dropped with the pair. With a ``command_id``, the lines carry it, and a ledger
+        that has it already raises DuplicateCommandError: the look-up runs inside the
+        compare-and-swap, after the ledger caught up with slots.json, so of two deliveries
+        of one command exactly one is applied, whenever the first was cut off."""
         validate_symbol(symbol)
         if not self.storage.children(symbol):
             # Every decision raises on a symbol with no versions; don't leave an empty entry.
             decide(Slots(None, None))
 
         def change(state: SlotsState) -> tuple[SlotsState, tuple[RegistryEvent, ...]]:
+            if command_id is not None:
+                _check_new_command(read_history(self.storage, symbol), symbol, command_id)
             slots, events = decide(state.slots)
+            events = [replace(e, command_id=command_id) for e in events]
             lines = tuple(_with_seq(e, state.seq + i) for i, e in enumerate(events, 1))
             same_pair = (slots.champion, slots.shadow) == (
                 state.slots.champion,
@@ -395,3 +444,10 @@ def _sha256(path: Path) -> str:
 
 def _with_seq(event: RegistryEvent, seq: int) -> RegistryEvent:
     return replace(event, seq=seq)
+
+
+def _check_new_command(history: list[RegistryEvent], symbol: str, command_id: str) -> None:
+    """DuplicateCommandError if a ledger line already carries ``command_id``."""
+    for line in reversed(history):  # a re-delivery follows its first delivery closely
+        if line.command_id == command_id:
+            raise DuplicateCommandError(symbol, command_id, line.seq)

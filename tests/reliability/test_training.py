@@ -150,11 +150,15 @@ def test_kill_9_between_version_and_slot_leaves_a_champion_after_restart_without
 
         started = time.monotonic()
         clean.start()  # no bar is sent from here on
-        champion = wait_for(
-            lambda: Registry(settings.paths.registry).slots(SYMBOL).champion,
-            timeout=10 if complete else 120,
-            message="a champion after the restart",
-        )
+        if complete:  # adopted at start-up: in place once the daemon reports ready
+            champion = Registry(settings.paths.registry).slots(SYMBOL).champion
+            assert champion is not None, clean.log_tail()
+        else:  # retrained at start-up
+            champion = wait_for(
+                lambda: Registry(settings.paths.registry).slots(SYMBOL).champion,
+                timeout=120,
+                message="a champion after the restart",
+            )
         seconds = time.monotonic() - started
         assert clean.terminate() == 0, clean.log_tail()
     finally:
@@ -167,6 +171,7 @@ def test_kill_9_between_version_and_slot_leaves_a_champion_after_restart_without
     if complete:
         assert orphan == [champion] and reg.versions(SYMBOL) == orphan
         assert line["reason"] == ADOPTED_REASON
+        assert '"event": "version_adopted"' in log.read_text()
         assert _trained_state(settings.paths.bars) == {SYMBOL: N_BARS}  # no second run
         announced = read_topic(settings.kafka_bootstrap_servers, settings.topic_promotions, 1)
         assert [
@@ -175,6 +180,7 @@ def test_kill_9_between_version_and_slot_leaves_a_champion_after_restart_without
     else:
         assert line["reason"].startswith("run ")  # retrained: a new run placed its version
         assert reg.versions(SYMBOL) == [champion]
+        assert '"event": "trained_mark_dropped"' in log.read_text()
     print(f"{point}: champion {seconds:.1f} s after the restart")
 
 

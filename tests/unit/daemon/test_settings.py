@@ -74,6 +74,10 @@ def test_missing_toml_file_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
         ("CTD_TRAINER_PARAMS", '{"mlp": {"preset": "deep"}}'),
         ("CTD_KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),  # SASL without a mechanism
         ("CTD_KAFKA_SASL_MECHANISM", "PLAIN"),  # a mechanism without SASL
+        ("CTD_BUNDLED_BROKER_STORAGE", "file:///var/tansu"),  # not a tansu storage engine
+        ("CTD_MAX_FUTURE_SKEW_SECONDS", "-1"),
+        ("CTD_MAX_JUMP_RATIO", "1"),  # every move would be a jump
+        ("CTD_MAX_SYMBOLS", "0"),
     ],
 )
 def test_bad_values_name_the_setting(
@@ -195,3 +199,16 @@ def test_train_config_carries_every_training_setting() -> None:
     )
     assert config.gates == settings.gate_config and config.gates.min_test_rows == 9
     assert config.monitor.divergence_factor == 5
+
+
+def test_the_mlflow_registry_mirror_needs_the_tracking_uri_and_a_usable_prefix() -> None:
+    """The mirror is off by default; turned on without CTD_MLFLOW_TRACKING_URI it fails naming
+    both settings, and a prefix MLflow cannot put in a model name fails naming the prefix."""
+    s = load_settings()
+    assert (s.mlflow_registry_mirror, s.mlflow_model_prefix) == (False, "ctd-")
+    with pytest.raises(SettingsError, match=r"CTD_MLFLOW_REGISTRY_MIRROR: .*mlflow_tracking_uri"):
+        load_settings(mlflow_registry_mirror=True)
+    with pytest.raises(SettingsError, match="CTD_MLFLOW_MODEL_PREFIX"):
+        load_settings(mlflow_model_prefix="ctd/'")
+    s = load_settings(mlflow_registry_mirror=True, mlflow_tracking_uri="http://127.0.0.1:5000")
+    assert s.mlflow_registry_mirror and s.mlflow_model_prefix == "ctd-"
