@@ -43,7 +43,6 @@ def print_status(settings: Settings, symbol: str | None, *, as_json: bool, conso
         "at",
         "failures",
         "owner",
-        "quarantined",
     ):
         table.add_column(col)
     for r in rows:
@@ -60,10 +59,9 @@ def print_status(settings: Settings, symbol: str | None, *, as_json: bool, conso
             r.last_event_ts or "-",
             str(r.failures),
             r.owner or "-",
-            "-" if r.quarantined is None else r.quarantined.split(":", 1)[0],
         )
     console.print(table)
-    for r in rows:
+    for r in rows:  # below the table: the reason needs the width
         if r.quarantined is not None:
             console.print(f"{r.symbol} is quarantined: {r.quarantined}", markup=False)
     return EXIT_OK
