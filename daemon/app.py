@@ -1,3 +1,4 @@
+# Over 400 lines: the daemon's wiring: each component started and stopped in order in one class.
 """The one place that wires ctd together; ``Daemon`` builds ready components and runs them.
 
 Start order (stop runs it backwards, through one ``ExitStack``): stores, HTTP

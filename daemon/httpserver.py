@@ -1,3 +1,4 @@
+# Over 400 lines: one selector loop; accept, read, dispatch and write share connection state.
 """``HttpServer``: serves a WSGI app (``daemon.http.make_app``), bounded whatever its
 clients do (issue 17: a thread per connection let 684 stalled
 connections make 697 threads):

@@ -1,3 +1,4 @@
+# Over 400 lines: every exported metric declared in one place, so names and labels agree.
 """The daemon's Prometheus metrics, all on one injected registry.
 
 Names follow DESIGN.md (prefix ``ctd_``, ``_total`` counters, ``_seconds``

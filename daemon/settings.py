@@ -1,3 +1,4 @@
+# Over 400 lines: one pydantic class holds every CTD_ setting, so start-up validates them together.
 """Every setting of the daemon, validated once at start-up.
 
 Sources, highest priority first: explicit overrides (tests, CLI flags),

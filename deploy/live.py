@@ -1,3 +1,4 @@
+# Over 400 lines: LiveScorer's methods share one lock and the per-symbol state.
 """Live scoring and the shadow trial: every new bar scored by champion and shadow.
 
 For each new bar of a symbol, in ts order, ``LiveScorer.on_batch`` / ``on_bars``:

@@ -1,3 +1,4 @@
+# Over 400 lines: panel definitions (PromQL and layout), data more than logic.
 """The rows of ctd's Grafana dashboard, in order, each a list of panels with their PromQL.
 
 Every query keeps to the selected daemons (``instance=~"$instance"``) and, where the

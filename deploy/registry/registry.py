@@ -1,3 +1,4 @@
+# Over 400 lines: the one Registry API (versions, decisions, recovery) over one CAS.
 """The model registry: versions, champion/shadow slots, and the audit ledger of every symbol.
 
 Layout (DESIGN.md), under the storage root::
