@@ -5,7 +5,7 @@
 One run, one process, 5,000 synthetic bars with a planted signal (strength
 1.0). Each trainer except the naive baseline is fitted with the same preset,
 exported to ONNX and timed both ways through the code paths that run in
-production: ``model.predict_proba`` (torch eager / xgboost) and
+production: ``model.predict_proba`` (torch eager / xgboost / scikit-learn) and
 ``OnnxScorer.predict_proba`` (onnxruntime). Both run on one thread, as the
 daemon's training and scoring do. Single-row latency is the median of
 ``--repeats`` calls after a warm-up; batch throughput is rows/s over batches
@@ -70,9 +70,11 @@ def bench_one(name: str, data: Any, preset: str, repeats: int, tmp: Path) -> dic
     onnx_row = median_seconds(lambda: scorer.predict_proba(row), repeats)
     all_rows = data.inputs("train", model.window)
     batches = [all_rows[i : i + BATCH] for i in range(0, len(all_rows) - BATCH + 1, BATCH)]
+    fitted = model.params
     return {
         "fit_s": fit,
-        "epochs": float(model.params.get("epochs_run", model.params.get("n_rounds", 0))),
+        # Monitor steps: epochs (torch), boosting rounds (xgboost), growth steps (random forest).
+        "epochs": float(fitted.get("epochs_run", fitted.get("n_rounds", fitted.get("n_steps", 0)))),
         "window": float(model.window),
         "params": float(model.n_params),
         "accuracy": float(accuracy or 0.0),
@@ -95,7 +97,8 @@ def main() -> None:
     from trainers.features import training_matrix
     from trainers.metrics import classification_metrics
     from trainers.synthetic import MarketSpec, generate_bars
-    from trainers.table import TRAINERS, make_trainer
+    from trainers.table import TRAINERS, make_trainer, trainer_class
+    from trainers.torch_base import TorchTrainer
 
     bars = generate_bars(MarketSpec("BENCH", 7, signal_strength=1.0), args.bars)
     m = training_matrix(bars)
@@ -127,7 +130,8 @@ def main() -> None:
             f"{r['onnx_row_us']:>14.1f}{r['row_speedup']:>7.1f}x"
             f"{r['native_batch_rows_s']:>18,.0f}{r['onnx_batch_rows_s']:>16,.0f}"
         )
-    torch_names = [n for n in names if n != "xgboost"]
+    # By class, not by name: tree models and rule baselines have no torch eager side.
+    torch_names = [n for n in names if issubclass(trainer_class(n), TorchTrainer)]
     worst = min(torch_names, key=lambda n: results[n]["row_speedup"])
     print(
         f"\nONNX single-row speedup over torch eager: min {results[worst]['row_speedup']:.1f}x "

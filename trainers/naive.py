@@ -13,16 +13,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
-import onnx
 from onnx import TensorProto, helper
 
 from monitors.base import Action, TrainingMonitor
 from trainers.base import abort_reason
 from trainers.dataset import Dataset, as_model_input, validate_dataset
 from trainers.errors import TrainingAborted
-
-ONNX_OPSET = 15
-ONNX_IR_VERSION = 8  # the IR version that goes with opset 15: readable by older runtimes too
+from trainers.onnx_graph import save_rule_graph
 
 
 class NaiveModel:
@@ -56,21 +53,7 @@ class NaiveModel:
             helper.make_tensor("two", TensorProto.INT64, [1], [2]),
             helper.make_tensor("row", TensorProto.FLOAT, [1, 2], row.ravel().tolist()),
         ]
-        graph = helper.make_graph(
-            nodes,
-            "naive_baseline",
-            [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", self.n_features])],
-            [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 2])],
-            initializer=inits,
-        )
-        model = helper.make_model(
-            graph,
-            opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
-            producer_name="ctd",
-            ir_version=ONNX_IR_VERSION,
-        )
-        onnx.checker.check_model(model)
-        onnx.save(model, str(path))
+        save_rule_graph(nodes, inits, "naive_baseline", self.n_features, path)
 
 
 class NaiveTrainer:

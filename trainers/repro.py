@@ -76,7 +76,7 @@ def _version(module: str, *dists: str) -> str | None:
 
 
 def package_versions() -> dict[str, str | None]:
-    """Versions of the code that produced a model; torch only if this process loaded it."""
+    """Versions of the code that produced a model; torch and scikit-learn only if loaded."""
     versions = {
         "ctd": _version("ctd", "ctd"),
         "python": platform.python_version(),
@@ -87,4 +87,7 @@ def package_versions() -> dict[str, str | None]:
     }
     if "torch" in sys.modules:  # never import torch just to name its version
         versions["torch"] = _version("torch")
+    if "skl2onnx" in sys.modules:  # a forest was exported: the pair that defines it
+        versions["scikit-learn"] = _version("sklearn", "scikit-learn")
+        versions["skl2onnx"] = _version("skl2onnx", "skl2onnx")
     return versions

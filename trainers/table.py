@@ -17,11 +17,14 @@ from trainers.errors import UnknownTrainerError
 TRAINERS: Final[Mapping[str, str]] = MappingProxyType(
     {
         "naive": "trainers.naive:NaiveTrainer",
+        "persistence": "trainers.persistence:PersistenceTrainer",
         "xgboost": "trainers.xgboost:XGBoostTrainer",
+        "random_forest": "trainers.random_forest:RandomForestTrainer",
         "lstm": "trainers.lstm:LSTMTrainer",
         "tcn": "trainers.tcn:TCNTrainer",
         "attention_lstm": "trainers.attention_lstm:AttentionLSTMTrainer",
         "cnn_lstm": "trainers.cnn_lstm:CNNLSTMTrainer",
+        "transformer": "trainers.transformer:TransformerTrainer",
         "mlp": "trainers.mlp:MLPTrainer",
     }
 )

@@ -66,7 +66,7 @@ def test_val_and_test_windows_reach_into_history_not_the_future(data):
         np.testing.assert_array_equal(windows[0], data.features[rows.start - 15 : rows.start + 1])
 
 
-@pytest.mark.parametrize("name", ["lstm", "tcn", "attention_lstm", "cnn_lstm"])
+@pytest.mark.parametrize("name", ["lstm", "tcn", "attention_lstm", "cnn_lstm", "transformer"])
 def test_prediction_depends_only_on_its_window(name, data):
     """Changing a row after t or older than the window leaves P(up) at t unchanged."""
     model = make_trainer(name, preset="tiny", epochs=2).fit(data, NullMonitor(), seed=0)
