@@ -195,11 +195,15 @@ class Settings(BaseSettings):
     test_fraction: float = Field(0.15, gt=0, lt=0.5)
     gate_max_train_val_gap: float = Field(0.20, gt=0, le=1)
     gate_max_val_test_diff: float = Field(0.05, gt=0, le=1)
+    # The val-test gap fails only when also significant at this level (1: the threshold alone).
+    gate_val_test_alpha: float = Field(0.05, gt=0, le=1)
     gate_max_parity_diff: float = Field(1e-4, gt=0)
     gate_require_beat_baseline: bool = True
     gate_baseline_alpha: float = Field(0.05, gt=0, lt=1)
     gate_min_test_rows: int = Field(100, ge=1)
     gate_max_fold_accuracy_std: float | None = Field(None, gt=0)
+    # Optional absolute floor on test accuracy (off): ignores the base rate, see monitors/gates.py.
+    gate_min_test_accuracy: float | None = Field(None, gt=0, lt=1)
 
     # Shadow promotion (deploy/sequential.py) and alerts.
     promotion_alpha: float = Field(0.05, gt=0, lt=1)

@@ -2,9 +2,13 @@
 
 A candidate is a mapping ``{"train": {...}, "val": {...}, "test": {...}}`` of
 metric dicts (the keys of ``trainers.metrics.classification_metrics``; only
-``accuracy`` is read here). Accuracies are fractions in [0, 1], so a gap of
-0.20 is twenty percentage points. A gate whose inputs are missing (``None``,
-NaN) fails: a candidate is never promoted on evidence nobody computed.
+``accuracy`` and ``n`` are read here). Accuracies are fractions in [0, 1], so a
+gap of 0.20 is twenty percentage points. A gate whose inputs are missing
+(``None``, NaN) fails: a candidate is never promoted on evidence nobody computed.
+
+The baseline gates judge ``PairedCounts``: candidate and baseline on the same
+out-of-sample rows (the test split plus the walk-forward folds' test blocks,
+``trainers.baselines``), so the test has every honest row the run produced.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from scipy.stats import binom
+from scipy.stats import binom, norm
 
 Metrics = Mapping[str, float | None]
 
@@ -29,24 +33,40 @@ class GateConfig:
 
     max_train_val_gap: float = 0.20
     max_val_test_diff: float = 0.05
+    val_test_alpha: float | None = 0.05
+    """The val-test gap fails only when also significant at this level; None: threshold only."""
     require_beat_baseline: bool = True
     max_parity_diff: float = 1e-4
     baseline_alpha: float = 0.05
     min_test_rows: int = 100
     max_fold_accuracy_std: float | None = None
+    min_test_accuracy: float | None = None
+    """Optional absolute floor on test accuracy (off by default: see ``min_test_accuracy_gate``)."""
     blocking_warnings: tuple[str, ...] = ("non_finite", "divergence")
 
 
 @dataclass(frozen=True, slots=True)
 class PairedCounts:
-    """Candidate vs baseline on the same test rows: the discordant pairs.
+    """Candidate vs baseline on the same out-of-sample rows: the discordant pairs.
 
     Only rows where exactly one of the two is right carry evidence about which
     is better (McNemar); rows both get right or both get wrong cancel out.
+    ``rows`` and ``baseline_right`` give the two accuracies for the reasons.
     """
 
     candidate_only: int
     baseline_only: int
+    rows: int = 0
+    baseline_right: int = 0
+    baseline: str = "naive"
+
+    @property
+    def accuracies(self) -> tuple[float, float] | None:
+        """(candidate, baseline) accuracy over ``rows``; None when the rows are unknown."""
+        if self.rows <= 0:
+            return None
+        base = self.baseline_right / self.rows
+        return base + (self.candidate_only - self.baseline_only) / self.rows, base
 
     @property
     def p_value(self) -> float:
@@ -97,37 +117,67 @@ def train_val_gap_gate(candidate: Mapping[str, Metrics], max_gap: float) -> Gate
     )
 
 
-def val_test_consistency_gate(candidate: Mapping[str, Metrics], max_diff: float) -> GateVerdict:
-    """Fails when val and test accuracy differ by more than ``max_diff`` (an unstable model)."""
+def val_test_consistency_gate(
+    candidate: Mapping[str, Metrics], max_diff: float, alpha: float | None = None
+) -> GateVerdict:
+    """Fails when val and test accuracy differ by more than ``max_diff`` (an unstable model)
+    and, with ``alpha``, by significantly more: the gap is judged as an effect size.
+
+    With ~340 rows each the standard error of the difference is ~0.038, so the
+    bare 0.05 threshold rejects about one genuinely good model in five on
+    noise alone. The one-sided z-test of "true gap <= ``max_diff``" (independent
+    splits, unpooled variance) rejects a stable model far less than ``alpha``
+    of the time while a real instability (a 15-point drop) still fails.
+    """
     val, test = _accuracy(candidate, "val"), _accuracy(candidate, "test")
     if val is None or test is None:
         return _missing("val_test_consistency", max_diff, "val or test accuracy")
     diff = round(abs(val - test), _DIGITS)
-    ok = diff <= max_diff
-    word = "within" if ok else "exceeds"
-    return GateVerdict(
-        "val_test_consistency",
-        ok,
-        diff,
-        max_diff,
-        f"|val - test| accuracy {diff:.3f} {word} {max_diff:.3f}",
-    )
+    over = diff > max_diff
+    p = None
+    if over and alpha is not None:
+        n_val, n_test = _rows(candidate, "val"), _rows(candidate, "test")
+        if n_val is None or n_test is None:
+            return _missing("val_test_consistency", max_diff, "val or test row count")
+        p = _exceedance_p(val, n_val, test, n_test, max_diff)
+    # Not significant means "could be noise": the model is kept.
+    ok = not over or (p is not None and alpha is not None and p >= alpha)
+    word = "within" if not over else "exceeds"
+    reason = f"|val - test| accuracy {diff:.3f} {word} {max_diff:.3f}"
+    if over and p is not None:
+        reason += f", {'not ' if ok else ''}significantly (p={p:.4f}, level {alpha:.3f})"
+    return GateVerdict("val_test_consistency", ok, diff, max_diff, reason)
 
 
-def beats_baseline_gate(candidate: Mapping[str, Metrics], baseline_test: Metrics) -> GateVerdict:
-    """Fails unless test accuracy is strictly above the naive baseline's test accuracy."""
-    test = _accuracy(candidate, "test")
-    base = _accuracy({"test": baseline_test}, "test")
-    if test is None or base is None:
-        return _missing("beats_baseline", base, "candidate or baseline test accuracy")
-    ok = test > base
+def _rows(metrics: Mapping[str, Metrics], split: str) -> int | None:
+    n = metrics.get(split, {}).get("n")
+    return None if n is None or not n >= 1 else int(n)
+
+
+def _exceedance_p(a: float, n_a: int, b: float, n_b: int, margin: float) -> float:
+    """One-sided p-value of "|true a - true b| <= margin" from accuracies on independent rows."""
+    se = math.sqrt(a * (1.0 - a) / n_a + b * (1.0 - b) / n_b)
+    excess = abs(a - b) - margin
+    if se == 0.0:
+        return 0.0 if excess > 0 else 1.0
+    return float(norm.sf(excess / se))
+
+
+def beats_baseline_gate(paired: PairedCounts | None) -> GateVerdict:
+    """Fails unless the candidate is right more often than the baseline on the paired rows."""
+    accuracies = None if paired is None else paired.accuracies
+    if paired is None or accuracies is None:
+        return _missing("beats_baseline", None, "paired out-of-sample comparison")
+    cand, base = accuracies
+    ok = paired.candidate_only > paired.baseline_only
     word = "beats" if ok else "does not beat"
     return GateVerdict(
         "beats_baseline",
         ok,
-        test,
-        base,
-        f"test accuracy {test:.3f} {word} baseline {base:.3f}",
+        round(cand, _DIGITS),
+        round(base, _DIGITS),
+        f"out-of-sample accuracy {cand:.3f} {word} {paired.baseline} baseline {base:.3f} "
+        f"on {paired.rows} rows",
     )
 
 
@@ -147,8 +197,27 @@ def baseline_significance_gate(paired: PairedCounts | None, alpha: float) -> Gat
         ok,
         p,
         alpha,
-        f"candidate right where baseline wrong {paired.candidate_only} vs "
+        f"on {paired.rows} out-of-sample rows, candidate right where the {paired.baseline} "
+        f"baseline was wrong {paired.candidate_only} vs "
         f"{paired.baseline_only} the other way: one-sided p={p:.4f}, {word} at {alpha:.3f}",
+    )
+
+
+def min_test_accuracy_gate(candidate: Mapping[str, Metrics], floor: float) -> GateVerdict:
+    """Fails unless test accuracy is strictly above an absolute ``floor`` (e.g. 0.55).
+
+    Caveat: an absolute floor ignores the base rate. On a series that rises 60%
+    of the time the majority class clears 0.55 with no skill, while a genuine,
+    significant 53% edge on a balanced series fails it. The baseline gates are
+    the test of skill; this one only encodes a desk's minimum.
+    """
+    test = _accuracy(candidate, "test")
+    if test is None:
+        return _missing("min_test_accuracy", floor, "test accuracy")
+    ok = test > floor
+    word = "above" if ok else "not above"
+    return GateVerdict(
+        "min_test_accuracy", ok, test, floor, f"test accuracy {test:.3f} {word} floor {floor:.3f}"
     )
 
 
@@ -214,7 +283,6 @@ def onnx_parity_gate(max_abs_diff: float | None, tolerance: float) -> GateVerdic
 
 def evaluate_gates(
     candidate: Mapping[str, Metrics],
-    baseline_test: Metrics,
     parity_max_abs_diff: float | None,
     config: GateConfig,
     paired: PairedCounts | None = None,
@@ -225,16 +293,19 @@ def evaluate_gates(
 ) -> list[GateVerdict]:
     """Every configured gate's verdict, in a fixed order; the candidate passes if all pass.
 
-    The fold-stability gate runs only when ``config.max_fold_accuracy_std`` is set.
+    The fold-stability gate runs only when ``config.max_fold_accuracy_std`` is set,
+    the absolute floor only when ``config.min_test_accuracy`` is.
     """
     verdicts = [
         min_test_rows_gate(test_rows, config.min_test_rows),
         train_val_gap_gate(candidate, config.max_train_val_gap),
-        val_test_consistency_gate(candidate, config.max_val_test_diff),
+        val_test_consistency_gate(candidate, config.max_val_test_diff, config.val_test_alpha),
     ]
     if config.require_beat_baseline:
-        verdicts.append(beats_baseline_gate(candidate, baseline_test))
+        verdicts.append(beats_baseline_gate(paired))
         verdicts.append(baseline_significance_gate(paired, config.baseline_alpha))
+    if config.min_test_accuracy is not None:
+        verdicts.append(min_test_accuracy_gate(candidate, config.min_test_accuracy))
     if config.max_fold_accuracy_std is not None:
         verdicts.append(fold_stability_gate(fold_accuracy_std, config.max_fold_accuracy_std))
     verdicts.append(training_health_gate(warning_kinds, config.blocking_warnings))

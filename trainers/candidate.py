@@ -19,27 +19,25 @@ import numpy as np
 import numpy.typing as npt
 
 from monitors.base import TrainingMonitor
-from monitors.gates import PairedCounts, candidate_score, evaluate_gates
+from monitors.gates import candidate_score, evaluate_gates
 from trainers.base import FittedModel
+from trainers.baselines import Yardstick
 from trainers.config import TrainConfig, json_safe
-from trainers.dataset import PARTS, Dataset
+from trainers.dataset import Dataset
+from trainers.evaluation import paired_counts, split_metrics
 from trainers.metadata import (
     BaselineComparison,
     CandidateError,
     CandidateRecord,
     OnnxInfo,
-    SplitMetrics,
     WalkForwardRecord,
 )
-from trainers.metrics import classification_metrics
 from trainers.onnx_io import OnnxScorer, max_abs_diff
 from trainers.repro import seed_everything
 from trainers.table import make_trainer
 from trainers.walk_forward import walk_forward
 
 MODEL_FILE = "model.onnx"
-
-Predict = Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float64]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,19 +49,6 @@ class CandidateRun:
     onnx: OnnxInfo | None
 
 
-def split_metrics(
-    predict: Predict, data: Dataset, fwd_returns: npt.NDArray[np.float64], *, window: int
-) -> SplitMetrics:
-    """Metrics of every split part, each row scored from its own (windowed) input."""
-    by_part = {
-        part: classification_metrics(
-            data.y(part), predict(data.inputs(part, window)), fwd_returns[data.rows(part)]
-        )
-        for part in PARTS
-    }
-    return SplitMetrics(**by_part)
-
-
 def run_candidate(
     index: int,
     name: str,
@@ -71,12 +56,16 @@ def run_candidate(
     config: TrainConfig,
     data: Dataset,
     fwd_returns: npt.NDArray[np.float64],
-    baseline_test: Mapping[str, float | None],
-    baseline_test_proba: npt.NDArray[np.float64],
+    yardstick: Yardstick,
     out_dir: Path,
     monitor_factory: Callable[[], TrainingMonitor],
 ) -> CandidateRun:
-    """Fit, export, score, walk forward and gate one candidate; any exception is recorded."""
+    """Fit, export, score, walk forward and gate one candidate; any exception is recorded.
+
+    The baseline gates compare it with ``yardstick`` on every out-of-sample block
+    both predicted: the test split (the ONNX model) and the earlier walk-forward
+    test blocks (the refitted native models).
+    """
     params = dict(config.trainer_params.get(name, {}))
     if config.augment:
         params["augment"] = True
@@ -110,24 +99,34 @@ def run_candidate(
         stage = "metrics"
         metrics = split_metrics(scorer.predict_proba, data, fwd_returns, window=scorer.window)
         fields["metrics"] = metrics
-        paired = _paired_counts(scorer.predict_proba(test_x), baseline_test_proba, data.y_test)
+        blocks = {data.split.test.start: scorer.predict_proba(test_x)}
+
+        stage = "walk_forward"
+        with _timed(timings, "walk_forward_seconds"):
+            wf = _walk_forward(
+                name,
+                params,
+                config,
+                data,
+                fwd_returns,
+                model=model,
+                factory=monitor_factory,
+                predictions=blocks,
+            )
+        fields["walk_forward"] = wf
+        paired = paired_counts(data.labels, blocks, yardstick.blocks, yardstick.name)
         fields["baseline_comparison"] = BaselineComparison(
+            baseline=paired.baseline,
+            rows=paired.rows,
+            blocks=len(blocks),
             candidate_only=paired.candidate_only,
             baseline_only=paired.baseline_only,
             p_value=paired.p_value,
         )
 
-        stage = "walk_forward"
-        with _timed(timings, "walk_forward_seconds"):
-            wf = _walk_forward(
-                name, params, config, data, fwd_returns, model=model, factory=monitor_factory
-            )
-        fields["walk_forward"] = wf
-
         stage = "gates"
         verdicts = evaluate_gates(
             metrics.model_dump(),
-            baseline_test,
             parity,
             config.gates,
             paired,
@@ -178,6 +177,7 @@ def _walk_forward(
     *,
     model: FittedModel,
     factory: Callable[[], TrainingMonitor],
+    predictions: dict[int, npt.NDArray[np.float64]],
 ) -> WalkForwardRecord | None:
     """The candidate's walk-forward record; None when the config turns it off."""
     if not config.walk_forward_folds:
@@ -193,18 +193,5 @@ def _walk_forward(
         seed=config.seed,
         last_model=model,
         monitor_factory=factory,
-    )
-
-
-def _paired_counts(
-    candidate: npt.NDArray[np.float64],
-    baseline: npt.NDArray[np.float64],
-    y: npt.NDArray[np.float64],
-) -> PairedCounts:
-    """Discordant test rows of candidate vs baseline, at the 0.5 decision threshold."""
-    cand_right = (candidate >= 0.5) == (y == 1.0)
-    base_right = (baseline >= 0.5) == (y == 1.0)
-    return PairedCounts(
-        candidate_only=int(np.sum(cand_right & ~base_right)),
-        baseline_only=int(np.sum(base_right & ~cand_right)),
+        predictions=predictions,
     )

@@ -118,8 +118,16 @@ class CandidateError(_Record):
 
 
 class BaselineComparison(_Record):
-    """Candidate vs naive baseline on the test rows: the discordant pairs and the sign test."""
+    """Candidate vs the yardstick baseline on the out-of-sample rows: discordant pairs, sign test.
 
+    ``rows`` pools the test split and the earlier walk-forward test blocks
+    (``blocks`` of them); records from before 2026-12 compared the test split
+    with the majority class only and lack the first three fields.
+    """
+
+    baseline: str = "naive"
+    rows: int | None = None
+    blocks: int = 1
     candidate_only: int
     baseline_only: int
     p_value: float
@@ -234,6 +242,9 @@ class ModelMetadata(_Record):
     metrics: SplitMetrics | None
     walk_forward: WalkForwardRecord | None
     baseline: BaselineRecord
+    """The yardstick: the naive baseline more accurate on validation."""
+    baselines: tuple[BaselineRecord, ...] = ()
+    """Every naive baseline of the run (majority class, persistence); empty before 2026-12."""
     candidates: tuple[CandidateRecord, ...]
     gates: tuple[GateVerdict, ...]
     warnings: tuple[MonitorWarning, ...]

@@ -16,16 +16,16 @@ from functools import partial
 from pathlib import Path
 from typing import Final
 
-from monitors.base import NullMonitor, TrainingMonitor
+from monitors.base import TrainingMonitor
 from monitors.drift import FeatureReference
 from monitors.training import build_monitor
-from trainers.candidate import MODEL_FILE, CandidateRun, run_candidate, split_metrics
-from trainers.config import TrainConfig, json_safe
+from trainers.baselines import MAJORITY, PERSISTENCE, choose_yardstick, fit_yardsticks
+from trainers.candidate import MODEL_FILE, CandidateRun, run_candidate
+from trainers.config import TrainConfig
 from trainers.data import Bars, validate_symbol
 from trainers.features import FEATURE_SPEC, TrainingMatrix, training_matrix
-from trainers.metadata import BaselineRecord, DataRange, ModelMetadata, SplitRecord
+from trainers.metadata import DataRange, ModelMetadata, SplitRecord
 from trainers.repro import bars_sha256, config_sha256, package_versions
-from trainers.table import make_trainer
 
 METADATA_FILE: Final = "metadata.json"
 
@@ -53,10 +53,17 @@ def train_symbol(
     """Train every configured candidate on ``bars``, gate them, keep the best one.
 
     Steps: ``training_matrix(bars)``; ``chronological_split`` of its rows with
-    embargo ``FEATURE_SPEC.lookback + label_horizon``; the naive baseline; each
-    candidate (``trainers.candidate``) with a fresh monitor from
-    ``monitor_factory`` (default: ``config.monitor``'s rules); the passing
-    candidate with the best ``candidate_score`` becomes ``out_dir/model.onnx``.
+    embargo ``FEATURE_SPEC.lookback + label_horizon``; the naive baselines
+    (majority class and persistence, ``trainers.baselines``), the one better on
+    validation being the yardstick every candidate must beat; each candidate
+    (``trainers.candidate``) with a fresh monitor from ``monitor_factory``
+    (default: ``config.monitor``'s rules); the passing candidate with the best
+    ``candidate_score`` becomes ``out_dir/model.onnx``.
+
+    When persistence is the yardstick it is also a candidate itself, judged
+    against the majority class on the test split alone (validation chose it, so
+    rows that overlap validation would flatter it): a series whose best
+    predictor is "same direction as the last bar" can still be served that rule.
 
     Recorded metrics are those of the exported ONNX model on the same test rows
     for every candidate, so they can be reproduced exactly::
@@ -93,12 +100,14 @@ def train_symbol(
     (out_dir / MODEL_FILE).unlink(missing_ok=True)
 
     t = time.perf_counter()
-    # The baseline is a yardstick, not a candidate: nothing for a monitor to stop.
-    baseline = make_trainer("naive").fit(data, NullMonitor(), config.seed)
-    baseline_metrics = split_metrics(baseline.predict_proba, data, matrix.fwd_returns, window=1)
-    baseline_test_proba = baseline.predict_proba(data.X_test)
+    baselines = fit_yardsticks(data, matrix.fwd_returns, config)
+    yardstick = choose_yardstick(baselines)
+    majority = next(b for b in baselines if b.name == MAJORITY)
     timings["baseline_seconds"] = time.perf_counter() - t
 
+    names = list(config.trainers)
+    if yardstick.name == PERSISTENCE and PERSISTENCE not in names:
+        names.append(PERSISTENCE)
     t = time.perf_counter()
     runs = [
         run_candidate(
@@ -107,12 +116,11 @@ def train_symbol(
             config=config,
             data=data,
             fwd_returns=matrix.fwd_returns,
-            baseline_test=baseline_metrics.test,
-            baseline_test_proba=baseline_test_proba,
+            yardstick=majority.test_split_only(data) if name == yardstick.name else yardstick,
             out_dir=out_dir,
             monitor_factory=factory,
         )
-        for index, name in enumerate(config.trainers)
+        for index, name in enumerate(names)
     ]
     timings["candidates_seconds"] = time.perf_counter() - t
 
@@ -141,9 +149,8 @@ def train_symbol(
         ),
         metrics=chosen.metrics if chosen else None,
         walk_forward=chosen.walk_forward if chosen else None,
-        baseline=BaselineRecord(
-            trainer="naive", params=json_safe(dict(baseline.params)), metrics=baseline_metrics
-        ),
+        baseline=yardstick.record(),
+        baselines=tuple(b.record() for b in baselines),
         candidates=tuple(r.record for r in runs),
         gates=chosen.gates if chosen else (),
         warnings=chosen.warnings if chosen else (),

@@ -42,13 +42,16 @@ def walk_forward(
     seed: int,
     last_model: FittedModel,
     monitor_factory: Callable[[], TrainingMonitor],
+    predictions: dict[int, npt.NDArray[np.float64]] | None = None,
 ) -> WalkForwardRecord:
     """Per-fold test metrics and, per metric, their mean and sample std (ddof=1) over folds.
 
     Data too small for ``folds`` folds gives ``skipped`` (a reason) and a fold
     whose fit fails gives ``error``; both leave the statistics out rather than
     failing the candidate. ``data`` and ``last_model`` are the pipeline's split
-    and its model.
+    and its model. ``predictions``, when given, receives each refitted fold's
+    up-probabilities on its test block, by the block's first row: out-of-sample
+    rows for the baseline test (``trainers.baselines``).
     """
     try:
         splits = walk_forward_splits(
@@ -75,6 +78,8 @@ def walk_forward(
                 error = FoldError(fold=index, type=type(exc).__name__, message=str(exc))
                 return WalkForwardRecord(folds=folds, error=error, per_fold=tuple(per_fold))
         proba = model.predict_proba(fold.inputs("test", model.window))
+        if predictions is not None and monitor is not None:
+            predictions[split.test.start] = proba
         metrics = classification_metrics(fold.y("test"), proba, fwd_returns[split.test])
         fold_metrics.append(metrics)
         per_fold.append(

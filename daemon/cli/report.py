@@ -121,7 +121,8 @@ def recommendation(
     meta = metas[slots.champion]
     parts = [
         f"Keep champion {slots.champion} ({meta.trainer}, test accuracy "
-        f"{pct(meta.test_accuracy)} vs naive baseline {pct(meta.baseline_test_accuracy)})."
+        f"{pct(meta.test_accuracy)} vs {meta.baseline.trainer} baseline "
+        f"{pct(meta.baseline_test_accuracy)})."
     ]
     wf = meta.walk_forward
     accuracy = None if wf is None else wf.stats.get("accuracy")
@@ -247,7 +248,8 @@ def _version_section(version: str, slot: str, meta: ModelMetadata) -> list[str]:
         "",
         f"Created {meta.created_at}; {data.n_bars} bars "
         f"({ts(data.first_ts)} .. {ts(data.last_ts)}); served trainer "
-        f"{meta.trainer}; naive baseline test accuracy {pct(meta.baseline_test_accuracy)}.",
+        f"{meta.trainer}; {meta.baseline.trainer} baseline test accuracy "
+        f"{pct(meta.baseline_test_accuracy)}.",
         f"Pipeline verdict: {meta.reason or '-'}",
         "",
     ]

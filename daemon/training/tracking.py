@@ -89,8 +89,13 @@ def run_fields(run: TrackedRun) -> tuple[dict[str, str], dict[str, float], dict[
             "data.sha256": meta.data.sha256,
         }
         metrics |= _split_metrics("", meta.metrics)
-        metrics |= _split_metrics("naive.", meta.baseline.metrics)
-        tags |= {"ctd.trainer": meta.trainer, "ctd.reason": meta.reason}
+        for baseline in meta.baselines or (meta.baseline,):
+            metrics |= _split_metrics(f"{baseline.trainer}.", baseline.metrics)
+        tags |= {
+            "ctd.trainer": meta.trainer,
+            "ctd.reason": meta.reason,
+            "ctd.yardstick": meta.baseline.trainer,
+        }
         for cand in meta.candidates:
             for key, value in cand.params.items():
                 params[f"{cand.trainer}.{key}"] = value

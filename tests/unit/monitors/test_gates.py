@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 from monitors.gates import (
@@ -16,6 +17,7 @@ from monitors.gates import (
     candidate_score,
     evaluate_gates,
     fold_stability_gate,
+    min_test_accuracy_gate,
     min_test_rows_gate,
     onnx_parity_gate,
     train_val_gap_gate,
@@ -69,13 +71,93 @@ def test_val_test_consistency_boundary(val, test, passed):
     assert verdict.value == pytest.approx(abs(val - test))
 
 
-@pytest.mark.parametrize(("test", "passed"), [(0.52, False), (0.521, True), (0.519, False)])
-def test_beats_baseline_boundary(test, passed):
-    """A candidate must be strictly more accurate on test than the baseline; a tie fails."""
-    verdict = beats_baseline_gate(accs(0.6, 0.55, test), {"accuracy": 0.52})
+def sized(val: float, n_val: int, test: float, n_test: int) -> dict[str, dict[str, float]]:
+    return {"val": {"accuracy": val, "n": n_val}, "test": {"accuracy": test, "n": n_test}}
+
+
+@pytest.mark.parametrize(
+    ("val", "test", "n", "passed"),
+    [
+        (0.62, 0.553, 340, True),  # 6.7 points apart: over 0.05, but p ~ 0.33 (noise)
+        (0.62, 0.553, 20_000, False),  # the same gap on 20,000 rows each: p ~ 3e-4
+        (0.70, 0.55, 2000, False),  # 15 points on 2,000 rows
+        (0.60, 0.55, 100_000, True),  # precisely measured, but not over the threshold
+        (0.70, 0.50, 340, False),  # 20 points on 340 rows: real instability
+    ],
+)
+def test_val_test_consistency_fails_only_when_over_and_significant(val, test, n, passed):
+    """Noise-aware: the gap must exceed the threshold significantly at the level."""
+    verdict = val_test_consistency_gate(sized(val, n, test, n), 0.05, 0.05)
+    assert verdict.passed is passed
+    if not passed:
+        assert ", significantly (p=" in verdict.reason
+
+
+def test_val_test_consistency_p_value_is_the_one_sided_exceedance_test():
+    """The p-value in the reason is P(Z >= (gap - 0.05) / se), computed by hand."""
+    from scipy.stats import norm
+
+    se = math.sqrt(0.62 * 0.38 / 340 + 0.553 * 0.447 / 340)
+    p = norm.sf((0.067 - 0.05) / se)
+    verdict = val_test_consistency_gate(sized(0.62, 340, 0.553, 340), 0.05, 0.05)
+    assert f"p={p:.4f}" in verdict.reason
+    assert verdict.passed is True
+
+
+def test_val_test_consistency_without_row_counts_fails_when_alpha_is_set():
+    """The significance needs the split sizes; missing ones fail rather than guess."""
+    verdict = val_test_consistency_gate(accs(0.6, 0.6, 0.5), 0.05, 0.05)
+    assert verdict.passed is False and "row count is missing" in verdict.reason
+
+
+def rejection_rate(val_acc: float, test_acc: float, trials: int, alpha: float | None) -> float:
+    rng = np.random.default_rng(7)
+    n = 340
+    val = rng.binomial(n, val_acc, trials) / n
+    test = rng.binomial(n, test_acc, trials) / n
+    verdicts = (
+        val_test_consistency_gate(sized(v, n, t, n), 0.05, alpha)
+        for v, t in zip(val, test, strict=True)
+    )
+    return float(np.mean([not v.passed for v in verdicts]))
+
+
+def test_val_test_consistency_false_rejection_rate_of_good_models():
+    """Simulation on 340 val / 340 test rows: a stable model of true accuracy 0.60 is
+    rejected about one time in five by the bare threshold, far below 5% by the
+    noise-aware gate; a model 15 points worse on test is still rejected most times."""
+    bare = rejection_rate(0.60, 0.60, 4000, None)
+    aware = rejection_rate(0.60, 0.60, 20_000, 0.05)
+    unstable = rejection_rate(0.65, 0.50, 4000, 0.05)
+    assert 0.12 < bare < 0.28
+    # Expected ~0.003; 20,000 trials put the estimate within 0.0012 of it (3 SE).
+    assert aware < 0.01
+    assert unstable > 0.6
+
+
+def paired(cand_only: int, base_only: int, rows: int = 1000, base_right: int = 520):
+    return PairedCounts(cand_only, base_only, rows, base_right, "persistence")
+
+
+@pytest.mark.parametrize(("cand_only", "base_only", "passed"), [(80, 80, False), (81, 80, True)])
+def test_beats_baseline_boundary(cand_only, base_only, passed):
+    """The candidate must be right more often than the baseline on the pooled rows; a tie fails."""
+    verdict = beats_baseline_gate(paired(cand_only, base_only))
     assert verdict.passed is passed
     assert verdict.threshold == 0.52
-    assert "baseline 0.520" in verdict.reason
+    assert "persistence baseline 0.520 on 1000 rows" in verdict.reason
+
+
+@pytest.mark.parametrize(("test", "passed"), [(0.55, False), (0.551, True), (None, False)])
+def test_min_test_accuracy_floor(test, passed):
+    """The optional absolute floor passes strictly above it; it is off unless configured."""
+    assert min_test_accuracy_gate(accs(0.6, 0.55, test), 0.55).passed is passed
+    gates = {
+        v.gate for v in evaluate_gates(accs(0.6, 0.55, 0.5), 0.0, GateConfig(), paired(90, 40))
+    }
+    assert "min_test_accuracy" not in gates
+    floor = GateConfig(min_test_accuracy=0.55)
+    assert "min_test_accuracy" in {v.gate for v in evaluate_gates(accs(0.6, 0.55, 0.5), 0.0, floor)}
 
 
 @pytest.mark.parametrize(("diff", "passed"), [(1e-4, True), (1.01e-4, False), (0.0, True)])
@@ -93,8 +175,8 @@ def test_onnx_parity_boundary(diff, passed):
         train_val_gap_gate(accs(0.6, math.nan, 0.5), 0.2),
         val_test_consistency_gate(accs(0.6, 0.5, None), 0.05),
         val_test_consistency_gate({"train": {"accuracy": 0.6}}, 0.05),
-        beats_baseline_gate(accs(0.6, 0.5, 0.6), {"accuracy": None}),
-        beats_baseline_gate(accs(0.6, 0.5, None), {"accuracy": 0.5}),
+        beats_baseline_gate(None),
+        beats_baseline_gate(PairedCounts(3, 1)),  # rows unknown
         onnx_parity_gate(None, 1e-4),
         onnx_parity_gate(math.nan, 1e-4),
         onnx_parity_gate(math.inf, 1e-4),
@@ -111,10 +193,9 @@ def test_evaluate_gates_order_and_pass():
     """evaluate_gates returns every gate in a fixed order, all passing for a sound candidate."""
     verdicts = evaluate_gates(
         accs(0.62, 0.58, 0.57),
-        {"accuracy": 0.51},
         3e-7,
         GateConfig(),
-        PairedCounts(60, 35),
+        PairedCounts(60, 35, 400, 204),
         test_rows=400,
     )
     assert [v.gate for v in verdicts] == [
@@ -137,9 +218,7 @@ def test_evaluate_gates_uses_config_thresholds():
         require_beat_baseline=False,
         max_parity_diff=1e-9,
     )
-    verdicts = {
-        v.gate: v for v in evaluate_gates(accs(0.62, 0.58, 0.40), {"accuracy": 0.9}, 1e-6, config)
-    }
+    verdicts = {v.gate: v for v in evaluate_gates(accs(0.62, 0.58, 0.40), 1e-6, config)}
     assert set(verdicts) == {
         "min_test_rows",
         "train_val_gap",
@@ -195,7 +274,7 @@ def test_fold_stability_boundary(std, passed):
 
 def test_fold_stability_runs_only_when_configured():
     """Without max_fold_accuracy_std there is no fold gate; with it, the std is judged."""
-    args = (accs(0.62, 0.58, 0.57), {"accuracy": 0.51}, 3e-7)
+    args = (accs(0.62, 0.58, 0.57), 3e-7)
     off = evaluate_gates(*args, GateConfig(), PairedCounts(60, 35), test_rows=400)
     on = evaluate_gates(
         *args,

@@ -300,7 +300,7 @@ def test_a_price_the_features_cannot_represent_costs_its_rows_not_the_run(tmp_pa
     assert strict_json(tmp_path / "out" / "metadata.json")["data"]["excluded_rows"] == (
         data.excluded_rows
     )
-    assert [c.error for c in result.metadata.candidates] == [None]
+    assert all(c.error is None for c in result.metadata.candidates)
 
 
 def test_too_few_bars_raises(tmp_path):
