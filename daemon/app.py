@@ -63,6 +63,7 @@ from daemon.training.recovery import recover_runs
 from daemon.training.scheduler import Backoff, JobOutcome, RetrainScheduler
 from daemon.training.tracking import MlflowTracker, TrackingWorker
 from daemon.training.trigger import RetrainTrigger, TriggerPolicy
+from daemon.training.window import FinishedWindows
 from daemon.training.worker import JobSpec, run_job
 from deploy.alerts import AlertSink, WebhookNotifier
 from deploy.durable import write_atomic
@@ -235,7 +236,7 @@ class Daemon:
             s,
             registry=self.registry,
             metrics=m,
-            trigger=self.request_retrain,
+            trigger=self._monitor_retrain,
             served=self.ownership.served,
             quarantine=self.quarantine,
         )
@@ -247,9 +248,10 @@ class Daemon:
         # Worker processes share the cores with each other: OpenMP thread pools in
         # xgboost contending on 2 cores cost 30-45% of a fit (bench/e2e.py profile).
         os.environ.setdefault("OMP_NUM_THREADS", "1")
+        windows = FinishedWindows()  # a job on the bars of the last finished run is dropped
         self.scheduler = RetrainScheduler(
             workers=s.train_workers,
-            make_spec=partial(job_spec, s, s.train_config, self.registry),
+            make_spec=partial(job_spec, s, s.train_config, self.registry, windows=windows),
             staging_root=s.paths.staging,
             timeout_seconds=s.train_timeout_seconds,
             on_done=self._on_job_done,
@@ -274,6 +276,8 @@ class Daemon:
             metrics=m,
             tracking=self.tracking,
             on_trained=self._mark_trained,
+            on_covered=self._mark_covered,
+            windows=windows,
         )
         m.retrain_queue_depth.set_function(lambda: self.scheduler.pending)
         m.training_running.set_function(lambda: self.scheduler.running)
@@ -418,8 +422,16 @@ class Daemon:
 
     # -- training and commands ----------------------------------------------------------
     def request_retrain(self, symbol: str, reason: str = "command") -> bool:
-        """A retrain requested by an operator or a live monitor, regardless of the bar-count
-        policy (still coalesced and backed off by the scheduler)."""
+        """A retrain requested by an operator, regardless of the bar-count policy and forced: it
+        trains even on the very bars of the last finished run (daemon.training.window). Still
+        coalesced and backed off by the scheduler; False for a quarantined symbol."""
+        if symbol in self.quarantine:
+            return False
+        return self.scheduler.request(symbol, self.trigger.count(symbol), reason, force=True)
+
+    def _monitor_retrain(self, symbol: str, reason: str) -> bool:
+        """A retrain a live monitor or the cron schedule asks for, regardless of the bar-count
+        policy; dropped if it would train on the bars of the last finished run."""
         return self.trigger.request(symbol, reason)
 
     def handle_command(self, command: Command) -> RegistryEvent | None:
@@ -468,6 +480,18 @@ class Daemon:
         try:
             self.store.mark_trained(symbol, kept, time.time())
         except StoreError as exc:  # the count in memory stands; the store catches up next run
+            _log.error("mark_trained_failed", symbol=symbol, error=str(exc))
+
+    def _mark_covered(self, symbol: str, bar_count: int) -> None:
+        """A job dropped on the bars of the last run: that run covered ``bar_count`` bars. The
+        mark keeps the run's time, which start-up recovery compares with the ledger's last
+        line (daemon.training.recovery): a later one would read as a lost run."""
+        kept = self.trigger.trained(symbol, bar_count)
+        try:
+            mark = self.store.trained_state().get(symbol)
+            if mark is not None and mark[0] < kept:
+                self.store.mark_trained(symbol, kept, mark[1])
+        except StoreError as exc:
             _log.error("mark_trained_failed", symbol=symbol, error=str(exc))
 
     def _on_job_done(self, outcome: JobOutcome) -> None:

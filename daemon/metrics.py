@@ -24,6 +24,7 @@ from deploy.quarantine import Quarantined
 from monitors.rules import WARNING_KINDS
 
 TRAINING_OUTCOMES = ("champion", "shadow", "rejected", "failed")
+RETRAIN_SKIP_REASONS = ("same_data", "few_new_bars")  # daemon.training.window.SkipReason
 INGEST_ERROR_KINDS = ("store", "kafka", "undecodable")
 IMPLAUSIBLE_RULES = ("future", "jump", "symbol_cap")  # daemon.kafka.plausibility.Rule
 PUBLISH_OUTCOMES = ("acked", "failed")
@@ -252,6 +253,14 @@ class Metrics:
             ["symbol", "outcome"],
             registry=r,
         )
+        self.retrains_skipped = Counter(
+            "ctd_retrains_skipped_total",
+            "Retrain jobs dropped untrained because they would repeat the symbol's last finished"
+            " run, by reason: same_data (its very bars), few_new_bars (fewer new bars than"
+            " retrain_min_new_bars, none changed).",
+            ["symbol", "reason"],
+            registry=r,
+        )
         self.training_duration = Histogram(
             "ctd_training_duration_seconds",
             "Wall time of a training job, trigger to registry, by outcome.",
@@ -404,6 +413,8 @@ class Metrics:
             counter.labels(symbol)
         for outcome in TRAINING_OUTCOMES:
             self.training_runs.labels(symbol, outcome)
+        for reason in RETRAIN_SKIP_REASONS:
+            self.retrains_skipped.labels(symbol, reason)
 
     def forget_symbol(self, symbol: str) -> None:
         """Remove every series of ``symbol`` (handed over to another daemon): a daemon exports

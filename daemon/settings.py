@@ -174,6 +174,9 @@ class Settings(BaseSettings):
     # Retraining.
     min_bars: int = Field(500, ge=50)
     retrain_every_bars: int = Field(250, ge=1)
+    # A retrain with fewer new bars than this since the last finished run's window, none of
+    # them changed, is dropped (daemon.training.window); 0: only identical windows are.
+    retrain_min_new_bars: int = Field(0, ge=0)
     train_window_bars: int = Field(5000, ge=50)
     train_workers: int = Field(1, ge=1, le=64)
     train_timeout_seconds: float = Field(1800.0, gt=0)
@@ -353,6 +356,11 @@ class Settings(BaseSettings):
             raise ValueError("val_fraction + test_fraction must leave at least 20% for training")
         if self.walk_forward_folds == 1:
             raise ValueError("walk_forward_folds must be 0 (off) or at least 2")
+        if self.retrain_min_new_bars > self.retrain_every_bars:
+            raise ValueError(
+                f"retrain_min_new_bars must be <= retrain_every_bars ({self.retrain_every_bars}),"
+                f" got {self.retrain_min_new_bars}: the retrains new bars trigger would be dropped"
+            )
         unknown = set(self.trainer_params) - set(self.trainers)
         if unknown:
             raise ValueError(f"trainer_params names trainers not in trainers: {sorted(unknown)}")

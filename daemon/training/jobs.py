@@ -1,7 +1,9 @@
 """What a training job of a symbol is given, shared by the daemon and `ctd train`.
 
 One place derives the TrainConfig from settings and applies the first-champion
-significance budget, so offline training follows the daemon's rules exactly.
+significance budget, so offline training follows the daemon's rules exactly; the
+daemon's jobs also carry the window of the symbol's last finished run, so that a job
+that would only repeat it is dropped (``daemon.training.window``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path
 
 from daemon.settings import Settings
 from daemon.training.scheduler import TrainJob
+from daemon.training.window import FinishedWindows
 from daemon.training.worker import JobSpec
 from deploy.registry import Registry
 from monitors.gates import bootstrap_alpha
@@ -19,9 +22,16 @@ from trainers.metadata import ModelMetadata
 
 
 def job_spec(
-    settings: Settings, base: TrainConfig, registry: Registry, job: TrainJob, staging: Path
+    settings: Settings,
+    base: TrainConfig,
+    registry: Registry,
+    job: TrainJob,
+    staging: Path,
+    *,
+    windows: FinishedWindows | None = None,
 ) -> JobSpec:
-    """What a worker process is told for ``job``: where the bars are, the window, the config."""
+    """What a worker process is told for ``job``: where the bars are, the window, the config,
+    and the window of the symbol's last finished run in ``windows`` (none for a forced job)."""
     return JobSpec(
         symbol=job.symbol,
         run_id=job.run_id,
@@ -30,6 +40,8 @@ def job_spec(
         staging_dir=staging,
         config=job_config(base, registry, job.symbol),
         log_level=settings.log_level,
+        previous=None if windows is None or job.force else windows.get(job.symbol),
+        min_new_bars=settings.retrain_min_new_bars,
     )
 
 

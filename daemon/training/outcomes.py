@@ -4,7 +4,10 @@ One implementation for the daemon (on the retrain supervisor thread, worker
 outcomes) and for ``ctd train`` (an in-process run from a CSV file). Workers
 only stage a model; registering it here keeps one writer of the registry per
 process. A rejected candidate and a failed run change no slot but leave a ledger
-line, so a symbol's history explains every run.
+line, so a symbol's history explains every run. A job the worker dropped because it
+would repeat the last finished run (``daemon.training.window``) trained nothing: it is
+counted and logged, with no ledger line. Once a run is recorded (passed or rejected),
+its bar window is what the symbol's next job is compared with.
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ from daemon.metrics import Metrics
 from daemon.training.jobs import candidate_summary
 from daemon.training.scheduler import JobOutcome
 from daemon.training.tracking import TrackedRun, TrackingWorker
+from daemon.training.window import DataWindow, FinishedWindows, Skip
 from deploy.events import EventKind, RegistryEvent, utc_now
 from deploy.registry import METADATA_FILE, Registry
 from trainers.metadata import ModelMetadata
 
 _log = get_logger(component="outcomes")
 
-RunResult = Literal["champion", "shadow", "rejected", "failed"]
+RunResult = Literal["champion", "shadow", "rejected", "failed", "skipped"]
 
 
 class Placer(Protocol):
@@ -49,7 +53,11 @@ class RunRecorder:
     """Records finished (not cancelled) runs.
 
     ``on_trained(symbol, bar_count)`` is told of every run that produced a
-    metadata document (passed or rejected), so the trigger policy counts from it.
+    metadata document (passed or rejected), so the trigger policy counts from it:
+    the bars stored when the worker loaded them (at least the count the job was
+    requested at). ``on_covered(symbol, bar_count)``, of a job dropped as ``same_data``:
+    the last run covered that many bars too (no run happened, so no new training time).
+    ``windows`` gets the bar window of each run once it is recorded.
     """
 
     registry: Registry
@@ -57,10 +65,15 @@ class RunRecorder:
     metrics: Metrics
     tracking: TrackingWorker | None = None
     on_trained: Callable[[str, int], None] | None = None
+    on_covered: Callable[[str, int], None] | None = None
+    windows: FinishedWindows | None = None
     actor: str = "daemon"
 
     def record(self, outcome: JobOutcome) -> RecordedRun:
         job, meta = outcome.job, outcome.metadata
+        if outcome.skipped is not None:
+            self._record_skip(outcome, outcome.skipped)
+            return RecordedRun("skipped")
         if not outcome.ok or meta is None:
             self._record_failure(outcome)
             self._track(outcome, "failed")
@@ -75,10 +88,11 @@ class RunRecorder:
                 first_ts=meta.data.excluded_first_ts,
             )
         if self.on_trained is not None:
-            self.on_trained(job.symbol, job.bar_count)
-        if meta.passed:
-            return self._register(outcome, meta)
-        return self._reject(outcome, meta)
+            self.on_trained(job.symbol, max(job.bar_count, outcome.stored_bars or 0))
+        recorded = self._register(outcome, meta) if meta.passed else self._reject(outcome, meta)
+        if self.windows is not None:
+            self.windows.record(job.symbol, DataWindow.of_run(meta.data))
+        return recorded
 
     def _register(self, outcome: JobOutcome, meta: ModelMetadata) -> RecordedRun:
         job, m = outcome.job, self.metrics
@@ -115,6 +129,23 @@ class RunRecorder:
         _log.info("candidate_rejected", symbol=job.symbol, run_id=job.run_id, reason=meta.reason)
         self._track(outcome, "rejected")
         return RecordedRun("rejected", None, (event,))
+
+    def _record_skip(self, outcome: JobOutcome, skip: Skip) -> None:
+        job, window = outcome.job, skip.window
+        self.metrics.retrains_skipped.labels(job.symbol, skip.reason).inc()
+        if skip.reason == "same_data" and self.on_covered is not None:
+            self.on_covered(job.symbol, max(job.bar_count, outcome.stored_bars or 0))
+        _log.info(
+            "retrain_skipped",
+            symbol=job.symbol,
+            run_id=job.run_id,
+            skip=skip.reason,
+            reason=job.reason,
+            new_bars=skip.new_bars,
+            n_bars=window.n_bars,
+            first_ts=window.first_ts,
+            last_ts=window.last_ts,
+        )
 
     def _record_failure(self, outcome: JobOutcome) -> None:
         job = outcome.job

@@ -3,7 +3,10 @@
 At most one running and one pending job per symbol (later requests coalesce
 into the pending one), at most ``workers`` processes at once, failed symbols
 back off exponentially (capped) so a poisoned symbol cannot monopolise the pool.
-When a symbol is due is ``daemon.training.trigger``'s business.
+When a symbol is due is ``daemon.training.trigger``'s business; whether a launched job
+would only repeat the symbol's last finished run, ``daemon.training.window``'s (a job's
+spec is made when it launches, after the previous run of its symbol was reported, so
+a job queued behind a run is judged against that run).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.logs import get_logger
+from daemon.training.window import Skip
 from daemon.training.worker import JobSpec, WorkerReply, run_job
 from trainers.metadata import ModelMetadata
 
@@ -46,16 +50,22 @@ class Backoff:
 
 @dataclass(frozen=True, slots=True)
 class TrainJob:
+    """A retrain of ``symbol`` requested when it had ``bar_count`` bars. ``force``: train even
+    on the bars of its last finished run (an operator's command)."""
+
     symbol: str
     run_id: str
     bar_count: int
     reason: str
     requested_at: float
+    force: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class JobOutcome:
-    """How a job ended. ``metadata`` is the run's, when the worker sent it."""
+    """How a job ended. ``metadata`` is the run's, when the worker sent it; ``skipped`` (with
+    ``ok``) when the worker dropped the job untrained; ``stored_bars``: the symbol's bar count
+    when the worker loaded its bars, if it got that far."""
 
     job: TrainJob
     ok: bool
@@ -64,6 +74,8 @@ class JobOutcome:
     metadata: ModelMetadata | None = None
     error: str | None = None
     cancelled: bool = False
+    skipped: Skip | None = None
+    stored_bars: int | None = None
 
 
 @dataclass(slots=True)
@@ -162,18 +174,21 @@ class RetrainScheduler:
         self._ctx.set_forkserver_preload([run_job.__module__, *preload])
 
     # -- public API (any thread) -------------------------------------------------
-    def request(self, symbol: str, bar_count: int, reason: str) -> bool:
-        """Queue a retrain; False when coalesced into a pending job or backing off."""
+    def request(self, symbol: str, bar_count: int, reason: str, *, force: bool = False) -> bool:
+        """Queue a retrain; False when coalesced into a pending job or backing off. A pending
+        job takes the newest ``bar_count``, and is forced if any of its requests was."""
         with self._lock:
             if self._clock() < self._not_before.get(symbol, 0.0):
                 return False
             if symbol in self._pending:
                 old = self._pending[symbol]
                 self._pending[symbol] = TrainJob(
-                    symbol, old.run_id, bar_count, old.reason, old.requested_at
+                    symbol, old.run_id, bar_count, old.reason, old.requested_at, old.force or force
                 )
                 return False
-            self._pending[symbol] = TrainJob(symbol, new_run_id(), bar_count, reason, time.time())
+            self._pending[symbol] = TrainJob(
+                symbol, new_run_id(), bar_count, reason, time.time(), force
+            )
         self._wake()
         return True
 
@@ -308,6 +323,8 @@ class RetrainScheduler:
                 run.reply = None
         if run.reply is None:
             self._finish(run, ok=False, error=describe_exit(run.process.exitcode))
+        elif run.reply.skipped is not None:
+            self._finish(run, ok=True)
         elif not run.reply.ok:
             self._finish(run, ok=False, error=run.reply.error)
         else:
@@ -345,6 +362,8 @@ class RetrainScheduler:
             metadata=run.reply.metadata if run.reply is not None else None,
             error=error,
             cancelled=cancelled,
+            skipped=run.reply.skipped if run.reply is not None else None,
+            stored_bars=run.reply.stored_bars if run.reply is not None else None,
         )
         try:
             self._on_done(outcome)

@@ -4,6 +4,8 @@ Policy: a symbol is due when it has at least ``min_bars`` bars and at least
 ``retrain_every_bars`` new bars since its last finished training. New bars
 from ingest are judged by the policy; an operator's command or a live monitor
 requests a retrain whatever the count (the queue still coalesces and backs off).
+Whether a job would only repeat the symbol's last finished run is judged when it
+starts, on the bars it loaded (``daemon.training.window``).
 """
 
 from __future__ import annotations

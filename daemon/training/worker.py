@@ -5,6 +5,10 @@ native library in training must not take ingest down. The child opens the store
 read-only, trains, writes its artifacts to a staging directory and sends back a
 small summary; the daemon (the registry's single writer) does the rest.
 
+Before training, the worker judges the bars it loaded against the window of the
+symbol's last finished run, and drops a job that would only repeat it
+(``daemon.training.window``).
+
 The daemon also owns the worker's lifetime: the worker ignores SIGINT and
 SIGTERM (a Ctrl-C in a terminal or a service manager signals the whole process
 group, and the daemon decides whether training finishes within the shutdown
@@ -22,6 +26,7 @@ from pathlib import Path
 
 from daemon.logs import configure_logging, get_logger
 from daemon.store.bars import BarStore
+from daemon.training.window import DataWindow, Skip, judge, load_size
 from trainers.config import TrainConfig
 from trainers.metadata import ModelMetadata
 from trainers.pipeline import train_symbol
@@ -29,7 +34,11 @@ from trainers.pipeline import train_symbol
 
 @dataclass(frozen=True, slots=True)
 class JobSpec:
-    """Everything a worker needs; picklable, no open handles."""
+    """Everything a worker needs; picklable, no open handles.
+
+    ``previous``: the window of the symbol's last finished run, None to train whatever the
+    bars (``daemon.training.window.judge``, with ``min_new_bars``).
+    """
 
     symbol: str
     run_id: str
@@ -38,15 +47,21 @@ class JobSpec:
     staging_dir: Path
     config: TrainConfig
     log_level: str
+    previous: DataWindow | None = None
+    min_new_bars: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerReply:
-    """What a worker sends back: the run's metadata, or why it failed."""
+    """What a worker sends back: the run's metadata, why it failed, or why it did not train
+    (``skipped``). ``stored_bars``: the symbol's bar count when the bars were loaded (read
+    first, so every bar it counts was loaded)."""
 
     metadata: ModelMetadata | None = None
     error: str | None = None
     traceback: str | None = None
+    skipped: Skip | None = None
+    stored_bars: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -62,16 +77,24 @@ def run_job(spec: JobSpec, conn: Connection) -> None:
     try:
         store = BarStore(spec.store_path, read_only=True)
         try:
-            bars = store.load(spec.symbol, last_n=spec.window_bars)
+            stored = store.count(spec.symbol)
+            size = load_size(spec.window_bars, spec.previous, spec.min_new_bars)
+            loaded = store.load(spec.symbol, last_n=size)
         finally:
             store.close()
-        log.info("training_started", bars=len(bars))
-        result = train_symbol(spec.symbol, bars, spec.config, spec.staging_dir)
-        reply = WorkerReply(metadata=result.metadata)
+        skip = judge(loaded, spec.window_bars, spec.previous, spec.min_new_bars)
+        if skip is not None:
+            reply = WorkerReply(skipped=skip, stored_bars=stored)
+        else:
+            bars = loaded.tail(spec.window_bars)
+            log.info("training_started", bars=len(bars))
+            result = train_symbol(spec.symbol, bars, spec.config, spec.staging_dir)
+            reply = WorkerReply(metadata=result.metadata, stored_bars=stored)
     except Exception as exc:
         log.error("training_error", error=str(exc), exc_info=True)
         reply = WorkerReply(
-            error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=20)
+            error=f"{type(exc).__name__}: {exc}",
+            traceback=traceback.format_exc(limit=20),
         )
     conn.send(reply)
     conn.close()

@@ -136,6 +136,9 @@ def test_cron_retrain_retrains_every_symbol_with_a_champion(
         job = daemon.schedules.job("cron-retrain")
         assert job is not None and "hour='3'" in str(job.trigger)
         before = trained("ALPHA")
+        # New bars since the champion: a retrain on its very bars would be dropped.
+        _send(producer, settings.topic_bars, gens["ALPHA"], "ALPHA", 50)
+        wait_for(lambda: daemon.store.count("ALPHA") == 1550, timeout=60, message="50 new bars")
 
         job.modify(next_run_time=datetime.now(UTC))  # the scheduler runs it now
         wait_for(lambda: trained("ALPHA") == before + 1, timeout=120, message="cron retrain")
