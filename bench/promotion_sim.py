@@ -17,6 +17,12 @@ Decisions come from ``deploy.sequential_batch.batch_decisions``, the vectorised 
 of ``PairedSequentialTest`` (tests/test_sequential.py pins that they agree);
 this script also replays the first ``--check`` trials of two scenarios through
 the class itself and fails loudly if any decision or decision bar differs.
+
+Section (d) runs the daemon's fleet-wide policy, e-LOND (``deploy.fdr``), with
+the functions the daemon uses: ``e_lond_alpha`` for each trial's promote level
+and ``deploy.sequential_batch.lockstep_decisions`` for trials that run side by
+side, the level of each following the promotions made so far. Each batch is a
+fresh fleet of 50 symbols whose trials start together, in a random index order.
 """
 
 from __future__ import annotations
@@ -24,23 +30,38 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 from scipy import stats
 
-from deploy.fdr import ebh
+from deploy.fdr import DEFAULT_HORIZON, RHO, e_lond_alpha, ebh
 from deploy.sequential import (
     Decision,
     PairedSequentialTest,
     PromotionTestConfig,
     log_e_values,
 )
-from deploy.sequential_batch import batch_decisions
+from deploy.sequential_batch import BatchDecisions, batch_decisions, lockstep_decisions
 
 Z_ONE_SIDED_05 = float(stats.norm.ppf(0.95))
+PER_SYMBOL, E_LOND = "per-symbol PROMOTE", "e-LOND, the daemon's policy"
+E_LOND_NEXT = "e-LOND, the next 50 trials"
+
+Bools = npt.NDArray[np.bool_]
+Floats = npt.NDArray[np.float64]
 
 
-def simulate(rng, trials, bars, *, champion_acc, shadow_acc, discordance):
+def simulate(
+    rng: np.random.Generator,
+    trials: int,
+    bars: int,
+    *,
+    champion_acc: float,
+    shadow_acc: float,
+    discordance: float,
+) -> tuple[Bools, Bools]:
     """Return (champion_correct, shadow_correct) boolean arrays of shape (trials, bars)."""
     gap = shadow_acc - champion_acc
     p_shadow_only = (discordance + gap) / 2
@@ -55,35 +76,41 @@ def simulate(rng, trials, bars, *, champion_acc, shadow_acc, discordance):
     return champion_only | both, shadow_only | both
 
 
-def correctness_correlation(champion_acc, shadow_acc, discordance):
+def correctness_correlation(champion_acc: float, shadow_acc: float, discordance: float) -> float:
     p_both = champion_acc - (discordance - (shadow_acc - champion_acc)) / 2
     cov = p_both - champion_acc * shadow_acc
     return cov / math.sqrt(champion_acc * (1 - champion_acc) * shadow_acc * (1 - shadow_acc))
 
 
-def naive_promotions(champ, shadow, config):
+def naive_promotions(
+    champ: Bools, shadow: Bools, config: PromotionTestConfig
+) -> tuple[Bools, Bools]:
     """One-sided McNemar z-test at 0.05, re-checked after every bar: (ever, at last bar only)."""
     s = np.cumsum(shadow & ~champ, axis=1)[:, config.min_samples - 1 : config.max_samples]
     f = np.cumsum(champ & ~shadow, axis=1)[:, config.min_samples - 1 : config.max_samples]
     with np.errstate(invalid="ignore", divide="ignore"):
         z = (s - f) / np.sqrt(s + f)
-    significant = np.nan_to_num(z, nan=0.0) > Z_ONE_SIDED_05
-    return significant.any(axis=1), significant[:, -1]
+    significant = np.asarray(np.nan_to_num(z, nan=0.0) > Z_ONE_SIDED_05, dtype=np.bool_)
+    ever: Bools = np.asarray(significant.any(axis=1), dtype=np.bool_)
+    last: Bools = significant[:, -1]
+    return ever, last
 
 
-def clopper_pearson(k, n, level=0.95):
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     lo = stats.beta.ppf((1 - level) / 2, k, n - k + 1) if k > 0 else 0.0
     hi = stats.beta.ppf(1 - (1 - level) / 2, k + 1, n - k) if k < n else 1.0
     return float(lo), float(hi)
 
 
-def rate(flags):
+def rate(flags: Bools) -> str:
     k, n = int(np.sum(flags)), len(flags)
     lo, hi = clopper_pearson(k, n)
     return f"{k / n:6.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def check_class(champ, shadow, config, outcome, rows):
+def check_class(
+    champ: Bools, shadow: Bools, config: PromotionTestConfig, outcome: BatchDecisions, rows: int
+) -> int:
     """Replay ``rows`` trials through PairedSequentialTest; raise if the twin disagrees."""
     for i in range(rows):
         test = PairedSequentialTest(config)
@@ -97,30 +124,32 @@ def check_class(champ, shadow, config, outcome, rows):
     return rows
 
 
-def ebh_batches(rng, config, *, batches, symbols, better_share, discordance):
-    """Mean FDP and power of three promotion policies over batches of symbols."""
+def fleet_batches(
+    rng: np.random.Generator,
+    order_rng: np.random.Generator,
+    config: PromotionTestConfig,
+    *,
+    batches: int,
+    symbols: int,
+    better_share: float,
+    discordance: float,
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Mean FDP and power of four promotion policies over batches of symbols, and of e-LOND
+    on a second batch of the same fleet (test indices 51-100, past the horizon, with the
+    first batch's discoveries). ``order_rng`` draws e-LOND's index orders and the second
+    batch (apart, so the other rows see the data they always saw)."""
     n_better = round(symbols * better_share)
     is_better = np.arange(symbols) < n_better
-    fdp = {"per-symbol PROMOTE": [], "e-BH, e frozen at decision": [], "e-BH at review bar": []}
-    power = {key: [] for key in fdp}
+    fdp: dict[str, list[float]] = {
+        PER_SYMBOL: [],
+        "e-BH, e frozen at decision": [],
+        "e-BH at review bar": [],
+        E_LOND: [],
+        E_LOND_NEXT: [],
+    }
+    power: dict[str, list[float]] = {key: [] for key in fdp}
     for _ in range(batches):
-        champ_b, shadow_b = simulate(
-            rng,
-            n_better,
-            config.max_samples,
-            champion_acc=0.50,
-            shadow_acc=0.55,
-            discordance=discordance,
-        )
-        champ_n, shadow_n = simulate(
-            rng,
-            symbols - n_better,
-            config.max_samples,
-            champion_acc=0.50,
-            shadow_acc=0.50,
-            discordance=discordance,
-        )
-        champ, shadow = np.vstack([champ_b, champ_n]), np.vstack([shadow_b, shadow_n])
+        champ, shadow = _fleet(rng, config, symbols, n_better, discordance)
         outcome = batch_decisions(champ, shadow, config)
         s_only = np.cumsum(shadow & ~champ, axis=1)
         c_only = np.cumsum(champ & ~shadow, axis=1)
@@ -130,10 +159,18 @@ def ebh_batches(rng, config, *, batches, symbols, better_share, discordance):
         review, _ = log_e_values(
             config.max_samples, s_only[:, -1], c_only[:, -1], config.min_effect
         )
+        e_lond = _e_lond(order_rng, champ, shadow, config, first_index=1, discoveries=0)
+        champ_next, shadow_next = _fleet(order_rng, config, symbols, n_better, discordance)
+        found = int(e_lond.promoted.sum())
+        e_lond_next = _e_lond(
+            order_rng, champ_next, shadow_next, config, first_index=symbols + 1, discoveries=found
+        )
         selections = {
-            "per-symbol PROMOTE": set(np.flatnonzero(outcome.promoted).tolist()),
+            PER_SYMBOL: set(np.flatnonzero(outcome.promoted).tolist()),
             "e-BH, e frozen at decision": _ebh_indices(frozen, config.alpha),
             "e-BH at review bar": _ebh_indices(review, config.alpha),
+            E_LOND: set(np.flatnonzero(e_lond.promoted).tolist()),
+            E_LOND_NEXT: set(np.flatnonzero(e_lond_next.promoted).tolist()),
         }
         for key, chosen in selections.items():
             wrong = sum(not is_better[i] for i in chosen)
@@ -142,18 +179,64 @@ def ebh_batches(rng, config, *, batches, symbols, better_share, discordance):
     return fdp, power
 
 
-def _ebh_indices(log_e, alpha):
+def _fleet(
+    rng: np.random.Generator,
+    config: PromotionTestConfig,
+    symbols: int,
+    n_better: int,
+    discordance: float,
+) -> tuple[Bools, Bools]:
+    """One batch: ``n_better`` shadows 5 points better, then the rest equal to champion."""
+    champ_b, shadow_b = simulate(
+        rng,
+        n_better,
+        config.max_samples,
+        champion_acc=0.50,
+        shadow_acc=0.55,
+        discordance=discordance,
+    )
+    champ_n, shadow_n = simulate(
+        rng,
+        symbols - n_better,
+        config.max_samples,
+        champion_acc=0.50,
+        shadow_acc=0.50,
+        discordance=discordance,
+    )
+    return np.vstack([champ_b, champ_n]), np.vstack([shadow_b, shadow_n])
+
+
+def _e_lond(
+    rng: np.random.Generator,
+    champ: Bools,
+    shadow: Bools,
+    config: PromotionTestConfig,
+    *,
+    first_index: int,
+    discoveries: int,
+) -> BatchDecisions:
+    """The batch's trials side by side at the daemon's e-LOND levels, test indices
+    ``first_index`` on in a random order, after ``discoveries`` earlier promotions."""
+    index = rng.permutation(len(champ)) + first_index
+
+    def levels(made: int) -> Floats:
+        return e_lond_alpha(config.alpha, index, discoveries + made, DEFAULT_HORIZON)
+
+    return lockstep_decisions(champ, shadow, config, levels)
+
+
+def _ebh_indices(log_e: Floats, alpha: float) -> set[int]:
     chosen = ebh({str(i): math.exp(min(v, 700.0)) for i, v in enumerate(log_e)}, alpha)
     return {int(i) for i in chosen}
 
 
-def mean_ci(values):
+def mean_ci(values: Sequence[float]) -> str:
     arr = np.asarray(values, dtype=float)
     half = 1.96 * arr.std(ddof=1) / math.sqrt(len(arr)) if len(arr) > 1 else 0.0
     return f"{arr.mean():6.3f} +- {half:.3f}"
 
 
-def main():
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=1000, help="trials per scenario")
     parser.add_argument("--seed", type=int, default=20250101)
@@ -223,8 +306,15 @@ def main():
     )
 
     batches, symbols = max(20, args.trials // 10), 50
-    fdp, power = ebh_batches(
-        rng, config, batches=batches, symbols=symbols, better_share=0.2, discordance=0.3
+    order_rng = np.random.default_rng([args.seed, 1])
+    fdp, power = fleet_batches(
+        rng,
+        order_rng,
+        config,
+        batches=batches,
+        symbols=symbols,
+        better_share=0.2,
+        discordance=0.3,
     )
     print(
         f"\n(d) {batches} batches of {symbols} symbols, 20% with a shadow 5 points better "
@@ -238,7 +328,21 @@ def main():
         print(f"{key:<30} {mean_ci(fdp[key]):>16} {mean_ci(power[key]):>16}")
     print(
         "e-BH guarantee holds for e-values at stopping times (both e-BH rows); the per-symbol "
-        "row controls each symbol's error, not the share."
+        "row controls each symbol's error, not the share; e-LOND (horizon "
+        f"{DEFAULT_HORIZON}, levels from the promotions so far) controls the share for "
+        "decisions made bar by bar, as the daemon makes them."
+    )
+    ratio = np.mean(power[E_LOND]) / np.mean(power[PER_SYMBOL])
+    print(
+        f"e-LOND power / per-symbol power = {ratio:.2f} (goal >= 0.80: "
+        + ("met" if ratio >= 0.8 else "NOT met")
+        + ")"
+    )
+    later = np.mean(power[E_LOND_NEXT]) / np.mean(power[PER_SYMBOL])
+    print(
+        f"'{E_LOND_NEXT}': the same fleet's trials {symbols + 1}-{2 * symbols}, past the "
+        f"horizon (gamma_t = rho H / (t (t - 1))) with the first {symbols} trials' discoveries: "
+        f"power ratio {later:.2f}; the budget left after the horizon is rho = {RHO}."
     )
     print(f"\nwall time {time.perf_counter() - started:.1f} s")
 

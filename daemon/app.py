@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry
 
 from daemon.actions import Command
 from daemon.api import ReadApi
-from daemon.errors import OperatorError, StoreError
+from daemon.errors import OperatorError, SettingsError, StoreError
 from daemon.fleet.handover import Handover
 from daemon.fleet.ownership import Ownership, member_id
 from daemon.http import make_app
@@ -69,8 +69,10 @@ from deploy.alerts import AlertSink, WebhookNotifier
 from deploy.durable import write_atomic
 from deploy.errors import DuplicateCommandError, FencedError, RegistryError
 from deploy.events import RegistryEvent
+from deploy.fdr import open_policy
 from deploy.live import LiveScorer
 from deploy.quarantine import Quarantine, Quarantined
+from deploy.registry.fleet_fdr import FdrMismatch
 from trainers.table import trainer_backends
 
 _log = get_logger(component="daemon")
@@ -220,12 +222,17 @@ class Daemon:
         s, m = self.settings, self.metrics
         announcer = self._announcer()
         stack.callback(lambda: announcer.close(5.0))
+        try:  # promotions across symbols: the fleet's procedure must be the one configured
+            policy = open_policy(s.promotion_fdr_config, self.registry.storage)
+        except FdrMismatch as exc:
+            raise SettingsError([f"CTD_PROMOTION_FDR_HORIZON: {exc}"]) from exc
         scorer = LiveScorer(
             self.registry,
             self.predictions,
             lambda symbol, n: self.store.load(symbol, last_n=n),
             s.promotion_config,
             quarantine=self.quarantine,
+            policy=policy,
         )
         publisher = PredictionPublisher(self.producer, s, scorer.model, m)
         self.live = LivePath(scorer, self.registry, announcer, m, publisher=publisher)

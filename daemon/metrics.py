@@ -61,7 +61,7 @@ class ModelAgeCollector(Collector):
 
 
 LiveRow = tuple[str, str, float | None]  # symbol, slot, rolling live accuracy
-TrialRow = tuple[str, float | None, int]  # symbol, log10 e-value, samples
+TrialRow = tuple[str, float | None, int, float | None]  # symbol, log10 e-value, samples, level
 
 
 class LiveCollector(Collector):
@@ -93,11 +93,19 @@ class LiveCollector(Collector):
             "Paired bars in the running shadow trial.",
             labels=["symbol"],
         )
-        for symbol, statistic, n in self._trials():
+        level = GaugeMetricFamily(
+            "ctd_promotion_level",
+            "log10 of the e-value at which the running trial promotes: log10(1/alpha) per "
+            "symbol, log10(1/alpha_t) under fleet-wide e-LOND.",
+            labels=["symbol"],
+        )
+        for symbol, statistic, n, promote_at in self._trials():
             if statistic is not None:
                 stat.add_metric([symbol], statistic)
             samples.add_metric([symbol], n)
-        yield from (acc, stat, samples)
+            if promote_at is not None:
+                level.add_metric([symbol], promote_at)
+        yield from (acc, stat, samples, level)
 
 
 class AlertDeliveriesCollector(Collector):

@@ -27,6 +27,7 @@ from pydantic_settings import (
 
 from daemon.errors import SettingsError
 from daemon.paths import DataPaths
+from deploy.fdr import DEFAULT_HORIZON, FdrConfig, Policy
 from deploy.sequential import PromotionTestConfig
 from monitors.gates import GateConfig
 from monitors.training import MonitorConfig
@@ -213,6 +214,15 @@ class Settings(BaseSettings):
     promotion_min_samples: int = Field(100, ge=1)
     promotion_max_samples: int = Field(2000, ge=1)
     promotion_min_effect: float = Field(0.0, ge=0, lt=1)
+    # Across symbols (deploy/fdr.py): e_lond keeps the expected share of wrong promotions
+    # among all promotions of every symbol in the registry (the fleet) at most
+    # promotion_alpha; per_symbol keeps each symbol's chance of a wrong promotion at most
+    # promotion_alpha instead (the share then grows with the number of symbols).
+    promotion_fdr: Policy = "e_lond"
+    # e_lond spreads its budget evenly over the fleet's first promotion_fdr_horizon trials,
+    # then tapers: about the number of symbols the fleet trades. Fixed by the fleet's first
+    # trial (registry fdr.json); a daemon set otherwise does not start.
+    promotion_fdr_horizon: int = Field(DEFAULT_HORIZON, ge=1)
     webhook_url: str | None = None
     # Published predictions (daemon/live/publish.py): signal +1 above signal_long_above, -1
     # below signal_short_below, else 0; canary_share of the bars (by a hash of symbol and bar)
@@ -340,6 +350,11 @@ class Settings(BaseSettings):
     def promotion_config(self) -> PromotionTestConfig:
         """The ``promotion_*`` settings as a new shadow trial's config."""
         return _prefixed(self, "promotion_", PromotionTestConfig)
+
+    @property
+    def promotion_fdr_config(self) -> FdrConfig:
+        """The ``promotion_fdr*`` settings: the policy across symbols."""
+        return FdrConfig(self.promotion_fdr, self.promotion_fdr_horizon)
 
     @property
     def monitor_config(self) -> MonitorConfig:

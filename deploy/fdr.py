@@ -1,8 +1,309 @@
-"""Promotion across many symbols: which shadows stay convincing after counting the tries."""
+"""Promotion across many symbols: a bound on the share of wrong promotions over the whole fleet.
+
+One trial (``deploy.sequential``) promotes a shadow that is not better with
+probability at most ``alpha``: a guarantee per symbol. Over a fleet of many
+symbols, retrained again and again, that still promotes some no-better shadows;
+the number an operator wants bounded is the false discovery rate, FDR = E[share
+of wrong promotions among all promotions]. Two procedures here, both on
+e-values (each trial's ``e_value_better`` at its deciding bar).
+
+**e-LOND, the daemon's default** (``ELond``; Xu & Ramdas, "Online multiple
+testing with e-values", AISTATS 2024, arXiv:2311.06412). Trials arrive over time
+and each is watched bar by bar. Trial t (a fleet-wide index handed out in order
+of trial start, ``deploy.registry.fleet_fdr``) PROMOTEs when its better
+e-process reaches ``1/alpha_t``::
+
+    alpha_t = min(alpha, alpha * gamma_t * (D + 1))
+
+where D is the number of promotions of the procedure (discoveries) the fleet has
+recorded when t decides, t not included. *Why FDR <= alpha, under any
+dependence between symbols:* a discovery is recorded only after its promotion is
+applied and is never taken back, so when t is promoted the final set R of
+promotions has ``|R| >= D + 1``, and ``1{t in R} / |R| <= 1{e_t >= 1/alpha_t} /
+(D + 1) <= alpha * gamma_t * e_t``. Summed over the trials whose shadow is not
+better, ``FDR <= alpha * sum_t gamma_t * E[e_t] <= alpha``: ``sum gamma_t <= 1``,
+and ``E[e_t] <= 1`` because e_t is an e-process stopped at a stopping time
+(Ville / optional stopping), its null read against everything before each bar,
+every symbol's bars included, so a D that moves with other symbols' decisions is
+part of that past. (t itself is fixed before the trial's first bar counts, so
+``E[gamma_t e_t] <= E[gamma_t]`` whatever order trials start in: a trial counts
+no bar before it has its index.) A stale D (a cached copy, a discovery whose recording failed
+or was cut off by a crash) only lowers alpha_t, so it stays valid; an overcount
+would not, and is impossible (discoveries are a set of indices). The cap at
+``alpha`` only lowers it too: a promotion under e-LOND always meets the
+per-symbol level as well. Early REJECT ("shadow worse") is no discovery and
+keeps ``alpha``. With trials of several ``alpha``, the bound is the largest.
+
+``gamma_t = (1 - rho) / H`` for ``t <= H`` and ``rho * H / (t (t - 1))`` after
+(sums to exactly 1): the budget is spread evenly over the first H trials, about
+the number of symbols the fleet trades, then tapers. Past the horizon a trial
+needs much stronger evidence unless discoveries have accumulated: the price of a
+guarantee over an unbounded stream.
+
+**e-BH** (``ebh``): a review of all symbols' e-values taken at one time.
+
+``PerSymbol`` keeps each trial at ``alpha`` (no fleet-wide bound); ``open_policy``
+builds the configured policy by name.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Final, Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from deploy.errors import RegistryCorrupt, RegistryError
+from deploy.registry.fleet_fdr import FdrRecord, FleetFdr
+from deploy.registry.storage import RegistryStorage
+
+Policy = Literal["e_lond", "per_symbol"]
+RHO: Final = 0.05
+"""Share of the e-LOND budget left for the trials after the horizon."""
+DEFAULT_HORIZON: Final = 50
+
+FloatArray = npt.NDArray[np.float64]
+
+
+# --- e-LOND's levels ------------------------------------------------------------------------
+
+
+def gamma(index: npt.ArrayLike, horizon: int, rho: float = RHO) -> FloatArray:
+    """gamma_t of test index t >= 1, elementwise: flat over the horizon, then a tail summing
+    to ``rho``."""
+    t = np.asarray(index, dtype=np.float64)
+    if np.any(t < 1):
+        raise ValueError(f"test indices start at 1, got {index!r}")
+    tail = rho * horizon / np.maximum(t * (t - 1.0), 1.0)
+    out: FloatArray = np.where(t <= horizon, (1.0 - rho) / horizon, tail)
+    return out
+
+
+def e_lond_alpha(
+    alpha: float,
+    index: npt.ArrayLike,
+    discoveries: npt.ArrayLike,
+    horizon: int,
+    rho: float = RHO,
+) -> FloatArray:
+    """alpha_t = min(alpha, alpha * gamma_t * (D + 1)), elementwise: the promote level of test
+    ``index`` when ``discoveries`` (D) promotions of the procedure are known."""
+    d = np.asarray(discoveries, dtype=np.float64)
+    if np.any(d < 0):
+        raise ValueError(f"discoveries must be >= 0, got {discoveries!r}")
+    out: FloatArray = np.minimum(alpha, alpha * gamma(index, horizon, rho) * (d + 1.0))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class FdrLevel:
+    """The e-LOND level a trial's PROMOTE is tested at: its test index, gamma_t, the
+    discoveries D it was computed with, and ``alpha`` = alpha_t (promote at 1/alpha_t)."""
+
+    index: int
+    gamma: float
+    discoveries: int
+    alpha: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> FdrLevel:
+        """Raise ValueError naming the field for a malformed level."""
+        return cls(
+            _count(d, "index", 1),
+            _share(d, "gamma"),
+            _count(d, "discoveries", 0),
+            _share(d, "alpha"),
+        )
+
+
+def _count(d: Mapping[str, Any], key: str, least: int) -> int:
+    value = d.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        raise ValueError(f"fdr level {key} must be an integer >= {least}, got {value!r}")
+    return value
+
+
+def _share(d: Mapping[str, Any], key: str) -> float:
+    value = d.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < value <= 1.0:
+        raise ValueError(f"fdr level {key} must be a number in (0, 1], got {value!r}")
+    return float(value)
+
+
+# --- policies -------------------------------------------------------------------------------
+
+
+class PromotionPolicy(Protocol):
+    """Sets the level each trial PROMOTEs at. ``deploy.live.LiveScorer`` asks once per batch.
+
+    ``indexed``: trials need a test index (``claim``) before their bars count.
+    """
+
+    @property
+    def name(self) -> Policy: ...
+
+    @property
+    def indexed(self) -> bool: ...
+
+    def claim(self, alpha: float) -> FdrLevel | None:
+        """A new trial's level, with a test index of its own. Raises OSError, RegistryError."""
+        ...
+
+    def level(self, current: FdrLevel | None, alpha: float) -> FdrLevel | None:
+        """The level now for a trial at ``current`` (None: test at ``alpha``). No I/O."""
+        ...
+
+    def refresh(self) -> None:
+        """Re-read the fleet's discoveries when the copy is old; write those not written yet.
+        Raises OSError, RegistryError (the copy kept stays in use: it only undercounts)."""
+        ...
+
+    def discovered(self, level: FdrLevel) -> None:
+        """Count the promotion of the trial at ``level``, after it was applied in the
+        registry. Never raises: a failed write is retried by ``refresh``."""
+        ...
+
+
+class PerSymbol:
+    """Every trial at its own ``alpha``: P(promote a no-better shadow) <= alpha per symbol."""
+
+    name: Final = "per_symbol"
+    indexed: Final = False
+
+    def claim(self, alpha: float) -> FdrLevel | None:
+        return None
+
+    def level(self, current: FdrLevel | None, alpha: float) -> FdrLevel | None:
+        return None
+
+    def refresh(self) -> None:
+        return None
+
+    def discovered(self, level: FdrLevel) -> None:
+        return None
+
+
+class ELond:
+    """e-LOND over the fleet's record (``FleetFdr``): FDR <= alpha across every symbol.
+
+    D is a cached copy of the record, re-read at most every ``refresh_seconds``, plus
+    the discoveries this process made and has not written yet. Thread-safe.
+    """
+
+    name: Final = "e_lond"
+    indexed: Final = True
+
+    def __init__(
+        self,
+        record: FleetFdr,
+        *,
+        refresh_seconds: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not refresh_seconds >= 0:
+            raise ValueError(f"refresh_seconds must be >= 0, got {refresh_seconds}")
+        self.record = record
+        self._refresh, self._clock = refresh_seconds, clock
+        self._known: frozenset[int] = frozenset()
+        self._unwritten: set[int] = set()
+        self._read_at: float | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def discoveries(self) -> int:
+        """D as this process knows it (never more than the fleet has made)."""
+        with self._lock:
+            return len(self._known | self._unwritten)
+
+    def claim(self, alpha: float) -> FdrLevel:
+        index, after = self.record.claim()
+        self._remember(after)
+        return self._level(index, alpha)
+
+    def level(self, current: FdrLevel | None, alpha: float) -> FdrLevel | None:
+        return None if current is None else self._level(current.index, alpha)
+
+    def refresh(self) -> None:
+        with self._lock:
+            unwritten = set(self._unwritten)
+            fresh = self._read_at is not None and self._clock() - self._read_at < self._refresh
+        if unwritten:
+            self._remember(self.record.discover(unwritten))
+        elif not fresh:
+            self._remember(self.record.read())
+
+    def discovered(self, level: FdrLevel) -> None:
+        with self._lock:
+            self._unwritten.add(level.index)
+        # On failure the index stays in _unwritten: counted here, written by the next refresh.
+        with contextlib.suppress(OSError, RegistryError):
+            self._remember(self.record.discover([level.index]))
+
+    def _level(self, index: int, alpha: float) -> FdrLevel:
+        d = self.discoveries
+        g = float(gamma(index, self.record.horizon, self.record.rho))
+        a = float(e_lond_alpha(alpha, index, d, self.record.horizon, self.record.rho))
+        return FdrLevel(index, g, d, a)
+
+    def _remember(self, record: FdrRecord) -> None:
+        with self._lock:
+            self._known = frozenset(record.discoveries)
+            self._unwritten -= self._known
+            self._read_at = self._clock()
+
+
+@dataclass(frozen=True, slots=True)
+class FdrConfig:
+    """Which policy promotions follow; ``horizon`` is e-LOND's H."""
+
+    policy: Policy = "e_lond"
+    horizon: int = DEFAULT_HORIZON
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {sorted(POLICIES)}, got {self.policy!r}")
+        if not isinstance(self.horizon, int) or isinstance(self.horizon, bool) or self.horizon < 1:
+            raise ValueError(f"horizon must be an integer >= 1, got {self.horizon!r}")
+
+
+def _e_lond(config: FdrConfig, storage: RegistryStorage, refresh_seconds: float) -> ELond:
+    record = FleetFdr(storage, horizon=config.horizon, rho=RHO)
+    # A record that cannot be read now is reported by the trials' batches instead.
+    with contextlib.suppress(OSError, RegistryCorrupt):
+        record.read()  # FdrMismatch passes: the fleet runs its procedure with another horizon
+    return ELond(record, refresh_seconds=refresh_seconds)
+
+
+def _per_symbol(config: FdrConfig, storage: RegistryStorage, refresh_seconds: float) -> PerSymbol:
+    return PerSymbol()
+
+
+POLICIES: Final[Mapping[str, Callable[[FdrConfig, RegistryStorage, float], PromotionPolicy]]] = {
+    "e_lond": _e_lond,
+    "per_symbol": _per_symbol,
+}
+"""Policy name -> how to build it."""
+
+
+def open_policy(
+    config: FdrConfig, storage: RegistryStorage, *, refresh_seconds: float = 1.0
+) -> PromotionPolicy:
+    """The configured policy over the registry's storage (e-LOND keeps its record there).
+
+    Raises FdrMismatch when the registry's e-LOND record was started with another horizon.
+    """
+    return POLICIES[config.policy](config, storage, refresh_seconds)
+
+
+# --- e-BH -----------------------------------------------------------------------------------
 
 
 def ebh(e_values: Mapping[str, float], alpha: float) -> set[str]:
@@ -17,9 +318,8 @@ def ebh(e_values: Mapping[str, float], alpha: float) -> set[str]:
     stopping time is an e-value: a snapshot of all symbols taken at one review
     time (frozen at their decision bar for finished trials) is a valid input.
     Not covered: re-running e-BH after every bar and acting on whatever it ever
-    selects (that picks the best moment after the fact), or the per-symbol
-    PROMOTE decisions, whose guarantee is per symbol (<= alpha each). The
-    per-symbol guarantee is the primary one; e-BH is a stricter review gate.
+    selects (that picks the best moment after the fact). For decisions made
+    over time, as the daemon makes them, e-LOND (above) is the procedure.
     """
     if not (isinstance(alpha, int | float) and 0.0 < alpha < 1.0):
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")

@@ -30,6 +30,14 @@ would look better than it is. Skipping bars (this rule, downtime) is decided
 before their outcomes are known, so the test's guarantee (deploy.sequential)
 holds.
 
+The level PROMOTE is tested at comes from the ``PromotionPolicy`` (deploy.fdr).
+Per symbol it is ``alpha``. Under e-LOND, the trial's first batch claims a
+fleet-wide test index (kept in the trial state, so a restart or the next owner
+continues with it; one lost before its first commit is claimed again), and its
+bars count only once it has one; each batch then tests PROMOTE at alpha_t from
+the fleet's discoveries as last read (``refresh``, once a batch at most), and a
+PROMOTE applied through ``apply`` is counted as a discovery.
+
 A decided trial is returned once per process as a ``TrialDecision``; the caller
 applies it with ``apply_decision`` (or ``LiveScorer.apply``). ``sync`` picks up
 slot changes (``on_batch`` also re-reads slots.json, every second by default, for
@@ -45,7 +53,9 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from deploy.errors import RegistryError
 from deploy.events import RegistryEvent
+from deploy.fdr import PerSymbol, PromotionPolicy
 from deploy.live_state import (
     LiveStatus,
     LiveUpdate,
@@ -60,6 +70,7 @@ from deploy.live_state import (
     newest,
     restore_symbol,
     restore_trial,
+    trial_counting,
 )
 from deploy.quarantine import STATE_ERRORS, Quarantine
 from deploy.registry import Registry
@@ -88,6 +99,7 @@ class LiveScorer:
     ``load(symbol, last_n=n)``); feed bars after the store has them. Slots are
     re-read from the registry at most every ``slots_poll_seconds`` during
     ``on_batch`` (changes made by another process), and at once by ``sync``.
+    ``policy`` sets each trial's promote level (default ``PerSymbol``: ``config.alpha``).
     Thread-safe: one lock around every public method.
     """
 
@@ -102,6 +114,7 @@ class LiveScorer:
         catch_up_bars: int = 1000,
         slots_poll_seconds: float = 1.0,
         quarantine: Quarantine | None = None,
+        policy: PromotionPolicy | None = None,
     ) -> None:
         for name, value in (
             ("max_window", max_window),
@@ -120,6 +133,7 @@ class LiveScorer:
         self._symbols: dict[str, SymbolState] = {}
         self._cache = ModelCache(registry, max_window)
         self.quarantine = quarantine if quarantine is not None else Quarantine()
+        self.policy: PromotionPolicy = policy if policy is not None else PerSymbol()
         self._lock = threading.RLock()
 
     # -- public API ------------------------------------------------------------------------
@@ -136,12 +150,13 @@ class LiveScorer:
         with self._lock:
             updates: dict[str, LiveUpdate] = {}
             plans: list[Plan] = []
+            stale = self._refresh_level()
             for symbol, bars in bars_by_symbol.items():
                 if symbol in self.quarantine:
                     updates[symbol] = LiveUpdate(symbol, 0, len(bars), (), 0)
                     continue
                 try:
-                    plans.append(self._plan(symbol, bars))
+                    plans.append(self._plan(symbol, bars, stale))
                 except Exception as exc:  # one symbol's failure must not stall the others
                     self._symbols.pop(symbol, None)
                     if isinstance(exc, STATE_ERRORS):
@@ -182,9 +197,12 @@ class LiveScorer:
             return self._resync(symbol, st)
 
     def apply(self, decision: TrialDecision, *, actor: str = "daemon") -> RegistryEvent:
-        """``apply_decision`` then ``sync``: the registry changes and the next trial starts."""
+        """``apply_decision`` then ``sync``: the registry changes and the next trial starts.
+        A PROMOTE at an e-LOND level is counted as a fleet discovery once it is applied."""
         with self._lock:
             event = apply_decision(self.registry, decision, actor=actor)
+            if decision.decision is Decision.PROMOTE and decision.level is not None:
+                self.policy.discovered(decision.level)
             self.sync(decision.symbol)
             return event
 
@@ -309,9 +327,19 @@ class LiveScorer:
         )
         st.buffer = bar_slice(stored, 0, cut).tail(self._capacity)
 
+    # -- promote levels ----------------------------------------------------------------------
+
+    def _refresh_level(self) -> str | None:
+        """Re-read the fleet's discoveries if due; a failure keeps the old (lower) count."""
+        try:
+            self.policy.refresh()
+        except (OSError, RegistryError) as exc:
+            return f"fleet discoveries not re-read (promote levels use the last count): {exc}"
+        return None
+
     # -- scoring ---------------------------------------------------------------------------
 
-    def _plan(self, symbol: str, bars: Sequence[BarRecord]) -> Plan:
+    def _plan(self, symbol: str, bars: Sequence[BarRecord], stale: str | None = None) -> Plan:
         """Score the new bars and prepare the log write; memory is changed by ``_apply``."""
         validate_symbol(symbol)
         st = self._symbols.get(symbol)
@@ -352,7 +380,9 @@ class LiveScorer:
             probas = {s: clean(m.score(features, k)) for s, (_, m) in models.items()}
             rows_of_new = features[len(features) - k :]
 
-        walk = Walk(st)
+        counting, problem = trial_counting(self.policy, symbol, st.trial)
+        problems = tuple(p for p in (problem, stale if st.trial else None) if p)
+        walk = Walk(st, counting)
         observations = []
         for i, (ts, _o, _h, _l, close, _v) in enumerate(new):
             correct = walk.resolve(close, st.champion)
@@ -368,10 +398,12 @@ class LiveScorer:
                 None if walk.test is None else walk.test.to_dict(),
                 walk.first_bar_ts,
                 walk.last_bar_ts,
+                walk.level,
             )
             write = LogWrite(symbol, walk.predictions, walk.resolutions, state)
+        observed = tuple(observations)
         return Plan(
-            symbol, st, len(old), ended, len(new), combined, walk, write, tuple(observations)
+            symbol, st, len(old), ended, len(new), combined, walk, write, observed, problems
         )
 
     def _apply(self, plan: Plan) -> LiveUpdate:
@@ -387,6 +419,7 @@ class LiveScorer:
             if st.trial is not None and walk.test is not None:
                 st.trial.test = walk.test
                 st.trial.first_bar_ts, st.trial.last_bar_ts = walk.first_bar_ts, walk.last_bar_ts
+                st.trial.level = walk.level
         st.catch_up = []
         trial = st.trial
         if (
@@ -405,7 +438,7 @@ class LiveScorer:
             resolved=0 if walk is None else len(walk.resolutions),
             decision=decision,
             ended=plan.ended,
-            errors=tuple(self._cache.take_errors(symbol)),
+            errors=(*self._cache.take_errors(symbol), *plan.problems),
             observations=plan.observations,
             champion=st.champion,
         )

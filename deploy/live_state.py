@@ -14,6 +14,8 @@ from typing import Final
 
 import numpy as np
 
+from deploy.errors import RegistryError
+from deploy.fdr import FdrLevel, PromotionPolicy
 from deploy.sequential import Decision, PairedSequentialTest
 from deploy.trial import LogWrite, Prediction, Resolution, Slot, TrialDecision, TrialState
 from monitors.watch import LiveObservation
@@ -36,6 +38,8 @@ class Trial:
     last_bar_ts: int | None = None
     announced: bool = False
     """Whether this process has returned the trial's decision (once per process)."""
+    level: FdrLevel | None = None
+    """Under e-LOND: the test index and the promote level of the last bar (deploy.fdr)."""
 
     def snapshot(self, symbol: str) -> TrialDecision:
         """The trial's decision so far (CONTINUE while undecided), with its evidence."""
@@ -49,6 +53,7 @@ class Trial:
             test.config,
             self.first_bar_ts,
             self.last_bar_ts,
+            self.level,
         )
 
 
@@ -118,16 +123,38 @@ class LiveStatus:
     def statistic(self) -> float | None:
         return None if self.trial is None else self.trial.evidence.statistic
 
+    @property
+    def promote_level(self) -> float | None:
+        """log10 of the e-value at which the running trial promotes (compare ``statistic``)."""
+        return None if self.trial is None else -math.log10(self.trial.promote_alpha)
+
+
+@dataclass(frozen=True, slots=True)
+class Counting:
+    """How one batch feeds the trial: at which promote ``level`` (None: ``config.alpha``),
+    whether its bars count at all (not before an e-LOND trial has its index), and whether
+    the test starts over first (evidence gathered before the trial had an index)."""
+
+    level: FdrLevel | None = None
+    counts: bool = True
+    restart: bool = False
+
 
 class Walk:
     """One batch's pass over its new bars, on a copy of the trial (committed on success)."""
 
-    def __init__(self, st: SymbolState) -> None:
+    def __init__(self, st: SymbolState, counting: Counting | None = None) -> None:
+        counting = counting or Counting(None if st.trial is None else st.trial.level)
         self.trial = st.trial
+        self.counts = counting.counts
+        self.level = counting.level
         # Its state is scalars only: a shallow copy is a full one.
         self.test = None if st.trial is None else copy.copy(st.trial.test)
         self.first_bar_ts = None if st.trial is None else st.trial.first_bar_ts
         self.last_bar_ts = None if st.trial is None else st.trial.last_bar_ts
+        if self.test is not None and counting.restart:
+            self.test = PairedSequentialTest(self.test.config)
+            self.first_bar_ts = self.last_bar_ts = None
         self.pending = dict(st.pending)
         self.prev_ts, self.prev_close = newest(st.buffer), newest_close(st.buffer)
         self.predictions: list[Prediction] = []
@@ -160,6 +187,7 @@ class Walk:
         if (
             trial is None
             or test is None
+            or not self.counts
             or test.decision is not Decision.CONTINUE
             or len(right) < 2
             or (pending["champion"].version, pending["shadow"].version)
@@ -172,6 +200,7 @@ class Walk:
             right["shadow"],
             log_loss(pending["champion"].proba_up, label),
             log_loss(pending["shadow"].proba_up, label),
+            promote_alpha=None if self.level is None else self.level.alpha,
         )
         if self.first_bar_ts is None:
             self.first_bar_ts = prev_ts
@@ -197,6 +226,8 @@ class Plan:
     walk: Walk | None = None
     write: LogWrite | None = None
     observations: tuple[LiveObservation, ...] = ()
+    problems: tuple[str, ...] = ()
+    """For ``LiveUpdate.errors``: the trial's promote level could not be set or refreshed."""
 
 
 def clean(p: FloatArray) -> FloatArray:
@@ -277,13 +308,46 @@ def restore_trial(
     old_champion, old_shadow = saved.champion_version, saved.shadow_version
     if old_champion is None or old_shadow is None:
         return None, None
-    first, last = saved.first_bar_ts, saved.last_bar_ts
+    first, last, level = saved.first_bar_ts, saved.last_bar_ts, saved.level
     if (old_champion, old_shadow) == (champion, shadow):
         # Not announced yet: a decision restored unapplied is announced again.
-        return Trial(old_champion, old_shadow, test, None, first, last), None
+        return Trial(old_champion, old_shadow, test, None, first, last, level=level), None
     if test.decision is not Decision.CONTINUE:
         return None, None
     ended = TrialDecision(
-        symbol, Decision.CONTINUE, old_champion, old_shadow, test.evidence, test.config, first, last
+        symbol,
+        Decision.CONTINUE,
+        old_champion,
+        old_shadow,
+        test.evidence,
+        test.config,
+        first,
+        last,
+        level,
     )
     return None, ended
+
+
+def trial_counting(
+    policy: PromotionPolicy, symbol: str, trial: Trial | None
+) -> tuple[Counting, str | None]:
+    """How a batch feeds ``trial``, and a problem for the update's errors.
+
+    A decided trial keeps the level it decided at. Under e-LOND an undecided one gets the
+    level from the fleet's discoveries as last read, its test index claimed first if it has
+    none (an OSError or RegistryError then leaves its bars uncounted this batch: skipping
+    them is decided before their outcomes are known). A trial restored with evidence but no
+    index (saved per symbol, or by an earlier release) starts over: bars seen before the
+    index existed cannot count towards an e-LOND promotion.
+    """
+    if trial is None or trial.test.decision is not Decision.CONTINUE:
+        return Counting(None if trial is None else trial.level), None
+    alpha = trial.test.config.alpha
+    if not policy.indexed or trial.level is not None:
+        return Counting(policy.level(trial.level, alpha)), None
+    try:
+        level = policy.claim(alpha)
+    except (OSError, RegistryError) as exc:
+        problem = f"{symbol}: no e-LOND test index yet, its trial bars do not count: {exc}"
+        return Counting(None, counts=False), problem
+    return Counting(level, restart=trial.test.n > 0), None

@@ -40,8 +40,10 @@ clipping them would test a hypothesis about clipped losses instead. Decisions
 use accuracy, which is what the label (direction of the next bar) measures.
 
 **Elsewhere.** ``deploy.sequential_batch`` replays many trials at once (the same
-decisions, vectorised); ``deploy.fdr`` selects, across many symbols, the ones
-whose e-values stay convincing after accounting for how many were tried.
+decisions, vectorised); ``deploy.fdr`` bounds the share of wrong promotions
+across all symbols (e-LOND) by testing PROMOTE at a level of its own, which may
+change from bar to bar (``update(promote_alpha=...)``): whatever bar the test
+stops at, the e-value there is still an e-value (optional stopping).
 """
 
 from __future__ import annotations
@@ -195,20 +197,32 @@ class PairedSequentialTest:
     def decision(self) -> Decision:
         return self._decision
 
+    @property
+    def n(self) -> int:
+        """Paired bars fed so far."""
+        return self._n
+
     def update(
         self,
         champion_correct: bool,
         shadow_correct: bool,
         champion_log_loss: float | None = None,
         shadow_log_loss: float | None = None,
+        *,
+        promote_alpha: float | None = None,
     ) -> Decision:
         """Record one resolved bar and return the decision after it.
 
         Log losses are optional but must come together, finite and >= 0
-        (clip probabilities before taking logs).
+        (clip probabilities before taking logs). ``promote_alpha``: the level
+        PROMOTE is tested at on this bar (default ``config.alpha``; a fleet-wide
+        procedure, ``deploy.fdr``, sets a lower one that may change from bar to
+        bar); early REJECT always uses ``config.alpha``.
         """
         if self._decision is not Decision.CONTINUE:
             return self._decision
+        if promote_alpha is not None and not 0.0 < promote_alpha < 1.0:
+            raise ValueError(f"promote_alpha must be in (0, 1), got {promote_alpha!r}")
         if (champion_log_loss is None) != (shadow_log_loss is None):
             raise ValueError(
                 "champion_log_loss and shadow_log_loss must be given together, got "
@@ -232,11 +246,12 @@ class PairedSequentialTest:
             return self._decision
         better, worse = self._log_e_values()
         threshold = log_threshold(cfg.alpha)
+        promote_at = threshold if promote_alpha is None else log_threshold(promote_alpha)
         # REJECT is checked first; both crossing at once is impossible (they need
         # shadow_only > champion_only and the reverse).
         if worse >= threshold:
             self._decision = Decision.REJECT
-        elif better >= threshold:
+        elif better >= promote_at:
             self._decision = Decision.PROMOTE
         elif self._n >= cfg.max_samples:
             self._decision = Decision.REJECT

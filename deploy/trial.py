@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
 from deploy.events import RegistryEvent
+from deploy.fdr import FdrLevel
 from deploy.registry import Registry
 from deploy.sequential import Decision, Evidence, PairedSequentialTest, PromotionTestConfig
 
@@ -58,7 +59,10 @@ class TrialState:
 
     ``last_ts``: newest bar processed. ``test``: ``PairedSequentialTest.to_dict()``
     of the running trial (None without a shadow). ``first_bar_ts`` /
-    ``last_bar_ts``: the first and last bar fed to the test.
+    ``last_bar_ts``: the first and last bar fed to the test. ``level``: under
+    e-LOND (``deploy.fdr``), the trial's test index and the promote level of its
+    last bar (None per symbol, or before its index is claimed); written only when
+    set, so a per-symbol state is what earlier releases wrote.
     """
 
     last_ts: int | None
@@ -67,9 +71,10 @@ class TrialState:
     test: Mapping[str, Any] | None = None
     first_bar_ts: int | None = None
     last_bar_ts: int | None = None
+    level: FdrLevel | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        doc = {
             "last_ts": self.last_ts,
             "champion_version": self.champion_version,
             "shadow_version": self.shadow_version,
@@ -77,6 +82,9 @@ class TrialState:
             "first_bar_ts": self.first_bar_ts,
             "last_bar_ts": self.last_bar_ts,
         }
+        if self.level is not None:
+            doc["level"] = self.level.to_dict()
+        return doc
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrialState:
@@ -91,6 +99,9 @@ class TrialState:
         test = d.get("test")
         if test is not None and not isinstance(test, Mapping):
             raise ValueError(f"trial state test must be an object or null, got {test!r}")
+        level = d.get("level")
+        if level is not None and not isinstance(level, Mapping):
+            raise ValueError(f"trial state level must be an object or null, got {level!r}")
         return cls(
             d.get("last_ts"),
             d.get("champion_version"),
@@ -98,6 +109,7 @@ class TrialState:
             test,
             d.get("first_bar_ts"),
             d.get("last_bar_ts"),
+            None if level is None else FdrLevel.from_dict(level),
         )
 
 
@@ -144,7 +156,8 @@ class PredictionLog(Protocol):
 @dataclass(frozen=True, slots=True)
 class TrialDecision:
     """A trial's outcome (PROMOTE / REJECT), or a snapshot of one (CONTINUE) when it is
-    ended early by a slot change or asked for by the caller."""
+    ended early by a slot change or asked for by the caller. ``level``: the e-LOND level
+    of its last bar (None: PROMOTE tested at ``config.alpha``, per symbol)."""
 
     symbol: str
     decision: Decision
@@ -154,12 +167,24 @@ class TrialDecision:
     config: PromotionTestConfig
     first_bar_ts: int | None = None
     last_bar_ts: int | None = None
+    level: FdrLevel | None = None
+
+    @property
+    def promote_alpha(self) -> float:
+        """The level PROMOTE was (or is being) tested at: alpha_t under e-LOND, else alpha."""
+        return self.config.alpha if self.level is None else self.level.alpha
 
     @property
     def reason(self) -> str:
-        ev, cfg = self.evidence, self.config
+        ev, cfg, lv = self.evidence, self.config, self.level
         acc = f"live accuracy shadow {_fmt(ev.shadow_accuracy)} vs champion "
         acc += f"{_fmt(ev.champion_accuracy)} over {ev.n} bars"
+        if self.decision is Decision.PROMOTE and lv is not None:
+            return (
+                f"shadow better: e-value {ev.e_value_better:.3g} >= 1/alpha_t = "
+                f"{1.0 / lv.alpha:.3g} (e-LOND test {lv.index}, {lv.discoveries} fleet "
+                f"discoveries); {acc}"
+            )
         if self.decision is Decision.PROMOTE:
             return f"shadow better: e-value {ev.e_value_better:.3g} >= 1/alpha; {acc}"
         if self.decision is Decision.REJECT:
@@ -169,8 +194,19 @@ class TrialDecision:
         return f"trial ended undecided; {acc}"
 
     def evidence_dict(self) -> dict[str, Any]:
-        """The ledger's evidence: counts, live accuracies, e-values, statistic, settings."""
-        cfg = self.config
+        """The ledger's evidence: counts, live accuracies, e-values, statistic, settings, and
+        the promotion policy with its level (e-LOND: test index, gamma_t, discoveries D,
+        alpha_t)."""
+        cfg, lv = self.config, self.level
+        fdr: dict[str, Any] = {"promotion_policy": "per_symbol", "promote_alpha": cfg.alpha}
+        if lv is not None:
+            fdr = {
+                "promotion_policy": "e_lond",
+                "promote_alpha": lv.alpha,
+                "fdr_index": lv.index,
+                "fdr_gamma": lv.gamma,
+                "fdr_discoveries": lv.discoveries,
+            }
         return {
             **self.evidence.to_dict(),
             "decision": self.decision.value,
@@ -185,6 +221,7 @@ class TrialDecision:
             "shadow_version": self.shadow_version,
             "first_bar_ts": self.first_bar_ts,
             "last_bar_ts": self.last_bar_ts,
+            **fdr,
         }
 
 
@@ -239,4 +276,5 @@ def saved_trial(log: PredictionLog, registry: Registry, symbol: str) -> TrialDec
         test.config,
         state.first_bar_ts,
         state.last_bar_ts,
+        state.level,
     )

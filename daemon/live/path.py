@@ -150,7 +150,7 @@ class LivePath:
     def trial_rows(self) -> Iterable[TrialRow]:
         for st in self.scorer.status():
             if st.trial is not None:
-                yield st.symbol, st.statistic, st.trial.evidence.n
+                yield st.symbol, st.statistic, st.trial.evidence.n, st.promote_level
 
 
 class SavedTrialPlacer:

@@ -192,13 +192,19 @@ def training() -> list[Panel]:
         events_panel(
             "Training runs by outcome",
             "Finished training runs: champion (first model), shadow, rejected by the gates,"
-            " failed (crash, timeout, exception).",
+            " failed (crash, timeout, exception); and retrains skipped untrained because they"
+            " would repeat the last finished run (same_data, few_new_bars).",
             [
                 (
                     "sum by (outcome) (increase(ctd_training_runs_total"
                     '{instance=~"$instance", symbol=~"$symbol"}[$__interval]))',
                     "{{outcome}}",
-                )
+                ),
+                (
+                    "sum by (reason) (increase(ctd_retrains_skipped_total"
+                    '{instance=~"$instance", symbol=~"$symbol"}[$__interval]))',
+                    "skipped: {{reason}}",
+                ),
             ],
             width=6,
         ),
@@ -305,13 +311,19 @@ def live_scoring() -> list[Panel]:
         .max_per_row(3),
         timeseries_panel(
             "Promotion test statistic",
-            "log10 of the shadow-better e-value of each running trial. The shadow is promoted"
-            " when it crosses log10(1/alpha) = 1.3 (alpha = 0.05).",
+            "log10 of the shadow-better e-value of each running trial, and the level it is"
+            " promoted at (ctd_promotion_level): log10(1/alpha) = 1.3 per symbol (alpha ="
+            " 0.05, the red line, also the early-reject level), higher under fleet-wide"
+            " e-LOND, where it falls as the fleet's promotions add up.",
             [
                 (
                     'ctd_promotion_test_statistic{instance=~"$instance", symbol=~"$symbol"}',
                     "{{symbol}}",
-                )
+                ),
+                (
+                    'ctd_promotion_level{instance=~"$instance", symbol=~"$symbol"}',
+                    "level {{symbol}}",
+                ),
             ],
         )
         .fill_opacity(0)

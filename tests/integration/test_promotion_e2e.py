@@ -137,6 +137,10 @@ def test_regime_change_gets_a_better_shadow_promoted(
         assert evidence["n"] >= settings.promotion_min_samples
         assert evidence["e_value_better"] >= 1 / settings.promotion_alpha
         assert evidence["shadow_accuracy"] > evidence["champion_accuracy"]
+        # The default policy across symbols: e-LOND, at a level no easier than alpha's.
+        assert evidence["promotion_policy"] == "e_lond" and evidence["fdr_index"] >= 1
+        assert evidence["e_value_better"] >= 1 / evidence["promote_alpha"]
+        assert evidence["promote_alpha"] <= settings.promotion_alpha
 
         topic = [
             json.loads(r.value)
