@@ -56,18 +56,13 @@ def batch_decisions(
     ``PairedSequentialTest.update`` (for simulation and offline replay), with
     ``promote_alpha`` (a scalar or one level per row) passed on every bar.
     """
-    champ, shadow = _pair(champion_correct, shadow_correct)
-    trials, bars = champ.shape
-    last = min(bars, config.max_samples)
-    first = config.min_samples
-    promoted = np.zeros(trials, dtype=bool)
-    rejected = np.zeros(trials, dtype=bool)
-    decided_at = np.zeros(trials, dtype=np.int64)
-    if last < first:
-        return BatchDecisions(promoted, rejected, decided_at)
+    champ, shadow, n, out = _begin(champion_correct, shadow_correct, config)
+    if not len(n):
+        return out
+    promoted, rejected, decided_at = out.promoted, out.rejected, out.decided_at
+    trials, first, last = len(champ), config.min_samples, int(n[-1])
     threshold = log_threshold(config.alpha)
     promote_at = _promote_thresholds(config, promote_alpha, trials)
-    n = np.arange(first, last + 1, dtype=np.int64)
     rows = max(1, chunk_cells // (max(1, last - first + 1) * BET_GRID.size))
     for lo in range(0, trials, rows):
         c, s = champ[lo : lo + rows, :last], shadow[lo : lo + rows, :last]
@@ -106,16 +101,11 @@ def lockstep_decisions(
     the daemon counts a promotion once it is applied). Event-driven: the level is
     re-read only when a promotion changes the count.
     """
-    champ, shadow = _pair(champion_correct, shadow_correct)
-    trials, bars = champ.shape
-    last = min(bars, config.max_samples)
-    first = config.min_samples
-    promoted = np.zeros(trials, dtype=bool)
-    rejected = np.zeros(trials, dtype=bool)
-    decided_at = np.zeros(trials, dtype=np.int64)
-    if last < first:
-        return BatchDecisions(promoted, rejected, decided_at)
-    n = np.arange(first, last + 1, dtype=np.int64)
+    champ, shadow, n, out = _begin(champion_correct, shadow_correct, config)
+    if not len(n):
+        return out
+    promoted, rejected, decided_at = out.promoted, out.rejected, out.decided_at
+    trials, first, last = len(champ), config.min_samples, int(n[-1])
     s_only = np.cumsum(shadow[:, :last] & ~champ[:, :last], axis=1)[:, first - 1 :]
     c_only = np.cumsum(champ[:, :last] & ~shadow[:, :last], axis=1)[:, first - 1 :]
     better, worse = log_e_values(n, s_only, c_only, config.min_effect)
@@ -142,6 +132,20 @@ def lockstep_decisions(
         rejected |= out_of_budget
         decided_at[out_of_budget] = last
     return BatchDecisions(promoted, rejected, decided_at)
+
+
+def _begin(
+    champion_correct: npt.ArrayLike, shadow_correct: npt.ArrayLike, config: PromotionTestConfig
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.int64], BatchDecisions]:
+    """The pair as arrays, the sample counts a decision may fall on (none when the rows are
+    shorter than ``min_samples``) and all-undecided decisions to fill in."""
+    champ, shadow = _pair(champion_correct, shadow_correct)
+    trials, bars = champ.shape
+    n = np.arange(config.min_samples, min(bars, config.max_samples) + 1, dtype=np.int64)
+    undecided = BatchDecisions(
+        np.zeros(trials, dtype=bool), np.zeros(trials, dtype=bool), np.zeros(trials, dtype=np.int64)
+    )
+    return champ, shadow, n, undecided
 
 
 def _pair(
