@@ -67,12 +67,11 @@ from daemon.training.window import FinishedWindows
 from daemon.training.worker import JobSpec, run_job
 from deploy.alerts import AlertSink, WebhookNotifier
 from deploy.durable import write_atomic
-from deploy.errors import DuplicateCommandError, FencedError, RegistryError
+from deploy.errors import DuplicateCommandError, FdrMismatch, FencedError, RegistryError
 from deploy.events import RegistryEvent
 from deploy.fdr import open_policy
 from deploy.live import LiveScorer
 from deploy.quarantine import Quarantine, Quarantined
-from deploy.registry.fleet_fdr import FdrMismatch
 from trainers.table import trainer_backends
 
 _log = get_logger(component="daemon")
@@ -225,7 +224,8 @@ class Daemon:
         try:  # promotions across symbols: the fleet's procedure must be the one configured
             policy = open_policy(s.promotion_fdr_config, self.registry.storage)
         except FdrMismatch as exc:
-            raise SettingsError([f"CTD_PROMOTION_FDR_HORIZON: {exc}"]) from exc
+            setting = "CTD_PROMOTION_FDR_HORIZON" if exc.name == "horizon" else "CTD_PROMOTION_FDR"
+            raise SettingsError([f"{setting}: {exc}"]) from exc
         scorer = LiveScorer(
             self.registry,
             self.predictions,

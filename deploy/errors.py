@@ -120,3 +120,24 @@ class DuplicateCommandError(RegistryError):
     def __init__(self, symbol: str, command_id: str, seq: int | None) -> None:
         self.symbol, self.command_id, self.seq = symbol, command_id, seq
         super().__init__(f"{symbol}: command {command_id} was already applied (ledger seq {seq})")
+
+
+class FdrMismatch(RegistryError, ValueError):
+    """fdr.json was started with another gamma sequence than the one configured here."""
+
+    def __init__(self, where: str, name: str, recorded: object, configured: object) -> None:
+        self.where, self.name = where, name
+        self.recorded, self.configured = recorded, configured
+        if name == "horizon":
+            remedy = f"set {name} {recorded!r} on every machine of the fleet"
+        else:  # not a setting: fixed by the release
+            remedy = (
+                f"this release runs e-LOND with {name} {configured!r} only: keep the fleet on "
+                f"the release that started it, or move {where} aside to start a new "
+                "procedure, whose guarantee covers the trials from then on"
+            )
+        super().__init__(
+            f"{where}: the fleet's e-LOND procedure was started with {name} {recorded!r}, this "
+            f"daemon is configured with {configured!r}; a running procedure's sequence cannot "
+            f"change ({remedy})"
+        )

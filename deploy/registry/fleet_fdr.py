@@ -5,8 +5,8 @@ test index and lowers each trial's promote level by how many promotions it has
 made so far (its discoveries). Every machine of a fleet shares one registry, so
 that state lives there, in one small document::
 
-    {"policy": "e_lond", "horizon": 50, "rho": 0.05, "next_index": 12,
-     "discoveries": [3, 7], "write": "<random token>"}
+    {"policy": "e_lond", "horizon": 50, "rho": 0.1, "gamma": "flat_then_log2",
+     "next_index": 12, "discoveries": [3, 7], "write": "<random token>"}
 
 Both changes are a compare-and-swap (``RegistryStorage.put_if``), retried on
 Conflict, so it works alike on a local directory and on S3:
@@ -23,10 +23,14 @@ bytes, which ``S3Storage.put_if`` relies on to tell its own retried write from
 another machine's (without it, two claims of the same index would write equal
 documents and both count as landed).
 
-``horizon`` and ``rho`` fix the procedure's gamma sequence when the document is
-created; a reader configured with another sequence gets ``FdrMismatch`` (mixing
-two sequences could spend more than the whole budget). Deleting the document
-restarts the procedure: the guarantee does not span the restart.
+``horizon``, ``rho`` and ``gamma`` (the shape of the sequence, ``deploy.fdr``)
+fix the procedure's gamma sequence when the document is created; a reader
+configured with another sequence gets ``FdrMismatch`` (mixing two sequences could
+spend more than the whole budget). A document without ``gamma`` was written
+before the shape was recorded, with the shape of then, ``LEGACY_SHAPE``: it is
+refused like any other mismatch, not migrated in place. Deleting (or moving
+aside) the document restarts the procedure: the guarantee does not span the
+restart.
 """
 
 from __future__ import annotations
@@ -39,52 +43,51 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
-from deploy.errors import RegistryBusy, RegistryCorrupt, RegistryError
+from deploy.errors import FdrMismatch, RegistryBusy, RegistryCorrupt
 from deploy.registry.storage import Conflict, RegistryStorage
 
 FDR_FILE: Final = "fdr.json"
 POLICY: Final = "e_lond"
+GAMMA_SHAPE: Final = "flat_then_log2"
+"""The gamma sequence's shape this release runs (``deploy.fdr.gamma``): flat over the
+horizon, then rho ln(H+1)^2 (1/ln(t)^2 - 1/ln(t+1)^2)."""
+LEGACY_SHAPE: Final = "flat_then_t2"
+"""The shape of documents without ``gamma``: flat over the horizon, then rho H / (t (t-1))."""
 CAS_ATTEMPTS: Final = 50
-
-
-class FdrMismatch(RegistryError, ValueError):
-    """fdr.json was started with another gamma sequence than the one configured here."""
-
-    def __init__(self, where: str, name: str, recorded: object, configured: object) -> None:
-        self.where, self.name = where, name
-        self.recorded, self.configured = recorded, configured
-        super().__init__(
-            f"{where}: the fleet's e-LOND procedure was started with {name} {recorded!r}, this "
-            f"daemon is configured with {configured!r}; a running procedure's sequence cannot "
-            f"change (set {name} {recorded!r} on every machine of the fleet)"
-        )
 
 
 @dataclass(frozen=True, slots=True)
 class FdrRecord:
-    """The content of fdr.json: the gamma sequence, the next index to hand out (from 1), and
-    the indices whose trials the procedure promoted (sorted, distinct)."""
+    """The content of fdr.json: the gamma sequence (horizon, rho, shape), the next index to
+    hand out (from 1), and the indices whose trials the procedure promoted (sorted,
+    distinct)."""
 
     horizon: int
     rho: float
     next_index: int = 1
     discoveries: tuple[int, ...] = ()
+    shape: str = GAMMA_SHAPE
 
 
 class FleetFdr:
-    """fdr.json of one registry storage, for a procedure with ``horizon`` and ``rho``.
+    """fdr.json of one registry storage, for a procedure with ``horizon``, ``rho`` and
+    ``shape``.
 
     Every method reads the storage afresh; raises OSError for storage failures,
     RegistryCorrupt for a document that does not parse, FdrMismatch for one started
     with another sequence, RegistryBusy when a write keeps losing.
     """
 
-    def __init__(self, storage: RegistryStorage, *, horizon: int, rho: float) -> None:
+    def __init__(
+        self, storage: RegistryStorage, *, horizon: int, rho: float, shape: str = GAMMA_SHAPE
+    ) -> None:
         if not (isinstance(horizon, int) and horizon >= 1):
             raise ValueError(f"horizon must be an integer >= 1, got {horizon!r}")
         if not 0.0 < rho < 1.0:
             raise ValueError(f"rho must be in (0, 1), got {rho!r}")
-        self.storage, self.horizon, self.rho = storage, horizon, rho
+        if not (isinstance(shape, str) and shape):
+            raise ValueError(f"shape must be a non-empty string, got {shape!r}")
+        self.storage, self.horizon, self.rho, self.shape = storage, horizon, rho, shape
 
     @property
     def where(self) -> str:
@@ -126,7 +129,7 @@ class FleetFdr:
     def _read(self) -> tuple[FdrRecord, str | None]:
         stored = self.storage.get(FDR_FILE)
         if stored is None:
-            return FdrRecord(self.horizon, self.rho), None
+            return FdrRecord(self.horizon, self.rho, shape=self.shape), None
         try:
             record = _decode(json.loads(stored.data))
         except (TypeError, ValueError) as exc:
@@ -134,6 +137,7 @@ class FleetFdr:
         for name, recorded, configured in (
             ("horizon", record.horizon, self.horizon),
             ("rho", record.rho, self.rho),
+            ("gamma", record.shape, self.shape),
         ):
             if recorded != configured:
                 raise FdrMismatch(self.where, name, recorded, configured)
@@ -157,6 +161,7 @@ def _encode(record: FdrRecord) -> bytes:
         "policy": POLICY,
         "horizon": record.horizon,
         "rho": record.rho,
+        "gamma": record.shape,
         "next_index": record.next_index,
         "discoveries": list(record.discoveries),
         "write": secrets.token_hex(16),
@@ -173,6 +178,9 @@ def _decode(doc: Any) -> FdrRecord:
     rho = doc.get("rho")
     if not isinstance(rho, float) or not 0.0 < rho < 1.0:
         raise ValueError(f"rho must be a number in (0, 1), got {rho!r}")
+    shape = doc.get("gamma", LEGACY_SHAPE)  # written before the shape was recorded
+    if not isinstance(shape, str) or not shape:
+        raise ValueError(f"gamma must be a non-empty string, got {shape!r}")
     found = doc.get("discoveries")
     if not isinstance(found, list) or not all(
         isinstance(i, int) and not isinstance(i, bool) and 1 <= i < next_index for i in found
@@ -182,7 +190,7 @@ def _decode(doc: Any) -> FdrRecord:
         )
     if found != sorted(set(found)):
         raise ValueError(f"discoveries must be sorted and distinct, got {found!r}")
-    return FdrRecord(horizon, rho, next_index, tuple(found))
+    return FdrRecord(horizon, rho, next_index, tuple(found), shape)
 
 
 def _count(doc: dict[str, Any], key: str) -> int:

@@ -43,7 +43,7 @@ from trainers.synthetic import MarketGenerator, MarketSpec
 SYMBOL = "BTCUSDT"
 CONFIG = PromotionTestConfig(alpha=0.05, min_samples=100, max_samples=3000)
 HORIZON = 50
-FIRST_LEVEL = CONFIG.alpha * (1 - RHO) / HORIZON  # index 1, no discoveries yet: 0.00095
+FIRST_LEVEL = CONFIG.alpha * ((1 - RHO) / HORIZON)  # index 1, no discoveries yet: 0.0009
 
 
 @dataclass(frozen=True)
@@ -194,7 +194,7 @@ def test_a_trial_that_promotes_per_symbol_goes_on_under_e_lond_to_its_level(
 ) -> None:
     """The same bars: per symbol the shadow is promoted once its e-value reaches 1/alpha = 20.
     Under e-LOND the trial holds index 1 of a fresh fleet, so at that very evidence it goes
-    on, and it is promoted only at 1/alpha_t = 1/(0.05 x 0.95/50) ~ 1,053; the ledger's
+    on, and it is promoted only at 1/alpha_t = 1/(0.05 x 0.9/50) ~ 1,111; the ledger's
     evidence names the policy, the index, gamma_t, D and alpha_t; the fleet counts it."""
     champion, shadow = pair
     per_symbol, used = _decide(rigs["per_symbol"], 0, apply=False)

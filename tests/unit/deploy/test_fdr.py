@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 
 from daemon.errors import SettingsError
 from daemon.settings import load_settings
-from deploy.errors import RegistryError
+from deploy.errors import FdrMismatch, RegistryError
 from deploy.fdr import (
     RHO,
     ELond,
@@ -20,10 +21,11 @@ from deploy.fdr import (
     PerSymbol,
     e_lond_alpha,
     gamma,
+    gamma_remainder,
     open_policy,
 )
 from deploy.registry import MemoryStorage, RegistryStorage
-from deploy.registry.fleet_fdr import FdrMismatch, FleetFdr
+from deploy.registry.fleet_fdr import FDR_FILE, GAMMA_SHAPE, LEGACY_SHAPE, FleetFdr
 
 ALPHA = 0.05
 
@@ -33,30 +35,75 @@ ALPHA = 0.05
 
 @pytest.mark.parametrize("horizon", [1, 2, 10, 50, 500])
 def test_gamma_is_flat_over_the_horizon_then_a_tail_and_sums_to_one(horizon: int) -> None:
-    """(1 - rho)/H for t <= H, rho H / (t (t - 1)) after; partial sums never pass 1, and the
-    tail's remainder after T is rho H / T exactly, so the whole sums to 1."""
-    t = np.arange(1, 200_001)
+    """(1 - rho)/H for t <= H, rho ln(H+1)^2 (1/ln(t)^2 - 1/ln(t+1)^2) after, non-increasing;
+    partial sums never pass 1, and with the tail's remainder after T, rho (ln(H+1) /
+    ln(T+1))^2 in closed form, the whole sums to 1."""
+    t = np.arange(1, 1_000_001)
     g = gamma(t, horizon)
     assert np.all(g[:horizon] == (1 - RHO) / horizon)
-    tail = t[horizon:]
-    assert np.allclose(g[horizon:], RHO * horizon / (tail * (tail - 1)), rtol=1e-15)
-    assert np.all(np.cumsum(g) <= 1.0 + 1e-12)
-    assert float(g.sum()) + RHO * horizon / t[-1] == pytest.approx(1.0, abs=1e-12)
+    tail = t[horizon:].astype(np.float64)
+    naive = RHO * math.log(horizon + 1) ** 2 * (1 / np.log(tail) ** 2 - 1 / np.log(tail + 1) ** 2)
+    assert np.allclose(g[horizon:], naive, rtol=1e-7, atol=0)
+    assert np.all(g > 0)
     assert np.all(np.diff(g) <= 0)
+    assert np.all(np.cumsum(g) <= 1.0 + 1e-12)
+    remainder = gamma_remainder(int(t[-1]), horizon)
+    assert remainder == pytest.approx(RHO * (math.log1p(horizon) / math.log1p(t[-1])) ** 2)
+    assert float(g.sum()) + remainder == pytest.approx(1.0, abs=1e-12)
+    assert gamma_remainder(0, horizon) == pytest.approx(1.0)
+    assert gamma_remainder(horizon, horizon) == pytest.approx(RHO)
 
 
-def test_gamma_takes_scalars_and_refuses_indices_below_one() -> None:
-    assert float(gamma(1, 50)) == pytest.approx(0.95 / 50)
-    assert float(gamma(51, 50)) == pytest.approx(0.05 * 50 / (51 * 50))
+@pytest.mark.parametrize("start", [10**6, 10**9, 10**12, 10**15])
+def test_gamma_far_out_is_still_exact_and_monotone(start: int) -> None:
+    """A daemon runs for years: blocks of a million indices far out sum to what the closed
+    form says is left between their ends (no cancellation in the difference of logs), and
+    the sequence keeps falling, slowly (like 1/(t ln(t)^3))."""
+    t = np.arange(start, start + 1_000_000)
+    g = gamma(t, 50)
+    block = gamma_remainder(start - 1, 50) - gamma_remainder(start + 999_999, 50)
+    assert float(g.sum()) == pytest.approx(block, rel=1e-6)
+    assert np.all(g > 0) and np.all(np.diff(g) <= 0)
+    asymptote = 2 * RHO * math.log(51) ** 2 / (start * math.log(start) ** 3)
+    assert float(g[0]) == pytest.approx(asymptote, rel=0.1)
+
+
+def test_gamma_takes_scalars_at_known_values_and_refuses_indices_below_one() -> None:
+    """rho = 0.1, H = 50: 0.018 over the horizon, 9.80e-4 at t = 51 (its sum to t = 100 is
+    about the whole 1/t^2 tail with rho 0.05 there), 3.14e-4 at 100, 9.37e-6 at 1,000,
+    1.59e-7 at 20,000 (the old sequence: 6.3e-9)."""
+    assert RHO == 0.1
+    assert float(gamma(1, 50)) == pytest.approx(0.9 / 50)
+    assert float(gamma(50, 50)) == pytest.approx(0.9 / 50)
+    expected = {51: 9.8047e-4, 100: 3.1399e-4, 1000: 9.3734e-6, 20_000: 1.5915e-7}
+    for t, value in expected.items():
+        assert float(gamma(t, 50)) == pytest.approx(value, rel=1e-4), t
+    assert gamma_remainder(100, 50) == pytest.approx(0.1 * (math.log(51) / math.log(101)) ** 2)
     with pytest.raises(ValueError, match="start at 1"):
         gamma(0, 50)
+    with pytest.raises(ValueError, match="after must be >= 0"):
+        gamma_remainder(-1, 50)
+
+
+def test_a_fleet_whose_discoveries_grow_with_its_trials_keeps_a_level_falling_like_a_log() -> None:
+    """D about 0.15 t (a fleet promoting 15% of its trials): from trial 100 to trial 20,000
+    alpha_t falls like 1/ln(t)^3, by about 10x; the earlier tail 0.05 H / (t (t - 1)) fell by
+    over 200x (like 1/t). At H = 50 this gamma is never below that one past the horizon."""
+    t = np.array([100, 500, 1000, 20_000])
+    levels = e_lond_alpha(ALPHA, t, 0.15 * t, 50)
+    assert np.all(np.diff(levels) < 0)
+    assert levels[0] / levels[-1] == pytest.approx((math.log(20_001) / math.log(101)) ** 3, rel=0.1)
+    earlier = ALPHA * 0.05 * 50 / (t * (t - 1.0)) * (0.15 * t + 1)
+    assert earlier[0] / earlier[-1] > 200
+    past = np.arange(51, 1_000_001, dtype=np.float64)
+    assert np.all(gamma(past, 50) >= 0.05 * 50 / (past * (past - 1)))
 
 
 def test_e_lond_alpha_grows_with_discoveries_and_is_capped_at_alpha() -> None:
-    """alpha_t = alpha gamma_t (D + 1): the first trial of a fresh fleet at 0.05 x 0.019,
+    """alpha_t = alpha gamma_t (D + 1): the first trial of a fresh fleet at 0.05 x 0.018,
     ten discoveries multiply it by 11, and it never exceeds alpha."""
-    assert float(e_lond_alpha(ALPHA, 1, 0, 50)) == pytest.approx(ALPHA * 0.95 / 50)
-    assert float(e_lond_alpha(ALPHA, 7, 10, 50)) == pytest.approx(ALPHA * 0.95 / 50 * 11)
+    assert float(e_lond_alpha(ALPHA, 1, 0, 50)) == pytest.approx(ALPHA * 0.9 / 50)
+    assert float(e_lond_alpha(ALPHA, 7, 10, 50)) == pytest.approx(ALPHA * 0.9 / 50 * 11)
     assert float(e_lond_alpha(ALPHA, 1, 1000, 50)) == ALPHA
     levels = e_lond_alpha(ALPHA, np.array([1, 60, 60]), np.array([0, 0, 5]), 50)
     assert levels.shape == (3,)
@@ -110,8 +157,9 @@ def test_e_lond_claims_distinct_indices_and_levels_follow_the_discoveries() -> N
     first, second = here.claim(ALPHA), there.claim(ALPHA)
     third = here.claim(ALPHA)
     assert [lv.index for lv in (first, second, third)] == [1, 2, 3]
-    assert (first.gamma, first.discoveries) == (0.95 / 50, 0)
-    assert first.alpha == pytest.approx(ALPHA * 0.95 / 50)
+    assert first.gamma == pytest.approx(0.9 / 50)
+    assert first.discoveries == 0
+    assert first.alpha == pytest.approx(ALPHA * 0.9 / 50)
     here.discovered(first)
     now = here.level(third, ALPHA)
     assert now is not None and (now.index, now.discoveries) == (3, 1)
@@ -182,6 +230,26 @@ def test_open_policy_by_name_and_a_fleet_started_with_another_horizon_is_refused
     assert isinstance(info.value, RegistryError)
 
 
+def test_a_fleet_started_by_an_earlier_release_is_refused_naming_what_differs() -> None:
+    """fdr.json of the release with the 1/t^2 tail (no "gamma" field, rho 0.05) is not run
+    with this sequence: refused on rho, and on the shape once rho agrees; moving the document
+    aside starts a new procedure. A record of another shape is no ELond either."""
+    storage = MemoryStorage()
+    legacy = {"policy": "e_lond", "horizon": 50, "rho": 0.05, "next_index": 7, "discoveries": [3]}
+    storage.put(FDR_FILE, json.dumps(legacy).encode())
+    with pytest.raises(FdrMismatch, match=r"rho 0\.05, this daemon is configured with 0\.1"):
+        open_policy(FdrConfig("e_lond"), storage)
+    storage.put(FDR_FILE, json.dumps({**legacy, "rho": RHO}).encode())
+    with pytest.raises(FdrMismatch, match=f"gamma '{LEGACY_SHAPE}'.*move .*{FDR_FILE} aside"):
+        open_policy(FdrConfig("e_lond"), storage)
+    fresh = MemoryStorage()
+    open_policy(FdrConfig("e_lond"), fresh).claim(ALPHA)
+    (stored,) = [fresh.get(FDR_FILE)]
+    assert stored is not None and json.loads(stored.data)["gamma"] == GAMMA_SHAPE
+    with pytest.raises(ValueError, match="the record has 'flat_then_t2'"):
+        ELond(FleetFdr(fresh, horizon=50, rho=RHO, shape=LEGACY_SHAPE))
+
+
 def test_fdr_config_refuses_unknown_policies_and_bad_horizons() -> None:
     with pytest.raises(ValueError, match=r"policy must be one of \['e_lond', 'per_symbol'\]"):
         FdrConfig("bh")  # type: ignore[arg-type]
@@ -221,6 +289,6 @@ def test_a_bad_policy_setting_fails_start_up_naming_it(
 
 
 def test_log_of_the_first_level_is_what_the_dashboard_shows() -> None:
-    """The first trial of a fresh fleet promotes at an e-value of about 1,053 (log10 3.02)."""
+    """The first trial of a fresh fleet promotes at an e-value of about 1,111 (log10 3.05)."""
     level = float(e_lond_alpha(ALPHA, 1, 0, 50))
-    assert -math.log10(level) == pytest.approx(3.022, abs=1e-3)
+    assert -math.log10(level) == pytest.approx(3.046, abs=1e-3)

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from deploy.errors import RegistryCorrupt
+from deploy.errors import FdrMismatch, RegistryCorrupt
 from deploy.registry import LocalStorage, Registry, RegistryStorage
-from deploy.registry.fleet_fdr import FDR_FILE, FdrMismatch, FdrRecord, FleetFdr
+from deploy.registry.fleet_fdr import FDR_FILE, FdrRecord, FleetFdr
 from deploy.registry.s3 import S3Storage
 from tests.support.s3 import MotoS3Server, is_put_of
 
