@@ -41,12 +41,27 @@ MODEL_FILE = "model.onnx"
 
 
 @dataclass(frozen=True, slots=True)
+class Predictions:
+    """A candidate's out-of-sample P(up): validation rows, and every test block it predicted.
+
+    ``blocks`` maps a block's first row to its rows' probabilities: the test split
+    (the ONNX model) and the earlier walk-forward test blocks (refitted models).
+    Ensembles are fit on ``val``; paired comparisons use the blocks.
+    """
+
+    val: npt.NDArray[np.float64]
+    blocks: Mapping[int, npt.NDArray[np.float64]]
+
+
+@dataclass(frozen=True, slots=True)
 class CandidateRun:
-    """A finished candidate: its record, and for a passing one its ONNX file and contract."""
+    """A finished candidate: its record, for a passing one its ONNX file and contract, and
+    its predictions when it got as far as scoring (also when a gate failed it)."""
 
     record: CandidateRecord
     path: Path | None
     onnx: OnnxInfo | None
+    predictions: Predictions | None = None
 
 
 def run_candidate(
@@ -75,6 +90,7 @@ def run_candidate(
     stage = "init"
     monitor = monitor_factory()
     onnx: OnnxInfo | None = None
+    predictions: Predictions | None = None
     try:
         trainer = make_trainer(name, **params)
         stage = "fit"
@@ -114,6 +130,7 @@ def run_candidate(
                 predictions=blocks,
             )
         fields["walk_forward"] = wf
+        predictions = Predictions(scorer.predict_proba(data.inputs("val", scorer.window)), blocks)
         paired = paired_counts(data.labels, blocks, yardstick.blocks, yardstick.name)
         fields["baseline_comparison"] = BaselineComparison(
             baseline=paired.baseline,
@@ -154,8 +171,8 @@ def run_candidate(
     )
     if not record.passed:
         path.unlink(missing_ok=True)
-        return CandidateRun(record, None, None)
-    return CandidateRun(record, path, onnx)
+        return CandidateRun(record, None, None, predictions)
+    return CandidateRun(record, path, onnx, predictions)
 
 
 @contextmanager
