@@ -63,6 +63,7 @@ from daemon.training.recovery import recover_runs
 from daemon.training.scheduler import Backoff, JobOutcome, RetrainScheduler
 from daemon.training.tracking import MlflowTracker, TrackingWorker
 from daemon.training.trigger import RetrainTrigger, TriggerPolicy
+from daemon.training.tuner import ScheduledTuning
 from daemon.training.window import FinishedWindows
 from daemon.training.worker import JobSpec, run_job
 from deploy.alerts import AlertSink, WebhookNotifier
@@ -349,8 +350,16 @@ class Daemon:
             )
             stack.callback(watch.start().stop)
         m.ready.set_function(lambda: float(all(self.readiness().values())))
+        tuning = ScheduledTuning(
+            s, served=self.ownership.served, bar_count=self.store.count, metrics=m
+        )
+        stack.callback(tuning.stop)  # after the schedules stop: no round starts after this
         self.schedules = Schedules(
-            s, check=self.watch.check, retrain_all=self.watch.retrain_all, recheck=self._recheck
+            s,
+            check=self.watch.check,
+            retrain_all=self.watch.retrain_all,
+            recheck=self._recheck,
+            tune_all=tuning.run_all,
         )
         stack.callback(self.schedules.stop)
 

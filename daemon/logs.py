@@ -15,6 +15,17 @@ import structlog
 from structlog.tracebacks import ExceptionDictTransformer
 
 
+class _Stderr:
+    """Whatever ``sys.stderr`` is when a line is written, not when logging was configured:
+    a command run in-process (tests, embedding) may replace and close the stream it saw."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(
     level: str = "INFO",
     fmt: Literal["auto", "json", "console"] = "auto",
@@ -39,12 +50,12 @@ def configure_logging(
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
     # kafka-python logs through stdlib logging; keep its chatter at WARNING.
     logging.basicConfig(
-        level=logging.WARNING, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s"
+        level=logging.WARNING, stream=_Stderr(), format="%(name)s %(levelname)s %(message)s"
     )
     logging.getLogger("kafka").setLevel(logging.ERROR)
 

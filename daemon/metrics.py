@@ -261,6 +261,13 @@ class Metrics:
             ["symbol", "outcome"],
             registry=r,
         )
+        self.tuning_runs = Counter(
+            "ctd_tuning_runs_total",
+            "Scheduled tuning runs of a symbol's trainer by outcome: tuned (best params stored),"
+            " no_trials (none completed in the budget), failed, timeout (killed past the budget).",
+            ["trainer", "outcome"],
+            registry=r,
+        )
         self.retrains_skipped = Counter(
             "ctd_retrains_skipped_total",
             "Retrain jobs dropped untrained because they would repeat the symbol's last finished"

@@ -47,10 +47,18 @@ class DataPaths:
     """Logs of `ctd demo` while its live table is on screen."""
     manifest = _Under("manifest.json")
     """Default output of `ctd manifest`."""
+    tuning = _Under("tuning")
+    """Hyperparameter tuning: the studies and each symbol's best params (`ctd tune`)."""
+    studies = _Under("tuning/studies.sqlite3")
+    """Every optuna study, one per symbol, trainer and search problem (SQLite)."""
 
     def compare_png(self, symbol: str) -> Path:
         """Default chart of `ctd compare SYMBOL`."""
         return self.root / "reports" / f"{symbol}-compare.png"
+
+    def tuned(self, symbol: str) -> Path:
+        """The best tuned params of ``symbol``, per trainer (JSON; ``daemon.training.tuned``)."""
+        return self.root / "tuning" / f"{symbol}.json"
 
     def report(self, symbol: str) -> Path:
         """Default output of `ctd report SYMBOL`."""

@@ -15,4 +15,4 @@ def registry_url(settings: Settings) -> str:
 def open_registry(settings: Settings, *, claims: Claims | None = None) -> Registry:
     """The registry of ``settings``; ``claims``: the daemon's fencing (None for the CLI)."""
     storage = open_storage(registry_url(settings), settings.paths.registry_cache)
-    return Registry(storage, claims=claims)
+    return Registry(storage, claims=claims, keep_evidence=settings.keep_candidate_versions)

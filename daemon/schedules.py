@@ -1,6 +1,6 @@
 """Work on a clock: the live monitors' scheduled check, the re-check of quarantined symbols,
-and the optional cron retrain of every symbol (APScheduler; a job that raises is logged and
-the scheduler keeps running)."""
+the optional cron retrain of every symbol and the optional cron tuning (APScheduler; a job
+that raises is logged and the scheduler keeps running)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ class Schedules:
         check: Callable[[], None],
         retrain_all: Callable[[], None],
         recheck: Callable[[], None],
+        tune_all: Callable[[], None] | None = None,
     ) -> None:
         self._jobs = BackgroundScheduler(
             timezone="UTC",
@@ -40,11 +41,19 @@ class Schedules:
                 CronTrigger.from_crontab(settings.retrain_cron, timezone="UTC"),
                 id="cron-retrain",
             )
+        if settings.tune_cron and tune_all is not None:
+            # On a pool thread like every job here, never the ingest thread; max_instances 1:
+            # a tuning round that outlasts its interval is not started twice.
+            self._jobs.add_job(
+                tune_all,
+                CronTrigger.from_crontab(settings.tune_cron, timezone="UTC"),
+                id="cron-tune",
+            )
         self._jobs.start()
 
     def job(self, job_id: str) -> Job | None:
-        """A scheduled job by id ("live-monitors", "quarantine", "cron-retrain"), e.g. to run
-        it now."""
+        """A scheduled job by id ("live-monitors", "quarantine", "cron-retrain", "cron-tune"),
+        e.g. to run it now."""
         found: Job | None = self._jobs.get_job(job_id)
         return found
 

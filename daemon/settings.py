@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import ssl
+import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -28,11 +29,14 @@ from pydantic_settings import (
 from daemon.errors import SettingsError
 from daemon.paths import DataPaths
 from deploy.fdr import DEFAULT_HORIZON, FdrConfig, Policy
+from deploy.registry.evidence import DEFAULT_KEEP_EVIDENCE
 from deploy.sequential import PromotionTestConfig
 from monitors.gates import GateConfig
 from monitors.training import MonitorConfig
-from trainers.config import TrainConfig
+from trainers.config import ENSEMBLE, TrainConfig
 from trainers.data import validate_symbol
+from trainers.errors import MissingExtraError
+from trainers.search_spaces import SEARCH_SPACES
 from trainers.table import TRAINERS
 
 ENV_PREFIX = "CTD_"
@@ -138,6 +142,15 @@ class Settings(BaseSettings):
     registry_url: str | None = Field(None, min_length=1)
     # How often running shadow trials are checkpointed to the registry for the next owner.
     trial_checkpoint_seconds: float = Field(10.0, gt=0)
+    keep_candidate_versions: int = Field(
+        DEFAULT_KEEP_EVIDENCE,
+        ge=0,
+        description="A symbol's newest versions that keep their run's evidence beside the "
+        "model: predictions.csv (every candidate's test-split P(up)) and the candidates the "
+        "run did not choose (candidates/<trainer>.onnx); older versions' evidence is deleted "
+        "when a version is added (never a model.onnx or metadata.json). 0 keeps none. Each "
+        "costs about the losers' ONNX sizes plus ~100 bytes per test row.",
+    )
 
     # HTTP (metrics, health).
     http_host: str = "127.0.0.1"
@@ -247,6 +260,15 @@ class Settings(BaseSettings):
     retrain_cron: str | None = None
     monitor_check_seconds: float = Field(60.0, gt=0)
 
+    # Hyperparameter tuning (optional extra `tune`, trainers/tuning.py): on this crontab (UTC)
+    # every symbol this daemon serves is tuned in a background process, one at a time, each
+    # trainer of tune_trainers (default: every trainer in trainers that has a search space)
+    # for up to tune_trials trials; a symbol's trainers share tune_budget_seconds.
+    tune_cron: str | None = None
+    tune_trials: int = Field(50, ge=1)
+    tune_budget_seconds: float = Field(600.0, gt=0)
+    tune_trainers: Annotated[tuple[str, ...] | None, NoDecode] = None
+
     # Operator commands (daemon/kafka/signing.py): the HMAC-SHA256 key every command on the
     # commands topic is signed with; unset, one is generated into <data_dir>/commands.secret
     # (mode 0600) for the daemon and the CLI of this machine. A fleet needs one shared value.
@@ -284,7 +306,7 @@ class Settings(BaseSettings):
     # demo shows decay / drift -> retrain -> shadow -> promotion.
     demo_regime_change_bars: int = Field(6000, ge=0)
 
-    @field_validator("trainers", "demo_symbols", mode="before")
+    @field_validator("trainers", "demo_symbols", "tune_trainers", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         """Lists come from the environment as ``a,b,c`` (a JSON array works too)."""
@@ -307,10 +329,11 @@ class Settings(BaseSettings):
     def _trainers_known(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if not value:
             raise ValueError("at least one trainer is required")
-        unknown = [name for name in value if name not in TRAINERS]
+        known = {*TRAINERS, ENSEMBLE}  # the ensemble combines the others: not in the table
+        unknown = [name for name in value if name not in known]
         if unknown:
             raise ValueError(
-                f"unknown trainer(s) {unknown}; valid names: {', '.join(sorted(TRAINERS))}"
+                f"unknown trainer(s) {unknown}; valid names: {', '.join(sorted(known))}"
             )
         return value
 
@@ -384,6 +407,7 @@ class Settings(BaseSettings):
                 CronTrigger.from_crontab(self.retrain_cron, timezone="UTC")
             except ValueError as exc:
                 raise ValueError(f"retrain_cron is not a valid crontab expression: {exc}") from None
+        self._check_tuning()
         if self.promotion_max_samples < self.promotion_min_samples:
             raise ValueError("promotion_max_samples must be >= promotion_min_samples")
         if self.webhook_url and not self.webhook_url.startswith(("http://", "https://")):
@@ -391,6 +415,43 @@ class Settings(BaseSettings):
         if self.mlflow_registry_mirror and not self.mlflow_tracking_uri:
             raise ValueError("mlflow_registry_mirror needs mlflow_tracking_uri (the MLflow server)")
         return self
+
+    @property
+    def tune_trainer_names(self) -> tuple[str, ...]:
+        """What scheduled tuning tunes: ``tune_trainers``, by default every trainer of
+        ``trainers`` that has a search space (``trainers.search_spaces``)."""
+        if self.tune_trainers is not None:
+            return self.tune_trainers
+        return tuple(name for name in self.trainers if name in SEARCH_SPACES)
+
+    def _check_tuning(self) -> None:
+        tunable = sorted(SEARCH_SPACES)
+        for name in self.tune_trainers or ():
+            if name not in self.trainers:
+                raise ValueError(f"tune_trainers names {name!r}, which is not in trainers")
+            if name not in SEARCH_SPACES:
+                raise ValueError(
+                    f"tune_trainers names {name!r}, which has nothing to tune; "
+                    f"tunable: {', '.join(tunable)}"
+                )
+        if self.tune_cron is None:
+            return
+        try:
+            CronTrigger.from_crontab(self.tune_cron, timezone="UTC")
+        except ValueError as exc:
+            raise ValueError(f"tune_cron is not a valid crontab expression: {exc}") from None
+        if not self.tune_trainer_names:
+            raise ValueError(
+                f"tune_cron is set but no trainer to tune: none of trainers has a search space "
+                f"(tunable: {', '.join(tunable)})"
+            )
+        # Imported here: only a daemon that tunes pays for the tuning module's imports.
+        from trainers.tuning import require_optuna  # noqa: PLC0415
+
+        try:
+            require_optuna()
+        except MissingExtraError as exc:
+            raise ValueError(f"tune_cron: {exc}") from None
 
     @model_validator(mode="after")
     def _sasl_consistent(self) -> Settings:
@@ -502,6 +563,10 @@ def load_settings(**overrides: Any) -> Settings:
         raise SettingsError([f"{ENV_PREFIX}CONFIG_FILE: no such file {toml_file!r}"])
     try:
         return Settings(**overrides)
+    except tomllib.TOMLDecodeError as exc:  # e.g. a YAML file: name the setting, not a traceback
+        raise SettingsError(
+            [f"{ENV_PREFIX}CONFIG_FILE: {toml_file!r} is not valid TOML ({exc})"]
+        ) from None
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

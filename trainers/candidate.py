@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from monitors.base import TrainingMonitor
+from monitors.base import MonitorWarning, TrainingMonitor
 from monitors.gates import candidate_score, evaluate_gates
 from trainers.base import FittedModel
 from trainers.baselines import Yardstick
@@ -30,6 +30,7 @@ from trainers.metadata import (
     CandidateError,
     CandidateRecord,
     OnnxInfo,
+    SplitMetrics,
     WalkForwardRecord,
 )
 from trainers.onnx_io import OnnxScorer, max_abs_diff
@@ -55,8 +56,10 @@ class Predictions:
 
 @dataclass(frozen=True, slots=True)
 class CandidateRun:
-    """A finished candidate: its record, for a passing one its ONNX file and contract, and
-    its predictions when it got as far as scoring (also when a gate failed it)."""
+    """A finished candidate: its record, its ONNX file and contract when it got through the
+    gates (passing, or failed by a gate: kept as evidence; ``record.passed`` says which), and
+    its predictions when it got as far as scoring (also when a gate failed it). A candidate
+    an error stopped has no file: what it exported is not trustworthy."""
 
     record: CandidateRecord
     path: Path | None
@@ -131,45 +134,111 @@ def run_candidate(
             )
         fields["walk_forward"] = wf
         predictions = Predictions(scorer.predict_proba(data.inputs("val", scorer.window)), blocks)
-        paired = paired_counts(data.labels, blocks, yardstick.blocks, yardstick.name)
-        fields["baseline_comparison"] = BaselineComparison(
-            baseline=paired.baseline,
-            rows=paired.rows,
-            blocks=len(blocks),
-            candidate_only=paired.candidate_only,
-            baseline_only=paired.baseline_only,
-            p_value=paired.p_value,
-        )
 
         stage = "gates"
-        verdicts = evaluate_gates(
-            metrics.model_dump(),
-            parity,
-            config.gates,
-            paired,
-            test_rows=len(data.y_test),
-            fold_accuracy_std=None if wf is None else wf.accuracy_std,
+        onnx = judge(
+            fields,
+            scorer=scorer,
+            parity=parity,
+            metrics=metrics,
+            blocks=blocks,
+            walk_forward=wf,
             warning_kinds=[w.kind for w in monitor.warnings],
-        )
-        fields["gates"] = tuple(verdicts)
-        fields["score"] = candidate_score(metrics.model_dump())
-        fields["passed"] = all(v.passed for v in verdicts)
-        onnx = OnnxInfo(
-            path=MODEL_FILE,
-            input=scorer.input_name,
-            output=scorer.output_name,
-            n_features=scorer.n_features,
-            window=scorer.window,
-            parity_max_abs_diff=parity,
-            sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+            config=config,
+            data=data,
+            yardstick=yardstick,
         )
     except Exception as exc:  # one broken candidate must not sink the others
         fields["error"] = CandidateError(stage=stage, type=type(exc).__name__, message=str(exc))
+    return finish(
+        fields,
+        timings=timings,
+        warnings=monitor.warnings,
+        path=path,
+        onnx=onnx,
+        predictions=predictions,
+    )
+
+
+def judge(
+    fields: dict[str, object],
+    *,
+    scorer: OnnxScorer,
+    parity: float,
+    metrics: SplitMetrics,
+    blocks: Mapping[int, npt.NDArray[np.float64]],
+    walk_forward: WalkForwardRecord | None,
+    warning_kinds: Sequence[str],
+    config: TrainConfig,
+    data: Dataset,
+    yardstick: Yardstick,
+) -> OnnxInfo:
+    """Compare an exported candidate with ``yardstick`` on ``blocks``, gate and score it.
+
+    Writes ``baseline_comparison``, ``gates``, ``score`` and ``passed`` into
+    ``fields`` and returns the ONNX contract it would be served under. Every
+    candidate (the ensemble too) is judged by this one code path.
+    """
+    paired = paired_counts(data.labels, blocks, yardstick.blocks, yardstick.name)
+    fields["baseline_comparison"] = BaselineComparison(
+        baseline=paired.baseline,
+        rows=paired.rows,
+        blocks=len(blocks),
+        candidate_only=paired.candidate_only,
+        baseline_only=paired.baseline_only,
+        p_value=paired.p_value,
+    )
+    verdicts = evaluate_gates(
+        metrics.model_dump(),
+        parity,
+        config.gates,
+        paired,
+        test_rows=len(data.y_test),
+        fold_accuracy_std=None if walk_forward is None else walk_forward.accuracy_std,
+        warning_kinds=warning_kinds,
+    )
+    fields["gates"] = tuple(verdicts)
+    fields["score"] = candidate_score(metrics.model_dump())
+    fields["passed"] = all(v.passed for v in verdicts)
+    return OnnxInfo(
+        path=MODEL_FILE,
+        input=scorer.input_name,
+        output=scorer.output_name,
+        n_features=scorer.n_features,
+        window=scorer.window,
+        parity_max_abs_diff=parity,
+        sha256=hashlib.sha256(scorer.path.read_bytes()).hexdigest(),
+    )
+
+
+def finish(
+    fields: dict[str, object],
+    *,
+    timings: dict[str, float],
+    warnings: Sequence[MonitorWarning],
+    path: Path,
+    onnx: OnnxInfo | None,
+    predictions: Predictions | None,
+) -> CandidateRun:
+    """The candidate's ``CandidateRun`` from ``fields`` (``error`` set: failed).
+
+    The ONNX file at ``path`` is deleted when an error stopped the candidate
+    (or it never got a contract): what it exported is not trustworthy.
+    """
+    if "error" in fields:
         fields["passed"] = False
     record = CandidateRecord.model_validate(
-        {**fields, "timings": timings, "warnings": tuple(monitor.warnings)}
+        {"passed": False, **fields, "timings": timings, "warnings": tuple(warnings)}
     )
-    if not record.passed:
+    return _finished(record, path, onnx, predictions)
+
+
+def _finished(
+    record: CandidateRecord, path: Path, onnx: OnnxInfo | None, predictions: Predictions | None
+) -> CandidateRun:
+    """The run, keeping the ONNX file when the candidate got through the gates (passed or
+    failed by one: evidence); deleting it when an error stopped the candidate."""
+    if record.error is not None or onnx is None:
         path.unlink(missing_ok=True)
         return CandidateRun(record, None, None, predictions)
     return CandidateRun(record, path, onnx, predictions)

@@ -10,11 +10,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from monitors.gates import GateConfig
 from monitors.training import MonitorConfig
 from trainers.errors import InvalidInputError
+
+ENSEMBLE: Final = "ensemble"
+"""The candidate combining a run's passing candidates (``trainers.ensemble``). Named in
+``trainers`` like a trainer, but not in ``trainers.table.TRAINERS``: it fits on the other
+candidates' predictions, not on a ``Dataset``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,12 +27,15 @@ class TrainConfig:
     """What to train and how to judge it.
 
     ``trainers``: candidate names (``trainers.table.TRAINERS``), each trained
-    beside the naive baseline. ``trainer_params`` maps a trainer name to its
-    keywords, e.g. ``{"tcn": {"preset": "deep"}}``. ``walk_forward_folds``: 0
+    beside the naive baseline, and optionally ``ensemble`` (``ENSEMBLE``).
+    ``trainer_params`` maps a trainer name to its keywords, e.g.
+    ``{"tcn": {"preset": "deep"}}``. ``walk_forward_folds``: 0
     disables walk-forward evaluation, else at least 2 folds. ``augment``
     passes ``augment=True`` to every candidate (small-data augmentation of
     the training split). ``monitor``: the training-time rules every candidate
-    runs under.
+    runs under. ``tuned``: where tuned ``trainer_params`` came from, per trainer
+    (study, objective value, finish time, the tuned keywords); set by the daemon
+    (``daemon.training.tuned``), empty when nothing was tuned.
     """
 
     trainers: tuple[str, ...] = ("xgboost", "tcn", "lstm")
@@ -39,6 +47,7 @@ class TrainConfig:
     walk_forward_folds: int = 3
     augment: bool = False
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    tuned: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         folds = self.walk_forward_folds
@@ -46,8 +55,9 @@ class TrainConfig:
             raise InvalidInputError(f"walk_forward_folds must be 0 (off) or >= 2, got {folds}")
 
     def to_dict(self) -> dict[str, object]:
-        """JSON-ready; the input of the config hash in metadata."""
-        return {
+        """JSON-ready; the input of the config hash in metadata. ``tuned`` only when set, so
+        an untuned config keeps the hash it always had."""
+        out: dict[str, object] = {
             "trainers": list(self.trainers),
             "seed": self.seed,
             "val_fraction": self.val_fraction,
@@ -58,6 +68,9 @@ class TrainConfig:
             "augment": self.augment,
             "monitor": json_safe(asdict(self.monitor)),
         }
+        if self.tuned:
+            out["tuned"] = json_safe({k: dict(v) for k, v in self.tuned.items()})
+        return out
 
 
 def json_safe(value: Any) -> Any:

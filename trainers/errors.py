@@ -8,7 +8,8 @@ Hierarchy::
     ├── UnknownTrainerError(TrainingError, KeyError)      a trainer name not in the registry map
     ├── TrainingAborted(TrainingError)                    a monitor aborted the run
     ├── ParityError(TrainingError)                        ONNX output differs from native output
-    └── MetadataError(TrainingError, ValueError)          metadata.json of unknown schema or shape
+    ├── MetadataError(TrainingError, ValueError)          metadata.json of unknown schema or shape
+    └── MissingExtraError(TrainingError, ImportError)     an optional extra is not installed
 """
 
 from __future__ import annotations
@@ -62,3 +63,13 @@ class MetadataError(TrainingError, ValueError):
     def __init__(self, source: object, problem: str) -> None:
         self.source, self.problem = str(source), problem
         super().__init__(f"{source}: {problem}")
+
+
+class MissingExtraError(TrainingError, ImportError):
+    """A feature needs an optional extra that is not installed; the message says how to get it."""
+
+    def __init__(self, package: str, extra: str, feature: str) -> None:
+        self.package, self.extra, self.feature = package, extra, feature
+        super().__init__(
+            f"{feature} needs {package}, which is not installed: pip install 'ctd[{extra}]'"
+        )

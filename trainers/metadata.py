@@ -220,6 +220,77 @@ class CandidateRecord(_Record):
         return tuple(g for g in self.gates if not g.passed)
 
 
+class PairedTestRecord(_Record):
+    """Candidates ``a`` and ``b`` on the same test rows (``trainers.comparison.PairedTest``).
+
+    ``test``: ``mcnemar`` (direction: rows only one got right) or ``diebold_mariano``
+    (per-row log loss). ``statistic`` and ``effect`` > 0 favour ``a``; ``p_value``
+    is two-sided.
+    """
+
+    a: str
+    b: str
+    test: str
+    statistic: float
+    p_value: float
+    rows: int
+    a_wins: int
+    b_wins: int
+    effect: float
+
+
+class FriedmanRecord(_Record):
+    """Friedman's test and Nemenyi's post-hoc over the walk-forward test blocks.
+
+    ``accuracy[i][j]``: candidate ``j``'s accuracy on block ``i`` (first row
+    ``block_starts[i]``). ``mean_ranks``: 1 is best. ``differ``: pairs more than
+    ``critical_difference`` apart in mean rank, when Friedman rejects at ``alpha``.
+    """
+
+    candidates: tuple[str, ...]
+    block_starts: tuple[int, ...]
+    accuracy: tuple[tuple[float, ...], ...]
+    mean_ranks: tuple[float, ...]
+    statistic: float
+    f_statistic: float | None = None
+    p_value: float
+    method: str
+    alpha: float
+    critical_difference: float
+    differ: tuple[tuple[str, str], ...] = ()
+
+
+class SelectionRecord(_Record):
+    """How the served candidate was chosen, and whether the most accurate one differs.
+
+    ``tests``: McNemar and Diebold-Mariano of ``chosen`` (a) against
+    ``most_accurate`` (b) on the test split, when they are not the same;
+    ``significant``: McNemar's p-value below the comparison's alpha (None: no test).
+    """
+
+    rule: str
+    chosen: str | None = None
+    most_accurate: str | None = None
+    tests: tuple[PairedTestRecord, ...] = ()
+    significant: bool | None = None
+
+
+class ComparisonRecord(_Record):
+    """The scored candidates compared with each other (``trainers.selection``).
+
+    ``paired``: every pair on the test split's ``test_rows``; ``friedman``: across
+    walk-forward blocks, None with ``friedman_skipped`` saying why.
+    """
+
+    alpha: float
+    test_rows: int
+    candidates: tuple[str, ...] = ()
+    paired: tuple[PairedTestRecord, ...] = ()
+    friedman: FriedmanRecord | None = None
+    friedman_skipped: str | None = None
+    selection: SelectionRecord
+
+
 class ModelMetadata(_Record):
     """Everything recorded about one training run of a symbol (``metadata.json``).
 
@@ -257,6 +328,8 @@ class ModelMetadata(_Record):
     created_at: str
     passed: bool
     reason: str
+    comparison: ComparisonRecord | None = None
+    """Paired tests between the candidates and the selection rule; None before 2026-12."""
 
     @property
     def test_accuracy(self) -> float | None:

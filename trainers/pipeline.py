@@ -3,7 +3,8 @@
 Runs inside a worker process and knows nothing of Kafka or the registry: the
 caller hands it bars and an empty output directory and reads back
 ``metadata.json`` (always written) and ``model.onnx`` (only when a candidate
-passed every gate).
+passed every gate), beside the evidence ``trainers.evidence`` describes: the
+evaluation CSV ``predictions.csv`` (always) and the losers' ``candidates/*.onnx``.
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ from monitors.drift import FeatureReference
 from monitors.training import build_monitor
 from trainers.baselines import MAJORITY, PERSISTENCE, choose_yardstick, fit_yardsticks
 from trainers.candidate import MODEL_FILE, CandidateRun, run_candidate
-from trainers.config import TrainConfig
+from trainers.config import ENSEMBLE, TrainConfig
 from trainers.data import Bars, validate_symbol
+from trainers.ensemble import run_ensemble
+from trainers.evidence import clear_candidates, evidence_names, keep_candidate, write_predictions
 from trainers.features import FEATURE_SPEC, TrainingMatrix, training_matrix
 from trainers.metadata import DataRange, ModelMetadata, SplitRecord
 from trainers.repro import bars_sha256, config_sha256, package_versions
+from trainers.selection import compare_candidates
 
 METADATA_FILE: Final = "metadata.json"
 
@@ -105,7 +109,7 @@ def train_symbol(
     majority = next(b for b in baselines if b.name == MAJORITY)
     timings["baseline_seconds"] = time.perf_counter() - t
 
-    names = list(config.trainers)
+    names = [n for n in config.trainers if n != ENSEMBLE]  # the ensemble runs after them
     if yardstick.name == PERSISTENCE and PERSISTENCE not in names:
         names.append(PERSISTENCE)
     t = time.perf_counter()
@@ -123,9 +127,23 @@ def train_symbol(
         for index, name in enumerate(names)
     ]
     timings["candidates_seconds"] = time.perf_counter() - t
+    if ENSEMBLE in config.trainers:  # the passing candidates combined, gated like one
+        t = time.perf_counter()
+        ensemble = run_ensemble(
+            len(runs),
+            runs,
+            config=config,
+            data=data,
+            fwd_returns=matrix.fwd_returns,
+            yardstick=yardstick,
+            out_dir=out_dir,
+        )
+        runs.append(ensemble)
+        timings["ensemble_seconds"] = time.perf_counter() - t
 
     best = _choose(runs)
     model_path = _keep_only(runs, best, out_dir)
+    write_predictions(out_dir, runs, matrix, split.test)  # the evaluation CSV, trainers.evidence
     chosen = best.record if best is not None else None
     timings["total_seconds"] = time.perf_counter() - started
     config_dict = config.to_dict()
@@ -163,6 +181,8 @@ def train_symbol(
         created_at=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         passed=chosen is not None,
         reason=_reason(runs, best),
+        # Paired tests between the scored candidates, and why this one (trainers.selection).
+        comparison=compare_candidates(runs, data.labels, split.test.start, best),
     )
     (out_dir / METADATA_FILE).write_bytes(metadata.to_json())
     return TrainResult(
@@ -182,16 +202,18 @@ def _choose(runs: list[CandidateRun]) -> CandidateRun | None:
 
 
 def _keep_only(runs: list[CandidateRun], best: CandidateRun | None, out_dir: Path) -> Path | None:
-    """Move the chosen model to ``out_dir/model.onnx``; delete the other candidates' files."""
+    """Move the chosen model to ``out_dir/model.onnx`` and every other exported candidate's to
+    ``out_dir/candidates/<name>.onnx`` (``trainers.evidence``): the losers stay comparable."""
     kept = None
-    for run in runs:
+    clear_candidates(out_dir)
+    for run, name in zip(runs, evidence_names([r.record.trainer for r in runs]), strict=True):
         if run.path is None:
             continue
         if run is best:
             kept = out_dir / MODEL_FILE
             run.path.replace(kept)
         else:
-            run.path.unlink(missing_ok=True)
+            keep_candidate(run.path, out_dir, name)
     return kept
 
 

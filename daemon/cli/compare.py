@@ -1,6 +1,9 @@
-"""``ctd compare``: every version x candidate of a symbol as a table and a chart.
+"""``ctd compare``: every version x candidate of a symbol as a table and a chart, and one
+version's statistical comparison of its candidates (``trainers.selection``).
 
 Reads only what the registry holds, so it works with or without a daemon running.
+The terminal tables are drawn by ``daemon.cli.compare_render``; the chart's
+critical-difference panel by ``daemon.cli.compare_chart``.
 """
 
 from __future__ import annotations
@@ -8,21 +11,20 @@ from __future__ import annotations
 import io
 import statistics
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 import numpy as np
-from rich.table import Table
 
-from daemon.cli.fmt import fmt, pct
+from daemon.cli.compare_chart import draw_critical_difference
+from daemon.cli.fmt import pct
 from daemon.errors import NothingToReportError
 from daemon.registry import open_registry
 from daemon.settings import Settings
 from deploy.durable import write_atomic
 from deploy.registry import Slots
-from trainers.metadata import CandidateError, ModelMetadata
+from trainers.metadata import CandidateError, ComparisonRecord, ModelMetadata
 from trainers.onnx_io import OnnxScorer
 
 LATENCY_CALLS: Final = 200
@@ -49,26 +51,47 @@ class CompareRow:
     error: str | None
 
 
-def compare(settings: Settings, symbol: str, out_png: Path | None = None) -> list[CompareRow]:
-    """Rows for every (version, candidate), oldest version first; also writes the PNG chart.
+@dataclass(frozen=True, slots=True)
+class CompareReport:
+    """What ``compare`` found: every row, and the comparison record of ``version``
+    (None when its metadata predates comparisons)."""
+
+    rows: list[CompareRow]
+    version: str
+    comparison: ComparisonRecord | None
+
+
+def compare(
+    settings: Settings, symbol: str, out_png: Path | None = None, *, version: str | None = None
+) -> CompareReport:
+    """Rows for every (version, candidate), oldest version first, the statistical
+    comparison of ``version`` (default: the newest); also writes the PNG chart.
 
     Latency is measured now: the median of ``LATENCY_CALLS`` single-row
     ``OnnxScorer`` calls on each version's model.onnx (the model live scoring
     runs). The chart goes to ``out_png`` (default under the data directory). Raises
-    NothingToReportError when the symbol has no version.
+    NothingToReportError when the symbol has no version, or not ``version``.
     """
     registry = open_registry(settings)
     versions = registry.versions(symbol)
     if not versions:
         raise NothingToReportError(symbol, f"no model versions in {registry.url}")
+    picked = versions[-1] if version is None else version
+    if picked not in versions:
+        known = ", ".join(versions)
+        raise NothingToReportError(symbol, f"no version {picked!r} (versions: {known})")
     slots = registry.slots(symbol)
     rows: list[CompareRow] = []
-    for version in versions:
-        meta = registry.metadata(symbol, version)
-        latency = onnx_latency_ms(registry.model_path(symbol, version))
-        rows.extend(version_rows(version, slot_of(slots, version), meta, latency))
-    write_compare_png(rows, symbol, out_png or settings.paths.compare_png(symbol))
-    return rows
+    comparison = None
+    for v in versions:
+        meta = registry.metadata(symbol, v)
+        latency = onnx_latency_ms(registry.model_path(symbol, v))
+        rows.extend(version_rows(v, slot_of(slots, v), meta, latency))
+        if v == picked:
+            comparison = meta.comparison
+    report = CompareReport(rows, picked, comparison)
+    write_compare_png(report, symbol, out_png or settings.paths.compare_png(symbol))
+    return report
 
 
 def onnx_latency_ms(path: Path, calls: int = LATENCY_CALLS) -> float:
@@ -133,60 +156,25 @@ def error_text(error: CandidateError) -> str:
     return f"{error.stage}: {error.type}: {error.message}"
 
 
-def render_compare_table(rows: Sequence[CompareRow]) -> Table:
-    """A rich table of ``compare`` rows; ``*`` marks each version's served model."""
-    table = Table(title="versions and candidates (* = served model.onnx)")
-    for col in (
-        "version",
-        "slot",
-        "trainer",
-        "test acc",
-        "baseline",
-        "ROC AUC",
-        "log loss",
-        "gap",
-        "fit s",
-        "latency ms",
-        "params",
-        "passed",
-    ):
-        table.add_column(col, justify="left" if col in ("version", "slot", "trainer") else "right")
-    for r in rows:
-        passed = "yes" if r.passed else ("error" if r.error else "no")
-        table.add_row(
-            r.version,
-            r.slot,
-            f"{r.trainer}{' *' if r.chosen else ''}",
-            pct(r.test_accuracy),
-            pct(r.baseline_accuracy),
-            fmt(r.roc_auc, 3),
-            fmt(r.log_loss, 3),
-            fmt(r.train_val_gap, 3),
-            fmt(r.fit_seconds, 2),
-            fmt(r.latency_ms, 3),
-            "-" if r.n_params is None else f"{r.n_params:,}",
-            passed,
-        )
-    return table
-
-
-def write_compare_png(rows: Sequence[CompareRow], symbol: str, path: Path) -> None:
+def write_compare_png(report: CompareReport, symbol: str, path: Path) -> None:
     """Grouped bars of test accuracy per version and trainer (naive baseline as a dashed
-    line per version), and each served model's single-row ONNX latency below."""
+    line per version), each served model's single-row ONNX latency below, and at the
+    bottom the critical-difference chart of ``report.version``'s candidates."""
     # Lazy: matplotlib is only needed here, and importing it costs ~0.5 s.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
+    rows = report.rows
     versions = list(dict.fromkeys(r.version for r in rows))
     groups = [[r for r in rows if r.version == v] for v in versions]
     trainers = sorted({r.trainer for r in rows})
     colors = {t: f"C{i % 10}" for i, t in enumerate(trainers)}
     ticks = list(range(len(versions)))
     labels = [f"{v[:15]}\n{g[0].slot}" for v, g in zip(versions, groups, strict=True)]
-    fig = Figure(figsize=(max(8.0, 1.6 * len(versions) + 3), 8), layout="constrained")
+    fig = Figure(figsize=(max(8.0, 1.6 * len(versions) + 3), 11), layout="constrained")
     FigureCanvasAgg(fig)  # Agg: renders without a display
-    acc_ax, lat_ax = fig.subplots(2, 1, height_ratios=(2, 1))
+    acc_ax, lat_ax, cd_ax = fig.subplots(3, 1, height_ratios=(2, 1, 1.2))
 
     for x, group in enumerate(groups):
         width = 0.8 / len(group)
@@ -231,6 +219,7 @@ def write_compare_png(rows: Sequence[CompareRow], symbol: str, path: Path) -> No
     lat_ax.set_ylabel("ms")
     lat_ax.set_ylim(0, max(latencies, default=0.0) * 1.25 or 1.0)
     lat_ax.set_title("served model: ONNX single-row latency (median)")
+    draw_critical_difference(cd_ax, report.version, report.comparison, colors)
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)

@@ -62,6 +62,8 @@ def _handlers() -> dict[str, Handler]:
         "manifest": _cmd_manifest,
         "backtest": _cmd_backtest,
         "doctor": _cmd_doctor,
+        "tune": _cmd_tune,
+        "experiment": _cmd_experiment,
     }
 
 
@@ -106,9 +108,14 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--trainers", nargs="+", default=None, metavar="NAME", help="default: CTD_TRAINERS"
     )
-    compare = sub.add_parser("compare", help="versions x candidates table and a PNG chart")
+    compare = sub.add_parser(
+        "compare", help="versions x candidates, one version's paired tests, and a PNG chart"
+    )
     compare.add_argument("symbol")
     compare.add_argument("--png", type=Path, default=None)
+    compare.add_argument(
+        "--version", default=None, help="whose statistical comparison to show (default: newest)"
+    )
     report = sub.add_parser("report", help="markdown report of one symbol")
     report.add_argument("symbol")
     report.add_argument("--out", type=Path, default=None)
@@ -127,11 +134,83 @@ def _parser() -> argparse.ArgumentParser:
     backtest.add_argument(
         "--cost-bps", type=float, default=1.0, help="cost per unit of turnover (basis points)"
     )
+    experiment = sub.add_parser(
+        "experiment", help="train a grid of trainers x params x seeds from an experiment file"
+    )
+    experiment_sub = experiment.add_subparsers(dest="experiment_command", required=True)
+    experiment_run = experiment_sub.add_parser(
+        "run", help="run FILE (.toml, .yaml) and write its evidence folder"
+    )
+    experiment_run.add_argument("file", type=Path, metavar="FILE")
+    experiment_run.add_argument(
+        "--out", type=Path, default=None, metavar="DIR", help="default: CTD_DATA_DIR/experiments"
+    )
+    _add_tune(sub)
     doctor = sub.add_parser("doctor", help="what is wrong with a symbol's registry state")
     doctor.add_argument("symbol", nargs="?", default=None)
     doctor.add_argument("--apply", action="store_true", help="carry out the repairs")
     doctor.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
+
+
+def _cmd_experiment(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.cli.experiment import run_experiment
+    from daemon.cli.experiment_report import summary_table
+    from daemon.logs import configure_logging
+
+    configure_logging("WARNING", settings.log_format)
+    outcome = run_experiment(settings, args.file, args.out)
+    print(summary_table(outcome.experiment, outcome.runs))
+    if outcome.tracked or outcome.tracking_errors:
+        print(f"MLflow: {outcome.tracked} candidate runs in experiment {outcome.experiment.name!r}")
+    for problem in outcome.tracking_errors:
+        print(f"MLflow: not logged: {problem}", file=sys.stderr)
+    print(f"evidence: {outcome.folder}")
+    return EXIT_OK if outcome.measured else EXIT_FAILURE
+
+
+def _add_tune(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``ctd tune``'s arguments (its own function: ``_parser`` is long enough)."""
+    tune = sub.add_parser(
+        "tune", help="search a trainer's hyperparameters for a symbol (extra `tune`: optuna)"
+    )
+    tune.add_argument("symbol", nargs="?", default=None, help="bars from the local bar store")
+    tune.add_argument("--csv", type=Path, default=None, metavar="FILE", help="bars from a CSV")
+    tune.add_argument("--symbol", dest="csv_symbol", default=None, help="the CSV's symbol")
+    tune.add_argument("--trainer", required=True, metavar="NAME")
+    tune.add_argument("--trials", type=int, default=None, help="default: CTD_TUNE_TRIALS")
+    tune.add_argument(
+        "--timeout", type=float, default=None, help="seconds; default: CTD_TUNE_BUDGET_SECONDS"
+    )
+    tune.add_argument("--seed", type=int, default=None, help="sampler seed; default: CTD_SEED")
+
+
+def _cmd_tune(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from daemon.cli.tune import print_outcome, tune_symbol
+    from daemon.errors import UsageError
+    from daemon.logs import configure_logging
+    from trainers.errors import MissingExtraError
+
+    configure_logging("WARNING", settings.log_format)
+    names = {n for n in (args.symbol, args.csv_symbol) if n is not None}
+    if len(names) != 1 or (args.csv_symbol is not None and args.csv is None):
+        raise UsageError("give SYMBOL (local bar store) or --csv FILE --symbol SYMBOL")
+    try:
+        outcome = tune_symbol(
+            settings,
+            names.pop(),
+            args.trainer,
+            csv=args.csv,
+            trials=settings.tune_trials if args.trials is None else args.trials,
+            timeout=settings.tune_budget_seconds if args.timeout is None else args.timeout,
+            seed=args.seed,
+        )
+    except MissingExtraError as exc:
+        print(f"ctd tune: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return print_outcome(outcome, Console(), trained=settings.trainers)
 
 
 def _cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
@@ -176,12 +255,14 @@ def _cmd_train(settings: Settings, args: argparse.Namespace) -> int:
 def _cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from daemon.cli.compare import compare, render_compare_table
+    from daemon.cli.compare import compare
+    from daemon.cli.compare_render import render_compare_table, render_comparison
 
     png = args.png or settings.paths.compare_png(args.symbol)
-    rows = compare(settings, args.symbol, png)
+    report = compare(settings, args.symbol, png, version=args.version)
     console = Console()
-    console.print(render_compare_table(rows))
+    console.print(render_compare_table(report.rows))
+    console.print(render_comparison(report))
     console.print(f"chart: {png}")
     return EXIT_OK
 

@@ -4,7 +4,9 @@ Same settings, same ``settings.train_config``, same first-champion significance 
 and the same outcome recorder as the daemon (``daemon.training.outcomes``): a
 model trained from a file is judged, deployed and written into the ledger
 exactly like one trained from live bars. A shadow it replaces hands over the
-evidence its trial had when the prediction log last saved it.
+evidence its trial had when the prediction log last saved it. With
+``CTD_MLFLOW_TRACKING_URI`` set the run is logged to MLflow as the daemon logs its
+runs (``daemon.training.tracking``).
 """
 
 from __future__ import annotations
@@ -28,12 +30,17 @@ from daemon.store.predictions import PredictionStore
 from daemon.training.jobs import candidate_summary, job_config
 from daemon.training.outcomes import RunRecorder
 from daemon.training.scheduler import JobOutcome, TrainJob
+from daemon.training.tracking import MlflowTracker, TrackingWorker
+from daemon.training.tuned import TunedStore
+from trainers.config import ENSEMBLE
 from trainers.data import validate_symbol
 from trainers.errors import InvalidInputError, UnknownTrainerError
 from trainers.pipeline import train_symbol
 from trainers.table import TRAINERS
 
 ACTOR = "cli"
+TRACKING_TIMEOUT_SECONDS = 60.0
+"""How long the run may take to reach MLflow after training; a failure is logged, not raised."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +86,12 @@ def train_csv(
     bars = read_ohlcv_csv(csv_path).tail(settings.train_window_bars)
     registry = open_registry(settings)
     base = settings.train_config
-    config = job_config(base if names is None else replace(base, trainers=names), registry, symbol)
+    config = job_config(
+        base if names is None else replace(base, trainers=names),
+        registry,
+        symbol,
+        tuned=TunedStore(settings.paths),  # the symbol's `ctd tune` results, as the daemon does
+    )
     job = TrainJob(
         symbol,
         uuid.uuid4().hex[:12],
@@ -87,13 +99,16 @@ def train_csv(
         f"ctd train --csv {Path(csv_path).name}",
         time.time(),
     )
+    metrics = Metrics(CollectorRegistry(), version="cli")
+    tracking = _tracking(settings, metrics)  # first: an unusable MLflow leaves nothing open
     log = (
         PredictionStore(settings.paths.predictions) if settings.paths.predictions.exists() else None
     )
     recorder = RunRecorder(
         registry=registry,
         placer=SavedTrialPlacer(registry, log, actor=ACTOR),
-        metrics=Metrics(CollectorRegistry(), version="cli"),
+        metrics=metrics,
+        tracking=tracking,
         actor=ACTOR,
     )
     staging_root = settings.paths.staging
@@ -116,6 +131,8 @@ def train_csv(
     finally:
         if log is not None:
             log.close()
+        if tracking is not None:
+            tracking.close(TRACKING_TIMEOUT_SECONDS)
     meta = result.metadata
     slot: Literal["champion", "shadow"] | None = None
     if recorded.result in ("champion", "shadow"):
@@ -134,13 +151,23 @@ def train_csv(
     )
 
 
+def _tracking(settings: Settings, metrics: Metrics) -> TrackingWorker | None:
+    """The daemon's MLflow tracking when ``CTD_MLFLOW_TRACKING_URI`` is set (mlflow imported
+    only then); TrackingUnavailableError, before any training, if mlflow cannot be used."""
+    if not settings.mlflow_tracking_uri:
+        return None
+    tracker = MlflowTracker(settings.mlflow_tracking_uri, settings.mlflow_experiment)
+    return TrackingWorker(tracker, metrics.registry)
+
+
 def _trainer_names(trainers: Sequence[str] | None) -> tuple[str, ...] | None:
     if trainers is None:
         return None
     names = tuple(trainers)
     if not names:
         raise InvalidInputError("at least one trainer is required, got an empty list")
+    known = {*TRAINERS, ENSEMBLE}
     for name in names:
-        if name not in TRAINERS:
-            raise UnknownTrainerError(name, TRAINERS)
+        if name not in known:
+            raise UnknownTrainerError(name, known)
     return names

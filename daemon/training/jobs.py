@@ -13,6 +13,7 @@ from pathlib import Path
 
 from daemon.settings import Settings
 from daemon.training.scheduler import TrainJob
+from daemon.training.tuned import TunedStore
 from daemon.training.window import FinishedWindows
 from daemon.training.worker import JobSpec
 from deploy.registry import Registry
@@ -38,20 +39,28 @@ def job_spec(
         store_path=settings.paths.bars,
         window_bars=settings.train_window_bars,
         staging_dir=staging,
-        config=job_config(base, registry, job.symbol),
+        config=job_config(base, registry, job.symbol, tuned=TunedStore(settings.paths)),
         log_level=settings.log_level,
         previous=None if windows is None or job.force else windows.get(job.symbol),
         min_new_bars=settings.retrain_min_new_bars,
     )
 
 
-def job_config(base: TrainConfig, registry: Registry, symbol: str) -> TrainConfig:
+def job_config(
+    base: TrainConfig, registry: Registry, symbol: str, *, tuned: TunedStore | None = None
+) -> TrainConfig:
     """``base`` for this symbol's next job.
+
+    With ``tuned``, the symbol's tuned hyperparameters are merged in and recorded
+    (``daemon.training.tuned``; the backtest passes none: params tuned on the whole
+    history would look ahead in a replay).
 
     Until a symbol has a champion, attempt k (1 + the candidates rejected so
     far) is gated at alpha/(k(k+1)) (monitors.gates.bootstrap_alpha), so
     retrying a no-signal symbol cannot eventually sneak a champion in.
     """
+    if tuned is not None:
+        base = tuned.apply(base, symbol)
     if registry.slots(symbol).champion is not None:
         return base
     rejected = sum(1 for e in registry.history(symbol) if e.event == "candidate_rejected")

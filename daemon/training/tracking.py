@@ -14,6 +14,7 @@ import math
 import queue
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeGuard
@@ -58,7 +59,11 @@ class Tracker(Protocol):
         """Return the tracking system's id of the run."""
 
 
-def run_fields(run: TrackedRun) -> tuple[dict[str, str], dict[str, float], dict[str, str]]:
+Fields = tuple[dict[str, str], dict[str, float], dict[str, str]]
+"""(params, metrics, tags) of one MLflow run."""
+
+
+def run_fields(run: TrackedRun) -> Fields:
     """(params, metrics, tags) of a run.
 
     Params: config hash and data range, and every candidate's trainer params as
@@ -106,6 +111,14 @@ def run_fields(run: TrackedRun) -> tuple[dict[str, str], dict[str, float], dict[
                 tags[f"gate.{cand.trainer}.{verdict.gate}"] = "pass" if verdict.passed else "fail"
             if cand.error is not None:
                 tags[f"error.{cand.trainer}"] = cand.error.model_dump()
+    return as_fields(params, metrics, tags)
+
+
+def as_fields(
+    params: Mapping[str, object], metrics: Mapping[str, object], tags: Mapping[str, object]
+) -> Fields:
+    """MLflow-ready (params, metrics, tags): text clipped to MLflow's limits, finite metrics
+    only, None left out."""
     return (
         {k: str(v)[:_MAX_PARAM_CHARS] for k, v in params.items() if v is not None},
         {k: float(v) for k, v in metrics.items() if _finite(v)},
@@ -147,11 +160,34 @@ class MlflowTracker:
         self._experiment_id: str | None = None
 
     def log(self, run: TrackedRun) -> str:
-        client, entities = self._client, self._entities
-        params, metrics, tags = run_fields(run)
-        created = client.create_run(
-            self._experiment_id_or_create(), run_name=f"{run.symbol}/{run.run_id}"
+        documents: dict[str, Mapping[str, Any]] = {}
+        if not run.artifacts and run.metadata is not None:
+            documents["metadata.json"] = run.metadata.to_dict()
+        return self.log_fields(
+            f"{run.symbol}/{run.run_id}",
+            run_fields(run),
+            artifacts=run.artifacts,
+            documents=documents,
+            failed=run.outcome == "failed",
         )
+
+    def log_fields(
+        self,
+        run_name: str,
+        fields: Fields,
+        *,
+        artifacts: Sequence[Path] = (),
+        documents: Mapping[str, Mapping[str, Any]] | None = None,
+        failed: bool = False,
+    ) -> str:
+        """One run from ready fields (``as_fields``), files and JSON documents; its MLflow id.
+
+        For runs that are not one training job (``ctd experiment run`` logs a run per
+        candidate). Raises whatever MLflow raises; the run is then marked FAILED.
+        """
+        client, entities = self._client, self._entities
+        params, metrics, tags = fields
+        created = client.create_run(self._experiment_id_or_create(), run_name=run_name)
         mlflow_id: str = created.info.run_id
         try:
             now = int(time.time() * 1000)
@@ -161,15 +197,14 @@ class MlflowTracker:
                 metrics=[entities.Metric(k, v, now, 0) for k, v in metrics.items()],
                 tags=[entities.RunTag(k, v) for k, v in tags.items()],
             )
-            for path in run.artifacts:
+            for path in artifacts:
                 client.log_artifact(mlflow_id, str(path))
-            if not run.artifacts and run.metadata is not None:
-                client.log_dict(mlflow_id, run.metadata.to_dict(), "metadata.json")
+            for name, document in (documents or {}).items():
+                client.log_dict(mlflow_id, dict(document), name)
         except BaseException:
             client.set_terminated(mlflow_id, status="FAILED")
             raise
-        status = "FAILED" if run.outcome == "failed" else "FINISHED"
-        client.set_terminated(mlflow_id, status=status)
+        client.set_terminated(mlflow_id, status="FAILED" if failed else "FINISHED")
         return mlflow_id
 
     def _experiment_id_or_create(self) -> str:

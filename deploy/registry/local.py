@@ -66,6 +66,16 @@ class LocalStorage:
         else:
             path.unlink(missing_ok=True)
 
+    def keys(self, prefix: str) -> list[str]:
+        base = self._path(prefix) if prefix else self.root
+        if not base.is_dir():
+            return []
+        return sorted(
+            "/".join(rel.parts)
+            for rel in (p.relative_to(base) for p in base.rglob("*") if p.is_file())
+            if not any(part.startswith(".") for part in rel.parts)
+        )
+
     def local_file(self, key: str) -> Path:
         path = self._path(key)
         if not path.is_file():

@@ -61,6 +61,12 @@ class MemoryStorage:
             for k in [k for k in self._objects if k == key or k.startswith(f"{key}/")]:
                 del self._objects[k]
 
+    def keys(self, prefix: str) -> list[str]:
+        start = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+        with self._guard:
+            found = [k[len(start) :] for k in self._objects if k.startswith(start)]
+        return sorted(k for k in found if not any(p.startswith(".") for p in k.split("/")))
+
     def local_file(self, key: str) -> Path:
         stored = self.get(key)
         if stored is None:

@@ -1,17 +1,22 @@
-# Over 400 lines: the one Registry API (versions, decisions, recovery) over one CAS.
+# Over 400 lines: the one Registry API (versions and their evidence, decisions, recovery) over one CAS.
 """The model registry: versions, champion/shadow slots, and the audit ledger of every symbol.
 
 Layout (DESIGN.md), under the storage root::
 
     <SYMBOL>/<VERSION>/model.onnx
     <SYMBOL>/<VERSION>/metadata.json   the run's ModelMetadata with its "version"
+    <SYMBOL>/<VERSION>/predictions.csv      evidence (trainers.evidence): the evaluation CSV
+    <SYMBOL>/<VERSION>/candidates/<T>.onnx  evidence: the candidates the run did not choose
     <SYMBOL>/slots.json                {"champion", "shadow", "retired", "seq", "decision"}
     <SYMBOL>/history.jsonl             one RegistryEvent per line, with its "seq"
 
-A version is complete when both files exist; metadata.json is written last
-(create-only), so an interrupted copy is incomplete, invisible to readers, and
-removed by ``recover`` (on private storage; on shared storage it may be another
-machine's write in flight, so it is left alone). Its metadata records the
+A version is complete when model.onnx and metadata.json exist; metadata.json is
+written last (create-only, after the evidence too), so an interrupted copy is
+incomplete, invisible to readers, and removed by ``recover`` (on private storage;
+on shared storage it may be another machine's write in flight, so it is left
+alone). Evidence is kept for the ``keep_evidence`` newest complete versions of a
+symbol; adding a version (and ``recover``) deletes the older ones' evidence, never
+their model.onnx or metadata.json. A version's metadata records the
 SHA-256 of model.onnx, checked whenever the model is read. Slot decisions, the
 ledger and the claims that fence a fleet's writers follow ``deploy.registry.ledger``.
 
@@ -24,6 +29,7 @@ Symbols are checked with ``trainers.data.validate_symbol`` and version ids with
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -41,6 +47,13 @@ from deploy.errors import (
 )
 from deploy.events import RECORD_ONLY_KINDS, RegistryEvent
 from deploy.registry import decisions
+from deploy.registry.evidence import (
+    DEFAULT_KEEP_EVIDENCE,
+    EVIDENCE_ENTRIES,
+    EVIDENCE_FILE,
+    evidence_to_prune,
+    staged_evidence,
+)
 from deploy.registry.ledger import (
     Claim,
     Slots,
@@ -62,6 +75,8 @@ from trainers.metadata import ModelMetadata
 MODEL_FILE: Final = "model.onnx"
 METADATA_FILE: Final = "metadata.json"
 
+_log = logging.getLogger(__name__)
+
 CAS_ATTEMPTS: Final = 50
 
 Decide = Callable[[Slots], tuple[Slots, list[RegistryEvent]]]
@@ -78,17 +93,29 @@ class Registry:
     act at the same time. ``claims(symbol)`` gives the claim a daemon's writes
     carry (None: unfenced, as an operator's); a write whose claim is older than
     the one on record raises FencedError and changes nothing.
+
+    ``keep_evidence``: how many of a symbol's newest versions keep their run's evidence
+    (predictions.csv, the losers' ONNX files); 0 keeps none. ValueError if negative.
     """
 
-    def __init__(self, storage: RegistryStorage | Path, *, claims: Claims | None = None) -> None:
+    def __init__(
+        self,
+        storage: RegistryStorage | Path,
+        *,
+        claims: Claims | None = None,
+        keep_evidence: int = DEFAULT_KEEP_EVIDENCE,
+    ) -> None:
+        if keep_evidence < 0:
+            raise ValueError(f"keep_evidence must be >= 0, got {keep_evidence}")
         self.storage: RegistryStorage = (
             LocalStorage(storage) if isinstance(storage, Path) else storage
         )
         self._claims = claims
+        self.keep_evidence = keep_evidence
 
     def unfenced(self) -> Registry:
         """The same registry for an operator's actions: writes carry no claim."""
-        return Registry(self.storage)
+        return Registry(self.storage, keep_evidence=self.keep_evidence)
 
     @property
     def url(self) -> str:
@@ -98,6 +125,11 @@ class Registry:
 
     def add_version(self, symbol: str, staging_dir: Path, *, version: str | None = None) -> str:
         """Copy ``staging_dir``'s model.onnx and metadata.json in as a new version; return its id.
+
+        With ``keep_evidence``, its evidence (``EVIDENCE_FILE`` names: predictions.csv,
+        candidates/*.onnx) too, before metadata.json; then the evidence of versions older
+        than the ``keep_evidence`` newest is deleted (best effort: the version is in by then,
+        and the next add or ``recover`` deletes what this one could not).
 
         Raises ArtifactError if either file is missing or metadata.json is not a
         model's metadata, DuplicateVersionError if ``version`` already exists.
@@ -121,14 +153,59 @@ class Registry:
                 update={"onnx": metadata.onnx.model_copy(update={"sha256": digest})}
             )
         document = metadata.model_copy(update={"version": version}).to_json()
-        if self._complete(symbol, version):
+        evidence = staged_evidence(Path(staging_dir)) if self.keep_evidence else []
+        prefix = f"{symbol}/{version}"
+        names = self.storage.children(prefix)
+        if MODEL_FILE in names and METADATA_FILE in names:
             raise DuplicateVersionError(symbol, version)
-        self.storage.put(f"{symbol}/{version}/{MODEL_FILE}", model)  # replaces a dead attempt's
+        for stale in sorted(EVIDENCE_ENTRIES & set(names)):
+            self.storage.delete(f"{prefix}/{stale}")  # a dead attempt's: not this run's evidence
+        self.storage.put(f"{prefix}/{MODEL_FILE}", model)  # replaces a dead attempt's
+        for name, src in evidence:
+            self.storage.put(f"{prefix}/{name}", src.read_bytes())
         try:  # last, create-only: the version is complete once, by one writer
-            self.storage.put_if(f"{symbol}/{version}/{METADATA_FILE}", document, None)
+            self.storage.put_if(f"{prefix}/{METADATA_FILE}", document, None)
         except Conflict:
             raise DuplicateVersionError(symbol, version) from None
+        self._prune_quietly(symbol)
         return version
+
+    def prune_evidence(self, symbol: str) -> list[str]:
+        """Delete the evidence of every complete version but the ``keep_evidence`` newest (one
+        listing of the symbol, deletes only where there is evidence); one note per version.
+        Incomplete versions are left alone (a copy in flight; ``recover`` removes dead ones)."""
+        validate_symbol(symbol)
+        keys = self.storage.keys(symbol)
+        notes = []
+        for version, held in evidence_to_prune(
+            keys, self.keep_evidence, (MODEL_FILE, METADATA_FILE)
+        ).items():
+            for name in held:
+                self.storage.delete(f"{symbol}/{version}/{name}")
+            notes.append(
+                f"{self.url}/{symbol}/{version}: removed evidence ({', '.join(held)}), "
+                f"kept for the {self.keep_evidence} newest versions"
+            )
+        return notes
+
+    def evidence_files(self, symbol: str, version: str) -> list[str]:
+        """The version's evidence, as names relative to it (``predictions.csv``,
+        ``candidates/<name>.onnx``, see ``trainers.evidence``), sorted; [] when its run left
+        none or retention removed it. UnknownVersionError."""
+        prefix = self._require_version(symbol, version)
+        return [n for n in self.storage.keys(prefix) if EVIDENCE_FILE.fullmatch(n)]
+
+    def evidence_path(self, symbol: str, version: str, name: str) -> Path:
+        """A local file holding the evidence file ``name`` (one of ``evidence_files``).
+
+        ValueError for a name no evidence file has; UnknownVersionError; FileNotFoundError
+        when the version has no such file (its run left none, or retention removed it).
+        """
+        if not EVIDENCE_FILE.fullmatch(name):
+            raise ValueError(f"{name!r} is not an evidence file name ({EVIDENCE_FILE.pattern})")
+        if name not in self.evidence_files(symbol, version):  # also a cached copy's
+            raise FileNotFoundError(f"{symbol}/{version}: no evidence file {name!r}")
+        return self.storage.local_file(f"{symbol}/{version}/{name}")
 
     def versions(self, symbol: str) -> list[str]:
         """Complete versions, oldest first."""
@@ -365,11 +442,21 @@ class Registry:
                         self.storage.delete(f"{symbol}/{name}")
                         cleaned.append(f"{self.url}/{symbol}/{name}: removed incomplete version")
                 cleaned.extend(sync(self.storage, symbol, state)[1])
+                cleaned.extend(self._prune_quietly(symbol))
             except RegistryCorrupt:
                 continue
         return cleaned
 
     # -- internals -----------------------------------------------------------------------
+
+    def _prune_quietly(self, symbol: str) -> list[str]:
+        """``prune_evidence``, a storage failure logged instead of raised: retention never
+        fails an add or a start-up, and the next add or start-up deletes what it left."""
+        try:
+            return self.prune_evidence(symbol)
+        except OSError as exc:
+            _log.warning("%s/%s: evidence retention failed: %s", self.url, symbol, exc)
+            return [f"{self.url}/{symbol}: evidence retention failed, retried later: {exc}"]
 
     def _complete(self, symbol: str, version: str) -> bool:
         names = self.storage.children(f"{symbol}/{version}")

@@ -132,6 +132,9 @@ class S3Storage:
     def delete(self, prefix: str) -> None:
         self._run(self._delete, self._key(prefix))
 
+    def keys(self, prefix: str) -> list[str]:
+        return self._run(self._keys, self._key(prefix))
+
     def local_file(self, key: str) -> Path:
         """A copy under ``cache_dir``, downloaded on first use only: the registry asks for
         version objects, which never change, so a cached copy stays true."""
@@ -194,6 +197,14 @@ class S3Storage:
                 p["Prefix"][len(base) :].rstrip("/") for p in page.get("CommonPrefixes", [])
             )
         return sorted(n for n in names if n and not n.startswith("."))
+
+    async def _keys(self, full: str) -> list[str]:
+        """ListObjectsV2 without a delimiter: every key under ``full``, 1000 a page."""
+        base = f"{full}/" if full else ""
+        found: list[str] = []
+        async for page in self._pages(base):
+            found.extend(o["Key"][len(base) :] for o in page.get("Contents", []))
+        return sorted(k for k in found if k and not any(p.startswith(".") for p in k.split("/")))
 
     async def _delete(self, full: str) -> None:
         keys = [full] if full != self.prefix else []

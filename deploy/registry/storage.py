@@ -81,6 +81,12 @@ class RegistryStorage(Protocol):
         """Remove the object or everything under ``prefix``; nothing there is not an error."""
         ...
 
+    def keys(self, prefix: str) -> list[str]:
+        """Sorted keys of every object under ``prefix``, at any depth, relative to it (one
+        listing, not one per level: retention looks at a symbol's every version at once).
+        Names starting with ``.`` are internal and left out, as in ``children``."""
+        ...
+
     def local_file(self, key: str) -> Path:
         """A local file with the object's bytes. FileNotFoundError if there is no object."""
         ...

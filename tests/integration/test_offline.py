@@ -17,7 +17,8 @@ import onnxruntime as ort
 import pytest
 from rich.console import Console
 
-from daemon.cli.compare import compare, render_compare_table
+from daemon.cli.compare import compare
+from daemon.cli.compare_render import render_compare_table, render_comparison
 from daemon.cli.csvfile import read_ohlcv_csv
 from daemon.cli.manifest import manifest
 from daemon.cli.report import report
@@ -283,11 +284,17 @@ def test_unknown_trainer_is_rejected_naming_valid_ones(tmp_path):
 
 
 def test_compare_rows_table_and_png(trained, tmp_path):
-    """One row per version and candidate with metadata's metrics, a latency, and a real PNG."""
+    """One row per version and candidate with metadata's metrics, a latency, and a real PNG;
+    the newest version's comparison record, all of it within 80 columns."""
     settings, _, first, second = trained
     registry = Registry(settings.paths.registry)
     png = tmp_path / "c.png"
-    rows = compare(settings, "AAPL", png)
+    result = compare(settings, "AAPL", png)
+    rows = result.rows
+    assert result.version == second.version
+    assert result.comparison == registry.metadata("AAPL", second.version).comparison
+    assert result.comparison is not None and result.comparison.candidates == ("xgboost",)
+    assert result.comparison.selection.chosen == "xgboost"
     assert [(r.version, r.slot, r.trainer) for r in rows] == [
         (first.version, "champion", "xgboost"),
         (second.version, "shadow", "xgboost"),
@@ -305,10 +312,13 @@ def test_compare_rows_table_and_png(trained, tmp_path):
         assert r.baseline_accuracy == meta["baseline"]["metrics"]["test"]["accuracy"]
         assert r.latency_ms is not None and 0 < r.latency_ms < 50
 
-    console = Console(width=250, record=True)
+    console = Console(width=80, record=True)
     console.print(render_compare_table(rows))
+    console.print(render_comparison(result))
     out = console.export_text()
     assert first.version in out and second.version in out and "xgboost *" in out
+    assert max(len(line) for line in out.splitlines()) <= 80 and "…" not in out
+    assert "fewer than two scored candidates" in out
     assert rows[0].test_accuracy is not None
     assert f"{100 * rows[0].test_accuracy:.1f}%" in out
 
@@ -319,10 +329,13 @@ def test_compare_rows_table_and_png(trained, tmp_path):
 
 
 def test_compare_png_defaults_under_data_dir(trained):
-    """Without a path the chart goes to <data_dir>/reports/<SYMBOL>-compare.png."""
-    settings, *_ = trained
-    compare(settings, "AAPL")
+    """Without a path the chart goes to <data_dir>/reports/<SYMBOL>-compare.png; ``version``
+    picks whose comparison is shown, and an unknown one is refused naming the known ones."""
+    settings, _, first, _ = trained
+    assert compare(settings, "AAPL", version=first.version).version == first.version
     assert (settings.data_dir / "reports" / "AAPL-compare.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(NothingToReportError, match="no version 'v9'"):
+        compare(settings, "AAPL", version="v9")
 
 
 # --- report ---------------------------------------------------------------------------

@@ -57,6 +57,17 @@ def test_missing_toml_file_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
         load_settings()
 
 
+def test_a_config_file_that_is_not_toml_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A YAML file given as CTD_CONFIG_FILE fails naming the setting and the line, no traceback."""
+    cfg = tmp_path / "ctd.yaml"
+    cfg.write_text("min_bars: 800\nhttp_port: 9300\n")
+    monkeypatch.setenv("CTD_CONFIG_FILE", str(cfg))
+    with pytest.raises(SettingsError, match=r"CTD_CONFIG_FILE: .* is not valid TOML .*line 1"):
+        load_settings()
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [

@@ -54,7 +54,8 @@ def signal_run(tmp_path_factory) -> tuple[TrainResult, Path]:
 
 
 def test_planted_signal_passes_and_writes_artifacts(signal_run):
-    """On learnable bars the best-scoring passing candidate is chosen; only its files remain."""
+    """On learnable bars the best-scoring passing candidate is chosen as model.onnx; the other
+    is kept under candidates/ beside the evaluation CSV."""
     result, out = signal_run
     assert result.passed, result.reason
     candidates = result.metadata.to_dict()["candidates"]
@@ -63,7 +64,14 @@ def test_planted_signal_passes_and_writes_artifacts(signal_run):
     best = max(candidates, key=lambda c: c["score"])
     assert result.chosen == best["trainer"]
     assert result.model_path == out / "model.onnx"
-    assert sorted(p.name for p in out.iterdir()) == ["metadata.json", "model.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "candidates",
+        "metadata.json",
+        "model.onnx",
+        "predictions.csv",
+    ]
+    (loser,) = {"xgboost", "lstm"} - {result.chosen}
+    assert [p.name for p in (out / "candidates").iterdir()] == [f"{loser}.onnx"]
     assert result.reason.startswith(f"chose {best['trainer']}")
 
 
@@ -198,7 +206,8 @@ ALL_CANDIDATES = tuple(sorted(set(TRAINERS) - {"naive"}))
 # of a false pass near alpha (5%); on these bars all 12 candidates fail by a margin.
 @pytest.mark.parametrize("seed", [4, 24])
 def test_random_walk_is_rejected(seed, tmp_path):
-    """On a pure random walk the gates reject every trainer: metadata only, no model.onnx."""
+    """On a pure random walk the gates reject every trainer: no model.onnx; the failed
+    candidates are kept as evidence under candidates/."""
     config = TrainConfig(
         trainers=ALL_CANDIDATES,
         trainer_params={name: {"preset": "tiny"} for name in ALL_CANDIDATES},
@@ -209,7 +218,13 @@ def test_random_walk_is_rejected(seed, tmp_path):
     assert not result.passed
     assert result.chosen is None
     assert result.model_path is None
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["metadata.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "candidates",
+        "metadata.json",
+        "predictions.csv",
+    ]
+    kept = sorted(p.name for p in (tmp_path / "candidates").iterdir())
+    assert kept == sorted(f"{name}.onnx" for name in ALL_CANDIDATES)
     meta = strict_json(tmp_path / "metadata.json")
     assert meta["passed"] is False
     assert meta["trainer"] is None
@@ -251,7 +266,12 @@ def test_failing_candidate_is_recorded_and_others_proceed(tmp_path, monkeypatch)
     assert broken["passed"] is False
     assert broken["metrics"] is None
     assert good["error"] is None
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["metadata.json", "model.onnx"]
+    # The broken candidate left no model file to keep.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "metadata.json",
+        "model.onnx",
+        "predictions.csv",
+    ]
 
 
 class AbortingMonitor:
