@@ -46,6 +46,12 @@ class FittedModel(Protocol):
 
     def predict_proba(self, x: npt.NDArray[Any], /) -> npt.NDArray[np.float64]: ...
 
+    def predict(self, x: npt.NDArray[Any], /) -> npt.NDArray[np.float64]:
+        """What the model predicts for its data's target: P(up) for ``direction``
+        (``predict_proba``), the forward return for ``return`` (whose export names its
+        output ``prediction``, ``trainers.onnx_io.PREDICTION_OUTPUT``)."""
+        ...
+
     def export_onnx(self, path: Path) -> None: ...
 
 

@@ -24,6 +24,7 @@ import numpy.typing as npt
 
 from trainers.errors import InsufficientDataError, InvalidInputError
 from trainers.splits import Split
+from trainers.targets import DIRECTION, RETURN, Target
 
 Float32Array = npt.NDArray[np.float32]
 Part = Literal["train", "val", "test"]
@@ -71,19 +72,23 @@ class Dataset:
 
     ``features`` is float32 because ONNX models run on float32: training on the
     same float32 values lets native and ONNX predictions see identical inputs.
-    ``labels`` are 0 (down) / 1 (up), one per feature row. Rows outside the
-    three parts (the embargo gaps) are history only.
+    ``labels``, one per feature row, follow ``target`` (``trainers.targets``): 0 (down)
+    / 1 (up) for ``direction``, the forward log return for ``return``. Rows outside
+    the three parts (the embargo gaps) are history only.
     """
 
     features: Float32Array
     labels: npt.NDArray[Any]
     split: Split
+    target: Target = DIRECTION
 
     @classmethod
-    def from_split(cls, x: npt.ArrayLike, y: npt.ArrayLike, split: Split) -> Dataset:
+    def from_split(
+        cls, x: npt.ArrayLike, y: npt.ArrayLike, split: Split, target: Target = DIRECTION
+    ) -> Dataset:
         """Copies of ``x`` (as contiguous float32) and ``y``, split by ``split``."""
         features = np.array(x, dtype=np.float32, order="C", copy=True)
-        return cls(features, np.array(y, copy=True), split)
+        return cls(features, np.array(y, copy=True), split, target)
 
     def rows(self, part: Part) -> slice:
         """The row range of ``part`` in ``features``."""
@@ -159,6 +164,9 @@ def validate_dataset(data: Dataset) -> None:
             f"features have {int((~np.isfinite(x)).sum())} non-finite values (first at row {row} "
             f"in {_where(data.split, row)}, feature {col}: {x[row, col]})"
         )
+    if data.target == RETURN:
+        _validate_returns(data)
+        return
     if not (np.issubdtype(y.dtype, np.number) or y.dtype == np.bool_):
         raise InvalidInputError(f"labels must be numeric 0/1, got dtype {y.dtype}")
     wrong = (y != 0) & (y != 1)
@@ -172,6 +180,23 @@ def validate_dataset(data: Dataset) -> None:
         raise InvalidInputError(
             f"the train split has a single class ({float(data.y_train[0])}): "
             "nothing to learn a direction from"
+        )
+
+
+def _validate_returns(data: Dataset) -> None:
+    """A return target's labels: finite floats that vary on the train part."""
+    y = data.labels
+    if not np.issubdtype(y.dtype, np.floating):
+        raise InvalidInputError(f"return labels must be floats, got dtype {y.dtype}")
+    if not np.isfinite(y).all():
+        row = int(np.argmax(~np.isfinite(y)))
+        raise InvalidInputError(
+            f"return labels must be finite; got {float(y[row])} at row {row} in "
+            f"{_where(data.split, row)}"
+        )
+    if float(np.ptp(data.y_train)) == 0.0:
+        raise InvalidInputError(
+            f"the train split's returns are all {float(data.y_train[0])}: nothing to learn"
         )
 
 

@@ -34,6 +34,10 @@ class NaiveModel:
         self.n_features = n_features
         self.params: Mapping[str, Any] = {"p_up": self.p_up}
 
+    def predict(self, x: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+        """The direction target's prediction: P(up)."""
+        return self.predict_proba(x)
+
     def predict_proba(self, x: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
         rows = as_model_input(x, self.n_features, self.window)
         return np.full(len(rows), self.p_up, dtype=np.float64)

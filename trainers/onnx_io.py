@@ -16,8 +16,11 @@ import onnxruntime as ort
 from trainers.base import FittedModel
 from trainers.dataset import as_model_input, first_non_finite
 from trainers.errors import InvalidInputError, ParityError
+from trainers.targets import DIRECTION, RETURN, Target
 
 PROBABILITIES_OUTPUT = "probabilities"
+PREDICTION_OUTPUT = "prediction"
+"""A return-target model's output: the predicted forward return, ``[N, 1]`` float32."""
 
 
 class OnnxScorer:
@@ -54,10 +57,22 @@ class OnnxScorer:
         self.window: int = int(shape[1]) if len(shape) == 3 else 1
         names = [o.name for o in self._session.get_outputs()]
         self.output_name: str = PROBABILITIES_OUTPUT if PROBABILITIES_OUTPUT in names else names[0]
+        # A model names what it predicts: an output "prediction" is a forward return.
+        self.target: Target = RETURN if self.output_name == PREDICTION_OUTPUT else DIRECTION
+
+    def predict(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """(n,) float64: P(up) of a direction model, the predicted return of a return model."""
+        return self._run(x)
 
     def predict_proba(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """(n,) float64 P(up) for ``(n, n_features)`` rows (window 1) or
-        ``(n, window, n_features)`` windows; ``InvalidInputError`` for any other shape."""
+        ``(n, window, n_features)`` windows; ``InvalidInputError`` for any other shape, or
+        when the model predicts returns."""
+        if self.target != DIRECTION:
+            raise InvalidInputError(f"{self.path}: predicts {self.target}s, not P(up)")
+        return self._run(x)
+
+    def _run(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
         rows = as_model_input(x, self.n_features, self.window)
         (out,) = self._session.run([self.output_name], {self.input_name: rows})
         arr: npt.NDArray[Any] = np.asarray(out)
@@ -97,15 +112,16 @@ class OnnxScorer:
                 f"non-finite value in feature {col}: {latest[row, col]}"
             )
         batch = latest if self.window == 1 else latest[None, :, :]
-        return float(self.predict_proba(batch)[0])
+        return float(self._run(batch)[0])
 
 
 def max_abs_diff(model: FittedModel, scorer: OnnxScorer, x: npt.ArrayLike) -> float:
-    """Largest |native - ONNX| P(up) over the model inputs ``x`` (inf if either is non-finite)."""
+    """Largest |native - ONNX| prediction (P(up) or return) over the model inputs ``x``
+    (inf if either is non-finite)."""
     rows = as_model_input(x, scorer.n_features, scorer.window)
     if len(rows) == 0:
         raise InvalidInputError("parity needs at least one feature row, got 0")
-    diff = np.abs(model.predict_proba(rows) - scorer.predict_proba(rows))
+    diff = np.abs(model.predict(rows) - scorer.predict(rows))
     return float(np.max(np.where(np.isfinite(diff), diff, np.inf)))
 
 

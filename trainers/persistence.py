@@ -65,6 +65,10 @@ class PersistenceModel:
         self.n_features = n_features
         self.params: Mapping[str, Any] = {"p_same": self.p_same, "p_up_flat": self.p_up_flat}
 
+    def predict(self, x: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+        """The direction target's prediction: P(up)."""
+        return self.predict_proba(x)
+
     def predict_proba(self, x: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
         rows = as_model_input(x, self.n_features, self.window)
         last = rows[:, RET_1_COLUMN]

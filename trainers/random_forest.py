@@ -111,6 +111,10 @@ class RandomForestModel:
         self.n_features = n_features
         self.n_params = sum(int(tree.tree_.node_count) for tree in clf.estimators_)
 
+    def predict(self, x: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+        """The direction target's prediction: P(up)."""
+        return self.predict_proba(x)
+
     def predict_proba(self, x: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
         rows = as_model_input(x, self.n_features, self.window)
         return np.asarray(self._clf.predict_proba(rows)[:, 1], dtype=np.float64)

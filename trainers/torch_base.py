@@ -117,6 +117,10 @@ class TorchModel:
         self.window = module.window
         self.n_params = sum(p.numel() for p in module.parameters())
 
+    def predict(self, x: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+        """The direction target's prediction: P(up)."""
+        return self.predict_proba(x)
+
     def predict_proba(self, x: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
         arr = np.require(as_model_input(x, self.n_features, self.window), requirements=["C", "W"])
         with torch.inference_mode():

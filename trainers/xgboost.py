@@ -134,6 +134,10 @@ class XGBoostModel:
         self.n_features = n_features
         self.n_params = sum(len(t.strip().splitlines()) for t in clf.get_booster().get_dump())
 
+    def predict(self, x: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+        """The direction target's prediction: P(up)."""
+        return self.predict_proba(x)
+
     def predict_proba(self, x: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
         rows = as_model_input(x, self.n_features, self.window)
         proba = self._clf.predict_proba(rows)[:, 1]
