@@ -19,12 +19,18 @@ import numpy as np
 import numpy.typing as npt
 
 from monitors.base import MonitorWarning, TrainingMonitor
-from monitors.gates import candidate_score, evaluate_gates
+from monitors.gates import (
+    candidate_score,
+    evaluate_gates,
+    evaluate_return_gates,
+    return_candidate_score,
+)
 from trainers.base import FittedModel
 from trainers.baselines import Yardstick
 from trainers.config import TrainConfig, json_safe
 from trainers.dataset import Dataset
-from trainers.evaluation import paired_counts, split_metrics
+from trainers.errors import InvalidInputError
+from trainers.evaluation import paired_counts, paired_losses, split_metrics
 from trainers.metadata import (
     BaselineComparison,
     CandidateError,
@@ -36,6 +42,7 @@ from trainers.metadata import (
 from trainers.onnx_io import OnnxScorer, max_abs_diff
 from trainers.repro import seed_everything
 from trainers.table import make_trainer
+from trainers.targets import RETURN
 from trainers.walk_forward import walk_forward
 
 MODEL_FILE = "model.onnx"
@@ -43,9 +50,10 @@ MODEL_FILE = "model.onnx"
 
 @dataclass(frozen=True, slots=True)
 class Predictions:
-    """A candidate's out-of-sample P(up): validation rows, and every test block it predicted.
+    """A candidate's out-of-sample predictions (P(up), or returns for a return target):
+    validation rows, and every test block it predicted.
 
-    ``blocks`` maps a block's first row to its rows' probabilities: the test split
+    ``blocks`` maps a block's first row to its rows' predictions: the test split
     (the ONNX model) and the earlier walk-forward test blocks (refitted models).
     Ensembles are fit on ``val``; paired comparisons use the blocks.
     """
@@ -109,6 +117,11 @@ def run_candidate(
         with _timed(timings, "export_seconds"):
             model.export_onnx(path)
             scorer = OnnxScorer(path)
+        if scorer.target != data.target:
+            raise InvalidInputError(
+                f"{name}'s exported model predicts {scorer.target}, the run's target is "
+                f"{data.target}"
+            )
 
         stage = "parity"
         with _timed(timings, "parity_seconds"):
@@ -116,9 +129,10 @@ def run_candidate(
         fields["parity_max_abs_diff"] = parity
 
         stage = "metrics"
-        metrics = split_metrics(scorer.predict_proba, data, fwd_returns, window=scorer.window)
+        # scorer.predict: P(up) or the return, whichever the data's target asks for.
+        metrics = split_metrics(scorer.predict, data, fwd_returns, window=scorer.window)
         fields["metrics"] = metrics
-        blocks = {data.split.test.start: scorer.predict_proba(test_x)}
+        blocks = {data.split.test.start: scorer.predict(test_x)}
 
         stage = "walk_forward"
         with _timed(timings, "walk_forward_seconds"):
@@ -133,7 +147,7 @@ def run_candidate(
                 predictions=blocks,
             )
         fields["walk_forward"] = wf
-        predictions = Predictions(scorer.predict_proba(data.inputs("val", scorer.window)), blocks)
+        predictions = Predictions(scorer.predict(data.inputs("val", scorer.window)), blocks)
 
         stage = "gates"
         onnx = judge(
@@ -177,8 +191,21 @@ def judge(
 
     Writes ``baseline_comparison``, ``gates``, ``score`` and ``passed`` into
     ``fields`` and returns the ONNX contract it would be served under. Every
-    candidate (the ensemble too) is judged by this one code path.
+    candidate (the ensemble too) is judged by this one code path; a return target
+    (``config.target``) by squared-error loss and Diebold-Mariano (``_judge_returns``).
     """
+    if config.target == RETURN:
+        _judge_returns(
+            fields,
+            parity=parity,
+            metrics=metrics,
+            blocks=blocks,
+            warning_kinds=warning_kinds,
+            config=config,
+            data=data,
+            yardstick=yardstick,
+        )
+        return _onnx_info(scorer, parity)
     paired = paired_counts(data.labels, blocks, yardstick.blocks, yardstick.name)
     fields["baseline_comparison"] = BaselineComparison(
         baseline=paired.baseline,
@@ -200,6 +227,74 @@ def judge(
     fields["gates"] = tuple(verdicts)
     fields["score"] = candidate_score(metrics.model_dump())
     fields["passed"] = all(v.passed for v in verdicts)
+    return _onnx_info(scorer, parity)
+
+
+def _judge_returns(
+    fields: dict[str, object],
+    *,
+    parity: float,
+    metrics: SplitMetrics,
+    blocks: Mapping[int, npt.NDArray[np.float64]],
+    warning_kinds: Sequence[str],
+    config: TrainConfig,
+    data: Dataset,
+    yardstick: Yardstick,
+) -> None:
+    """``judge`` for a return target: squared-error losses against ``yardstick`` on the pooled
+    blocks, the one-sided Diebold-Mariano test with HAC lag ``horizon_bars - 1``
+    (``trainers.evaluation.paired_losses``), the return gates and score
+    (``monitors.gates.evaluate_return_gates``, ``return_candidate_score``)."""
+    labels = np.asarray(data.labels, dtype=np.float64)
+    losses = paired_losses(
+        labels, blocks, yardstick.blocks, yardstick.name, horizon=config.horizon_bars
+    )
+    cand_wins, base_wins = _loss_wins(labels, blocks, yardstick.blocks)
+    fields["baseline_comparison"] = BaselineComparison(
+        baseline=losses.baseline,
+        rows=losses.rows,
+        blocks=losses.blocks,
+        candidate_only=cand_wins,
+        baseline_only=base_wins,
+        p_value=losses.p_value,
+        test="diebold_mariano",
+        statistic=losses.statistic,
+        horizon=losses.horizon,
+        candidate_mse=losses.candidate_mse,
+        baseline_mse=losses.baseline_mse,
+    )
+    verdicts = evaluate_return_gates(
+        parity,
+        config.gates,
+        losses,
+        test_rows=len(data.y_test),
+        warning_kinds=warning_kinds,
+    )
+    fields["gates"] = tuple(verdicts)
+    fields["score"] = return_candidate_score(metrics.model_dump(), yardstick.metrics.model_dump())
+    fields["passed"] = all(v.passed for v in verdicts)
+
+
+def _loss_wins(
+    labels: npt.NDArray[np.float64],
+    candidate: Mapping[int, npt.NDArray[np.float64]],
+    baseline: Mapping[int, npt.NDArray[np.float64]],
+) -> tuple[int, int]:
+    """Rows (of the blocks both predicted) where the candidate's squared error is the lower,
+    and where the baseline's is."""
+    cand_wins = base_wins = 0
+    for start, cand in candidate.items():
+        base = baseline.get(start)
+        if base is None or len(base) != len(cand):
+            continue
+        y = labels[start : start + len(cand)]
+        diff = (base - y) ** 2 - (cand - y) ** 2
+        cand_wins += int(np.sum(diff > 0))
+        base_wins += int(np.sum(diff < 0))
+    return cand_wins, base_wins
+
+
+def _onnx_info(scorer: OnnxScorer, parity: float) -> OnnxInfo:
     return OnnxInfo(
         path=MODEL_FILE,
         input=scorer.input_name,

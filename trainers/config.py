@@ -15,6 +15,7 @@ from typing import Any, Final
 from monitors.gates import GateConfig
 from monitors.training import MonitorConfig
 from trainers.errors import InvalidInputError
+from trainers.targets import DIRECTION, TARGETS, Target
 
 ENSEMBLE: Final = "ensemble"
 """The candidate combining a run's passing candidates (``trainers.ensemble``). Named in
@@ -35,7 +36,10 @@ class TrainConfig:
     the training split). ``monitor``: the training-time rules every candidate
     runs under. ``tuned``: where tuned ``trainer_params`` came from, per trainer
     (study, objective value, finish time, the tuned keywords); set by the daemon
-    (``daemon.training.tuned``), empty when nothing was tuned.
+    (``daemon.training.tuned``), empty when nothing was tuned. ``target`` and
+    ``horizon_bars``: what a model predicts, the direction or the log return of the
+    next ``horizon_bars`` bars (``trainers.targets``); the splits' embargo grows with
+    the horizon.
     """
 
     trainers: tuple[str, ...] = ("xgboost", "tcn", "lstm")
@@ -48,15 +52,25 @@ class TrainConfig:
     augment: bool = False
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     tuned: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    target: Target = DIRECTION
+    horizon_bars: int = 1
 
     def __post_init__(self) -> None:
         folds = self.walk_forward_folds
         if not (folds == 0 or folds >= 2):
             raise InvalidInputError(f"walk_forward_folds must be 0 (off) or >= 2, got {folds}")
+        if self.target not in TARGETS:
+            raise InvalidInputError(
+                f"target must be one of {', '.join(TARGETS)}, got {self.target!r}"
+            )
+        h = self.horizon_bars
+        if isinstance(h, bool) or not isinstance(h, int) or h < 1:
+            raise InvalidInputError(f"horizon_bars must be an integer >= 1, got {h!r}")
 
     def to_dict(self) -> dict[str, object]:
-        """JSON-ready; the input of the config hash in metadata. ``tuned`` only when set, so
-        an untuned config keeps the hash it always had."""
+        """JSON-ready; the input of the config hash in metadata. ``tuned``, ``target`` and
+        ``horizon_bars`` only when not the defaults, so a config that leaves them keeps the
+        hash it always had."""
         out: dict[str, object] = {
             "trainers": list(self.trainers),
             "seed": self.seed,
@@ -70,6 +84,10 @@ class TrainConfig:
         }
         if self.tuned:
             out["tuned"] = json_safe({k: dict(v) for k, v in self.tuned.items()})
+        if self.target != DIRECTION:
+            out["target"] = self.target
+        if self.horizon_bars != 1:
+            out["horizon_bars"] = self.horizon_bars
         return out
 
 

@@ -24,6 +24,18 @@ Methods (``trainer_params={"ensemble": {"method": ...}}``):
   L2-shrunk towards the logit average (``STACKING_L2``), fitted by Newton's
   method: deterministic, no solver randomness.
 
+For a ``return`` target (``trainers.targets``; every member shares the run's target,
+as every candidate is trained on the same ``Dataset``) the members predict forward
+returns and the graph outputs ``prediction``:
+
+- ``soft_vote``: the mean of the members' predicted returns;
+- ``val_weighted``: weights proportional to each member's validation MSE skill over
+  predicting the validation mean (``1 - MSE / MSE(mean)``, clipped at 0; equal
+  weights when no member has skill);
+- ``stacking``: a linear regression of the validation returns on the members'
+  predictions with an intercept, ridge-shrunk towards equal weights
+  (``STACKING_RIDGE``), solved in closed form.
+
 The fitted methods see validation labels, and validation comes after every
 earlier walk-forward block: judged there, their weights would have looked
 ahead. They are judged on the test split alone (``Yardstick.test_split_only``),
@@ -56,6 +68,8 @@ from trainers.metadata import (
 from trainers.metrics import PROBA_CLIP, classification_metrics
 from trainers.onnx_compose import Combiner, Member, compose, logits
 from trainers.onnx_io import OnnxScorer
+from trainers.regression_metrics import regression_metrics
+from trainers.targets import DIRECTION, RETURN, Target
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -65,6 +79,11 @@ MIN_MEMBERS: Final = 2
 STACKING_L2: Final = 1.0
 """Penalty of ``STACKING_L2 / 2 x |w - 1/k|^2`` on the stacking weights, in units of the
 summed validation log loss: a few hundred rows move them, a handful cannot."""
+STACKING_RIDGE: Final = 1.0
+"""Ridge penalty of the return stacking, ``STACKING_RIDGE x trace(Z'Z) / k`` on ``|w - 1/k|^2``
+(Z: the members' centred validation predictions): scale-free, as returns are ~1e-3; at 1
+the equal-weight prior counts as much as one member's own variation, which keeps the
+collinear predictions of similar members from trading huge opposite weights."""
 _NEWTON_STEPS: Final = 50
 _NEWTON_TOL: Final = 1e-10
 _INTERCEPT_L2: Final = 1e-6  # keeps the intercept finite when validation has one class
@@ -94,13 +113,22 @@ def ensemble_method(params: Mapping[str, object]) -> str:
     return str(method)
 
 
-def fit_combiner(method: str, val_p: FloatArray, y_val: npt.ArrayLike) -> Combiner:
-    """The combiner of ``method`` from the members' validation P(up) ``(n, k)`` and labels."""
+def fit_combiner(
+    method: str, val_p: FloatArray, y_val: npt.ArrayLike, target: Target = DIRECTION
+) -> Combiner:
+    """The combiner of ``method`` from the members' validation predictions ``(n, k)`` and
+    labels: P(up) and 0/1 (``direction``), or predicted and realised returns (``return``)."""
     p = np.asarray(val_p, dtype=np.float64)
     y = np.asarray(y_val, dtype=np.float64)
     k = p.shape[1]
     if method == "soft_vote":
         return Combiner("mean", (1.0 / k,) * k)
+    if target == RETURN:
+        if method == "val_weighted":
+            return Combiner("mean", _mse_skill_weights(p, y))
+        if method == "stacking":
+            weights, intercept = _ridge(p, y, STACKING_RIDGE)
+            return Combiner("linear", weights, intercept)
     if method == "val_weighted":
         return Combiner("mean", _skill_weights(p, y))
     if method == "stacking":
@@ -125,6 +153,38 @@ def _skill_weights(p: FloatArray, y: FloatArray) -> tuple[float, ...]:
     if not skill.sum() > 0.0:
         return equal
     return tuple(float(w) for w in skill / skill.sum())
+
+
+def _mse_skill_weights(r: FloatArray, y: FloatArray) -> tuple[float, ...]:
+    """Weights proportional to each column's MSE skill over the mean of ``y``, clipped at 0."""
+    k = int(r.shape[1])
+    equal = (1.0 / k,) * k
+    base = float(np.mean((y - np.mean(y)) ** 2))
+    if not base > 0.0:  # constant validation returns: no skill to measure
+        return equal
+    skill = np.array([max(0.0, 1.0 - float(np.mean((r[:, j] - y) ** 2)) / base) for j in range(k)])
+    if not skill.sum() > 0.0:
+        return equal
+    return tuple(float(w) for w in skill / skill.sum())
+
+
+def _ridge(r: FloatArray, y: FloatArray, ridge: float) -> tuple[tuple[float, ...], float]:
+    """Least squares of ``y`` on ``r`` with an intercept, weights shrunk towards ``1/k``.
+
+    Closed form on centred data; the intercept is not penalised. Members whose
+    validation predictions do not vary get the prior weights. Returns (weights, intercept).
+    """
+    k = int(r.shape[1])
+    prior = np.full(k, 1.0 / k)
+    mean_r, mean_y = r.mean(axis=0), float(np.mean(y))
+    z = r - mean_r
+    gram = z.T @ z
+    penalty = ridge * float(np.trace(gram)) / k
+    if not penalty > 0.0:
+        w = prior
+    else:
+        w = np.linalg.solve(gram + penalty * np.eye(k), z.T @ (y - mean_y) + penalty * prior)
+    return tuple(float(v) for v in w), mean_y - float(mean_r @ w)
 
 
 def _stack(z: FloatArray, y: FloatArray, l2: float) -> tuple[tuple[float, ...], float]:
@@ -178,7 +238,7 @@ def run_ensemble(
         members = _members(runs)
         started = time.perf_counter()
         combiner = fit_combiner(
-            method, np.column_stack([m.predictions.val for m in members]), data.y_val
+            method, np.column_stack([m.predictions.val for m in members]), data.y_val, data.target
         )
         timings["fit_seconds"] = time.perf_counter() - started
         pooled = method == "soft_vote"
@@ -187,7 +247,7 @@ def run_ensemble(
                 "method": method,
                 "members": [m.run.record.trainer for m in members],
                 "weights": list(combiner.weights),
-                **({"intercept": combiner.intercept} if combiner.kind == "logistic" else {}),
+                **({"intercept": combiner.intercept} if combiner.kind != "mean" else {}),
                 "judged_on": "test split and walk-forward blocks" if pooled else "test split",
             }
         )
@@ -204,16 +264,16 @@ def run_ensemble(
 
         stage = "parity"
         test_x = data.inputs("test", scorer.window)
-        test_p = scorer.predict_proba(test_x)
+        test_p = scorer.predict(test_x)
         own = [OnnxScorer(m.path) for m in members]
         reference = combiner.combine(
-            np.column_stack([s.predict_proba(data.inputs("test", s.window)) for s in own])
+            np.column_stack([s.predict(data.inputs("test", s.window)) for s in own])
         )
         parity = float(np.max(np.abs(test_p - reference)))
         fields["parity_max_abs_diff"] = parity
 
         stage = "metrics"
-        metrics = split_metrics(scorer.predict_proba, data, fwd_returns, window=scorer.window)
+        metrics = split_metrics(scorer.predict, data, fwd_returns, window=scorer.window)
         fields["metrics"] = metrics
         blocks = {data.split.test.start: test_p}
 
@@ -228,7 +288,7 @@ def run_ensemble(
                 "earlier test block: judged there they would have looked ahead",
             )
         fields["walk_forward"] = wf
-        predictions = Predictions(scorer.predict_proba(data.inputs("val", scorer.window)), blocks)
+        predictions = Predictions(scorer.predict(data.inputs("val", scorer.window)), blocks)
 
         stage = "gates"
         onnx = judge(
@@ -299,12 +359,21 @@ def _walk_forward(
                 )
             proba = combiner.combine(np.column_stack([b for b in found if b is not None]))
             blocks[start] = proba
-        metrics = classification_metrics(data.labels[start:stop], proba, fwd_returns[start:stop])
+        metrics = _metrics(data.target, data.labels[start:stop], proba, fwd_returns[start:stop])
         per_fold.append(FoldRecord(split=fold.split, test=metrics, refit=fold.refit))
     stats = {
         key: _mean_std([f.test[key] for f in per_fold]) for key in per_fold[0].test if key != "n"
     }
     return WalkForwardRecord(folds=folds, per_fold=tuple(per_fold), stats=stats)
+
+
+def _metrics(
+    target: Target, y: FloatArray, pred: FloatArray, fwd_returns: FloatArray
+) -> dict[str, float | None]:
+    """One block's metrics as ``trainers.evaluation.split_metrics`` computes them for ``target``."""
+    if target == RETURN:
+        return regression_metrics(y, pred)
+    return classification_metrics(y, pred, fwd_returns)
 
 
 def _mean_std(values: Sequence[float | int | None]) -> MeanStd:

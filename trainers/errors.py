@@ -52,7 +52,7 @@ class ParityError(TrainingError):
     def __init__(self, trainer: str, max_abs_diff: float, tolerance: float) -> None:
         self.trainer, self.max_abs_diff, self.tolerance = trainer, max_abs_diff, tolerance
         super().__init__(
-            f"{trainer}: ONNX probabilities differ from native by {max_abs_diff:.3g} "
+            f"{trainer}: ONNX predictions differ from native by {max_abs_diff:.3g} "
             f"(tolerance {tolerance:.3g})"
         )
 

@@ -8,12 +8,17 @@ with the columns
 - ``row``: the row's index in ``training_matrix(bars)`` (metadata ``split.test`` is
   the range);
 - ``ts``: the row's bar, Unix seconds UTC (its features end at that bar);
-- ``label``: 1 if the next bar closed higher, else 0;
-- ``fwd_return``: ``log(close[t+1] / close[t])``;
+- ``label``: the row's label, by the run's target (``trainers.targets``, metadata
+  ``config.target``, absent: direction) over ``h`` = ``horizon_bars`` bars:
+  ``direction``: 1 if ``close[t+h] > close[t]``, else 0; ``return``: the forward log
+  return ``log(close[t+h] / close[t])``;
+- ``fwd_return``: the row's forward log return as ``TrainingMatrix.fwd_returns``
+  holds it (what directional accuracy and hit rate are measured against);
 - then one column per scored candidate (also those a gate failed), named as
-  ``evidence_names`` names it (its trainer, in metadata ``candidates`` order): the
-  candidate's P(up) on the row from its exported ONNX model. A candidate an error
-  stopped before scoring has no column.
+  ``evidence_names`` names it (its trainer, in metadata ``candidates`` order): from
+  its exported ONNX model, the candidate's P(up) (direction) or predicted forward
+  log return (return) on the row. A candidate an error stopped before scoring has
+  no column.
 
 Floats are written with ``repr``, so they read back bit for bit. No comment line:
 any CSV reader takes the file as it is.
@@ -39,6 +44,8 @@ from typing import TYPE_CHECKING, Final
 
 import numpy as np
 import numpy.typing as npt
+
+from trainers.targets import RETURN, Target
 
 if TYPE_CHECKING:  # types only: the registry imports the names here without the training stack
     from trainers.candidate import CandidateRun
@@ -96,9 +103,15 @@ def clear_candidates(out_dir: Path) -> None:
 
 
 def write_predictions(
-    out_dir: Path, runs: Sequence[CandidateRun], matrix: TrainingMatrix, test: slice
+    out_dir: Path,
+    runs: Sequence[CandidateRun],
+    matrix: TrainingMatrix,
+    test: slice,
 ) -> Path:
     """Write ``out_dir/predictions.csv`` (the module docstring's columns) atomically; return it.
+
+    The label follows ``matrix.target``: a direction label is written as 0 / 1, a
+    return label with ``repr`` like every float.
 
     A run gets a column when it has predictions for the test split (the block keyed by
     ``test.start``) of the right length; the others (stopped by an error) have none.
@@ -118,7 +131,7 @@ def write_predictions(
             [
                 row,
                 int(matrix.ts[row]),
-                int(matrix.y[row]),
+                _label(float(matrix.y[row]), matrix.target),
                 repr(float(matrix.fwd_returns[row])),
                 *(repr(float(p[i])) for _, p in columns),
             ]
@@ -126,6 +139,10 @@ def write_predictions(
     path = out_dir / PREDICTIONS_FILE
     _write_atomic(path, buffer.getvalue().encode("utf-8"))
     return path
+
+
+def _label(value: float, target: Target) -> str | int:
+    return repr(value) if target == RETURN else int(value)
 
 
 def read_predictions(path: Path) -> dict[str, npt.NDArray[np.float64]]:

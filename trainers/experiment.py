@@ -5,12 +5,17 @@ validated ``Experiment`` or raises ``ExperimentFileError`` naming the file and
 each bad key (``trainers[1]``, ``params.xgboost.max_depth``), so a typo never
 silently trains the default instead. ``Experiment.grid()`` expands it into the
 runs an experiment runner trains: per trainer, every combination of the values
-its params list, for every seed. Example (TOML)::
+its params list, for every seed. ``target`` (``direction``, the default, or
+``return``) and ``horizon_bars`` (>= 1, default 1) say what every run predicts
+(``trainers.targets``); ``metrics`` must be metrics of that target
+(``METRICS_BY_TARGET``; default ``DEFAULT_METRICS``). Example (TOML)::
 
     name = "xgb-depth"
     trainers = ["xgboost"]
     seeds = [0, 1]
     metrics = ["accuracy", "roc_auc"]
+    target = "direction"    # or "return": metrics then from rmse, r2, hit_rate...
+    horizon_bars = 1
 
     [data]
     csv = "aapl_1h.csv"     # relative to this file; omit it to use the stored bars
@@ -44,6 +49,7 @@ from pydantic import (
 from trainers.data import validate_symbol
 from trainers.errors import InvalidInputError
 from trainers.table import TRAINERS
+from trainers.targets import DIRECTION, RETURN, Target
 
 FORMATS: Final = {".toml": "toml", ".yaml": "yaml", ".yml": "yaml"}
 """File extension -> format; anything else is refused."""
@@ -59,7 +65,20 @@ METRIC_NAMES: Final = (
     "base_rate",
     "directional_accuracy",
 )
-"""What ``metrics`` may name: the keys of ``trainers.metrics.classification_metrics`` but n."""
+"""What ``metrics`` may name for a direction target: the keys of
+``trainers.metrics.classification_metrics`` but n."""
+REGRESSION_METRIC_NAMES: Final = ("rmse", "mae", "mape", "r2", "pearson", "spearman", "hit_rate")
+"""... for a return target: the keys of ``trainers.regression_metrics.regression_metrics`` but n."""
+METRICS_BY_TARGET: Final[dict[Target, tuple[str, ...]]] = {
+    DIRECTION: METRIC_NAMES,
+    RETURN: REGRESSION_METRIC_NAMES,
+}
+DEFAULT_METRICS: Final[dict[Target, tuple[str, ...]]] = {
+    DIRECTION: ("accuracy", "roc_auc", "log_loss"),
+    RETURN: ("rmse", "r2", "hit_rate"),
+}
+PRIMARY_METRIC: Final[dict[Target, str]] = {DIRECTION: "accuracy", RETURN: "rmse"}
+"""The metric that ranks runs ("most accurate"): test accuracy, or the lowest test RMSE."""
 MAX_GRID_POINTS: Final = 256
 """A grid larger than this is almost always a typo (a list where a value was meant)."""
 
@@ -156,9 +175,27 @@ class Experiment(_Strict):
     params: dict[str, dict[str, Any]] = {}
     """Per trainer, keyword -> value or list of values (a grid axis)."""
     seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] = [0]
-    metrics: Annotated[list[str], Field(min_length=1)] = ["accuracy", "roc_auc", "log_loss"]
+    target: Target = DIRECTION
+    horizon_bars: int = Field(default=1, ge=1)
+    metrics: Annotated[list[str], Field(min_length=1)] = list(DEFAULT_METRICS[DIRECTION])
+    """Default: ``DEFAULT_METRICS`` of the file's target."""
     splits: Splits = Splits()
     gates: Gates = Gates()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _target_metrics(cls, data: Any) -> Any:
+        """Without ``metrics``, report the defaults of the file's target."""
+        if isinstance(data, Mapping) and "metrics" not in data:
+            target = data.get("target", DIRECTION)
+            if target in DEFAULT_METRICS:
+                return {**data, "metrics": list(DEFAULT_METRICS[target])}
+        return data
+
+    @property
+    def primary_metric(self) -> str:
+        """``PRIMARY_METRIC`` of the target: what ranks the runs."""
+        return PRIMARY_METRIC[self.target]
 
     @model_validator(mode="after")
     def _names_known(self) -> Experiment:
@@ -173,10 +210,12 @@ class Experiment(_Strict):
         for i, seed in enumerate(self.seeds):
             if seed in self.seeds[:i]:
                 problems.append(f"seeds[{i}]: {seed} is listed twice")
+        valid = METRICS_BY_TARGET[self.target]
         for i, metric in enumerate(self.metrics):
-            if metric not in METRIC_NAMES:
+            if metric not in valid:
                 problems.append(
-                    f"metrics[{i}]: unknown metric {metric!r}; valid: {', '.join(METRIC_NAMES)}"
+                    f"metrics[{i}]: unknown metric {metric!r} for target {self.target!r}; "
+                    f"valid: {', '.join(valid)}"
                 )
         for trainer, params in self.params.items():
             if trainer not in self.trainers:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 import numpy as np
@@ -24,6 +24,7 @@ from trainers.data import Bars, FloatArray, IntArray
 from trainers.dataset import Dataset
 from trainers.errors import InvalidInputError
 from trainers.splits import chronological_split
+from trainers.targets import DIRECTION, RETURN, TARGETS, Target
 
 BoolArray = npt.NDArray[np.bool_]
 
@@ -269,19 +270,40 @@ def _close(bars: Bars) -> FloatArray:
     return np.asarray(bars.close, dtype=np.float64)
 
 
-def forward_returns(bars: Bars) -> FloatArray:
-    """``log(close[t+1] / close[t])``; the last row is NaN."""
+def _check_horizon(horizon: int) -> None:
+    if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
+        raise InvalidInputError(f"horizon must be an integer >= 1, got {horizon!r}")
+
+
+def forward_returns(bars: Bars, horizon: int = 1) -> FloatArray:
+    """``log(close[t+h] / close[t])`` for ``h = horizon``; the last ``h`` rows are NaN."""
+    _check_horizon(horizon)
     close = _close(bars)
     out = np.full(len(close), np.nan)
-    out[:-1] = np.log(close[1:] / close[:-1])
+    if len(close) > horizon:
+        out[:-horizon] = np.log(close[horizon:] / close[:-horizon])
     return out
 
 
-def compute_labels(bars: Bars) -> FloatArray:
-    """1.0 if ``close[t+1] > close[t]`` else 0.0 (flat is not up); the last row is NaN."""
+def past_returns(bars: Bars, horizon: int = 1) -> FloatArray:
+    """``log(close[t] / close[t-h])``, the last ``h``-bar return known at t; the first ``h``
+    rows are NaN. The "last return" yardstick of a return target (``trainers.baselines``)."""
+    _check_horizon(horizon)
     close = _close(bars)
     out = np.full(len(close), np.nan)
-    out[:-1] = (close[1:] > close[:-1]).astype(np.float64)
+    if len(close) > horizon:
+        out[horizon:] = np.log(close[horizon:] / close[:-horizon])
+    return out
+
+
+def compute_labels(bars: Bars, horizon: int = 1) -> FloatArray:
+    """1.0 if ``close[t+h] > close[t]`` else 0.0 (flat is not up), ``h = horizon``; the last
+    ``h`` rows are NaN."""
+    _check_horizon(horizon)
+    close = _close(bars)
+    out = np.full(len(close), np.nan)
+    if len(close) > horizon:
+        out[:-horizon] = (close[horizon:] > close[:-horizon]).astype(np.float64)
     return out
 
 
@@ -290,10 +312,13 @@ class TrainingMatrix:
     """Rows whose features (in float32 too) and label are all finite, in time order.
 
     ``ts[i]`` is the timestamp of the bar whose features are ``X[i]``; ``y[i]`` and
-    ``fwd_returns[i]`` describe the move from that bar to the next. ``excluded_ts``:
-    bars with a full lookback and a label whose row was left out anyway because a
-    feature is not finite in float32 (a price the features cannot represent in the
-    window): one bad bar costs its rows, never the run.
+    ``fwd_returns[i]`` describe the move from that bar to ``horizon`` bars later:
+    ``y`` is the direction label (1.0 up) or, for a ``return`` target, the forward log
+    return itself. ``past_returns[i]``: the ``horizon``-bar log return up to that bar
+    (0.0 where the bars do not reach back that far). ``excluded_ts``: bars with a full
+    lookback and a label whose row was left out anyway because a feature is not finite
+    in float32 (a price the features cannot represent in the window): one bad bar costs
+    its rows, never the run.
     """
 
     X: FloatArray
@@ -301,40 +326,62 @@ class TrainingMatrix:
     fwd_returns: FloatArray
     ts: IntArray
     excluded_ts: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    target: Target = DIRECTION
+    horizon: int = 1
+    past_returns: FloatArray | None = None
 
     def __len__(self) -> int:
         return len(self.y)
 
+    @property
+    def feature_spec(self) -> FeatureSpec:
+        """``FEATURE_SPEC`` with this matrix's label horizon, as metadata records it."""
+        if self.horizon == FEATURE_SPEC.label_horizon:
+            return FEATURE_SPEC
+        return replace(FEATURE_SPEC, label_horizon=self.horizon)
+
     def dataset(self, *, val_fraction: float, test_fraction: float, min_rows: int = 30) -> Dataset:
-        """Train, val, test in time order, an embargo of ``FEATURE_SPEC.lookback +
-        label_horizon`` rows between them so no row's inputs or label span two parts."""
+        """Train, val, test in time order, an embargo of ``FEATURE_SPEC.lookback + horizon``
+        rows between them so no row's inputs or label (``horizon`` bars ahead) span two
+        parts; the ``Dataset`` carries the matrix's target."""
         split = chronological_split(
             len(self),
             val_fraction=val_fraction,
             test_fraction=test_fraction,
-            embargo=FEATURE_SPEC.lookback + FEATURE_SPEC.label_horizon,
+            embargo=FEATURE_SPEC.lookback + self.horizon,
             min_rows=min_rows,
         )
-        return Dataset.from_split(self.X, self.y, split)
+        return Dataset.from_split(self.X, self.y, split, self.target)
 
 
-def training_matrix(bars: Bars) -> TrainingMatrix:
+def training_matrix(bars: Bars, *, target: Target = DIRECTION, horizon: int = 1) -> TrainingMatrix:
     """Features, labels and forward returns of every bar that has all three, with every
     feature inside float32's range (``excluded_ts`` names the rows that had history and
-    a label but not that)."""
+    a label but not that).
+
+    Labels look ``horizon`` bars ahead, so the last ``horizon`` bars have none; ``target``
+    picks the label (``trainers.targets``): the direction over the horizon, or its log
+    return. ``horizon=1`` with ``direction`` is the matrix the daemon has always trained on.
+    """
+    if target not in TARGETS:
+        raise InvalidInputError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
     features = compute_features(bars)
-    y = compute_labels(bars)
-    fwd = forward_returns(bars)
+    fwd = forward_returns(bars, horizon)
+    y = fwd.copy() if target == RETURN else compute_labels(bars, horizon)
     labelled = np.isfinite(y) & np.isfinite(fwd)
     labelled[: FEATURE_SPEC.lookback - 1] = False  # warm-up rows are NaN by design
     # NaN compares False: one test for NaN, inf and finite-but-infinite-in-float32.
     representable = (np.abs(features) <= FLOAT32_MAX).all(axis=1)
     keep = labelled & representable
     ts = np.asarray(bars.ts, dtype=np.int64)
+    past = np.nan_to_num(past_returns(bars, horizon)[keep], nan=0.0)
     return TrainingMatrix(
         X=np.ascontiguousarray(features[keep]),
         y=y[keep],
         fwd_returns=fwd[keep],
         ts=ts[keep],
         excluded_ts=ts[labelled & ~representable],
+        target=target,
+        horizon=horizon,
+        past_returns=past,
     )

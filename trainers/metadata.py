@@ -35,12 +35,14 @@ from monitors.drift import FeatureReference
 from monitors.gates import GateConfig, GateVerdict
 from trainers.errors import MetadataError
 from trainers.features import FeatureSpec
+from trainers.targets import DIRECTION, Target
 
 SCHEMA_VERSION: Final = 1
 """Layout of metadata.json this code reads and writes."""
 
 Metrics = dict[str, float | int | None]
-"""One split's metrics by name (``trainers.metrics.classification_metrics``)."""
+"""One split's metrics by name (``trainers.metrics.classification_metrics``, or
+``trainers.regression_metrics.regression_metrics`` for a return target)."""
 Params = dict[str, object]
 """A trainer's hyperparameters as recorded (JSON values)."""
 
@@ -131,6 +133,25 @@ class BaselineComparison(_Record):
     candidate_only: int
     baseline_only: int
     p_value: float
+    test: str | None = None
+    """``diebold_mariano`` for a return target: ``candidate_only`` / ``baseline_only`` then
+    count the rows where only that side's squared error is lower, ``p_value`` is the
+    one-sided Diebold-Mariano p-value (HAC lag ``horizon - 1``) of ``statistic``, and the
+    two MSEs are over ``rows``. None (and the four fields absent from the file): the
+    direction sign test."""
+    statistic: float | None = None
+    horizon: int | None = None
+    candidate_mse: float | None = None
+    baseline_mse: float | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_loss_fields(self, handler: Any) -> dict[str, Any]:
+        # A direction record keeps exactly the keys it has always had.
+        out: dict[str, Any] = handler(self)
+        for key in ("test", "statistic", "horizon", "candidate_mse", "baseline_mse"):
+            if out.get(key) is None:
+                out.pop(key, None)
+        return out
 
 
 class FoldRecord(_Record):
@@ -303,6 +324,9 @@ class ModelMetadata(_Record):
     schema_version: int = SCHEMA_VERSION
     symbol: str
     version: str | None = None
+    target: Target = DIRECTION
+    """What the model predicts (``trainers.targets``); files from before targets are
+    direction models. The horizon is ``feature_spec.label_horizon``."""
     trainer: str | None
     params: Params | None
     seed: int

@@ -17,7 +17,9 @@ PROBA_CLIP = 1e-7
 """log_loss clips probabilities to [PROBA_CLIP, 1 - PROBA_CLIP] so one sure miss stays finite."""
 
 
-def _as_1d(name: str, values: FloatArray, n: int | None) -> FloatArray:
+def as_1d(name: str, values: FloatArray, n: int | None) -> FloatArray:
+    """``values`` as a finite 1-D float64 array of ``n`` rows (any when None), or
+    ``InvalidInputError`` naming ``name``; shared with ``trainers.regression_metrics``."""
     arr = np.asarray(values, dtype=np.float64)
     if arr.ndim != 1:
         raise InvalidInputError(f"{name} must be 1-D, got shape {arr.shape}")
@@ -60,14 +62,14 @@ def classification_metrics(
     returns). Raises InvalidInputError for empty, misshapen or non-finite input,
     labels other than 0/1, or probabilities outside [0, 1].
     """
-    y = _as_1d("y_true", y_true, None)
+    y = as_1d("y_true", y_true, None)
     n = len(y)
     if n == 0:
         raise InvalidInputError("cannot compute metrics of 0 rows")
     if not np.isin(y, (0.0, 1.0)).all():
         bad = float(y[~np.isin(y, (0.0, 1.0))][0])
         raise InvalidInputError(f"y_true must hold only 0.0 and 1.0, got {bad}")
-    p = _as_1d("proba_up", proba_up, n)
+    p = as_1d("proba_up", proba_up, n)
     if ((p < 0.0) | (p > 1.0)).any():
         bad = float(p[(p < 0.0) | (p > 1.0)][0])
         raise InvalidInputError(f"proba_up must be in [0, 1], got {bad}")
@@ -89,7 +91,7 @@ def classification_metrics(
 
     directional: float | None = None
     if fwd_returns is not None:
-        r = _as_1d("fwd_returns", fwd_returns, n)
+        r = as_1d("fwd_returns", fwd_returns, n)
         moved = r != 0.0
         hits = float(np.sum(pred[moved] == (r[moved] > 0.0)))
         directional = _ratio(hits, float(moved.sum()))

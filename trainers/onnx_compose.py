@@ -1,4 +1,5 @@
-"""Several P(up) models in ONE ONNX graph: a shared input, each member's graph, a combiner.
+"""Several models of one target in ONE ONNX graph: a shared input, each member's graph, a
+combiner.
 
 Members may come from any exporter (torch, skl2onnx, onnxmltools, the hand-built
 rule graphs), so their opsets, IR versions and tensor names differ. Each member
@@ -11,15 +12,18 @@ default-domain opset (``onnx.version_converter``; other domains such as
   window from this shape);
 - a tabular member reads the last row of each window, a sequence member of
   window ``w < W`` its last ``w`` rows (exactly ``Dataset.inputs(part, w)``);
-- each member's P(up) is taken as ``OnnxScorer`` reads it (output
+- each member's prediction is taken as ``OnnxScorer`` reads it (output
   ``probabilities`` if present, else the first; the last column of
-  ``[N, 2]`` / ``[N, 1]``, or ``[N]`` itself);
-- output ``probabilities`` float32 ``[N, 2]`` = (1 - p, p), the contract of
-  every other model.
+  ``[N, 2]`` / ``[N, 1]``, or ``[N]`` itself): P(up), or a predicted return when
+  the member's output is ``prediction`` (``trainers.onnx_io``);
+- output, the contract of every other model of the target: ``probabilities``
+  float32 ``[N, 2]`` = (1 - p, p) for P(up) members, ``prediction`` float32
+  ``[N, 1]`` for return members. Members of different targets are refused.
 
-The combiner is either a weighted mean of probabilities or a logistic model on
-the members' clipped logits (``Combiner``); ``Combiner.combine`` computes the
-same function in numpy, which is what the graph's parity is measured against.
+The combiner is a weighted mean of the members' outputs, a logistic model on
+their clipped logits (P(up) only) or a linear one with an intercept (returns
+only) (``Combiner``); ``Combiner.combine`` computes the same function in numpy,
+which is what the graph's parity is measured against.
 """
 
 from __future__ import annotations
@@ -35,11 +39,14 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper, version_converter
 
 from trainers.errors import InvalidInputError
+from trainers.onnx_io import PREDICTION_OUTPUT
+from trainers.targets import DIRECTION, RETURN, Target
 
 FloatArray = npt.NDArray[np.float64]
 
 INPUT: Final = "input"
 OUTPUT: Final = "probabilities"
+"""The output of a P(up) ensemble; a return ensemble's is ``PREDICTION_OUTPUT``."""
 LOGIT_CLIP: Final = 1e-6
 """Probabilities are clipped to [LOGIT_CLIP, 1 - LOGIT_CLIP] before a logit: a tree model's
 sure 0 or 1 must not become an infinite logit."""
@@ -49,20 +56,25 @@ MIN_OPSET: Final = 15
 
 @dataclass(frozen=True, slots=True)
 class Combiner:
-    """How members' P(up) become one: ``mean`` (sum of ``weights`` x p, weights sum to 1)
-    or ``logistic`` (sigmoid(``intercept`` + sum of ``weights`` x logit(clipped p)))."""
+    """How members' outputs become one: ``mean`` (sum of ``weights`` x p, weights sum to
+    1; P(up) or returns), ``logistic`` (sigmoid(``intercept`` + sum of ``weights`` x
+    logit(clipped p)); P(up)) or ``linear`` (``intercept`` + sum of ``weights`` x r;
+    returns)."""
 
-    kind: Literal["mean", "logistic"]
+    kind: Literal["mean", "logistic", "linear"]
     weights: tuple[float, ...]
     intercept: float = 0.0
 
-    def combine(self, probabilities: FloatArray) -> FloatArray:
-        """(n,) P(up) from ``(n, members)`` member probabilities, in float64."""
-        p = np.asarray(probabilities, dtype=np.float64)
+    def combine(self, predictions: FloatArray) -> FloatArray:
+        """(n,) combined prediction from ``(n, members)`` member predictions, in float64."""
+        p = np.asarray(predictions, dtype=np.float64)
         w = np.asarray(self.weights, dtype=np.float64)
         if self.kind == "mean":
             out: FloatArray = p @ w
             return out
+        if self.kind == "linear":
+            linear: FloatArray = p @ w + self.intercept
+            return linear
         z = logits(p) @ w + self.intercept
         result: FloatArray = 1.0 / (1.0 + np.exp(-z))
         return result
@@ -82,11 +94,13 @@ def logits(probabilities: FloatArray) -> FloatArray:
 
 @dataclass(frozen=True, slots=True)
 class Member:
-    """One member graph as loaded, with the input shape it expects."""
+    """One member graph as loaded, with the input shape it expects and what it predicts
+    (``return`` when its output is named ``prediction``, as ``OnnxScorer`` reads it)."""
 
     model: onnx.ModelProto
     window: int
     n_features: int
+    target: Target = DIRECTION
 
     @classmethod
     def load(cls, path: Path) -> Member:
@@ -101,18 +115,31 @@ class Member:
                 f"{path}: input must be [N, n_features] or [N, window, n_features] "
                 f"with fixed sizes, got {dims}"
             )
-        return cls(model, dims[1] if len(dims) == 3 else 1, dims[-1])
+        names = [o.name for o in model.graph.output]
+        returns = OUTPUT not in names and names[:1] == [PREDICTION_OUTPUT]
+        return cls(
+            model, dims[1] if len(dims) == 3 else 1, dims[-1], RETURN if returns else DIRECTION
+        )
 
 
 def compose(members: Sequence[Member], combiner: Combiner, path: Path) -> None:
     """Write the ensemble graph of ``members`` under ``combiner`` to ``path`` (checked).
 
     Raises ``InvalidInputError`` when members disagree on the number of
-    features, a member's opset cannot be converted, or weights and members differ
-    in number.
+    features or the target, the combiner does not suit the target, a member's opset
+    cannot be converted, or weights and members differ in number.
     """
     if not members:
         raise InvalidInputError("an ensemble graph needs at least one member")
+    targets = {m.target for m in members}
+    if len(targets) != 1:
+        raise InvalidInputError(f"members predict different targets: {sorted(targets)}")
+    (target,) = targets
+    suits = {DIRECTION: ("mean", "logistic"), RETURN: ("mean", "linear")}[target]
+    if combiner.kind not in suits:
+        raise InvalidInputError(
+            f"a {combiner.kind} combiner does not suit {target} members; valid: {', '.join(suits)}"
+        )
     if len(combiner.weights) != len(members):
         raise InvalidInputError(
             f"{len(combiner.weights)} weights for {len(members)} members: one each is required"
@@ -149,7 +176,7 @@ def compose(members: Sequence[Member], combiner: Combiner, path: Path) -> None:
         p = f"{own}p_up"
         nodes.extend(_p_up(_probability_output(graph, prefix), p, own, inits))
         member_p.append(p)
-    nodes.extend(_combine(member_p, combiner, inits))
+    nodes.extend(_combine(member_p, combiner, inits, target))
     used = {name for node in nodes for name in node.input}
     inits = [t for t in inits if t.name in used or not t.name.startswith("ens_")]
     shape: list[str | int] = ["N", features] if window == 1 else ["N", window, features]
@@ -157,7 +184,11 @@ def compose(members: Sequence[Member], combiner: Combiner, path: Path) -> None:
         nodes,
         "ctd_ensemble",
         [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, shape)],
-        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", 2])],
+        [
+            helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", 2])
+            if target == DIRECTION
+            else helper.make_tensor_value_info(PREDICTION_OUTPUT, TensorProto.FLOAT, ["N", 1])
+        ],
         initializer=inits,
         value_info=value_info,
     )
@@ -264,13 +295,23 @@ def _p_up(
 
 
 def _combine(
-    member_p: list[str], combiner: Combiner, inits: list[onnx.TensorProto]
+    member_p: list[str], combiner: Combiner, inits: list[onnx.TensorProto], target: Target
 ) -> list[onnx.NodeProto]:
-    """Nodes from the members' ``[N, 1]`` P(up) to the ensemble's ``probabilities``."""
+    """Nodes from the members' ``[N, 1]`` outputs to the ensemble's ``probabilities``
+    (P(up)) or ``prediction`` (returns)."""
     weights = np.asarray(combiner.weights, dtype=np.float32).reshape(-1, 1)
     inits.append(numpy_helper.from_array(weights, "ens_weights"))
     inits.append(numpy_helper.from_array(np.ones((1, 1), np.float32), "ens_one"))
     nodes = [helper.make_node("Concat", member_p, ["ens_members"], axis=1)]
+    if target == RETURN:
+        inits.append(
+            numpy_helper.from_array(np.array([combiner.intercept], np.float32), "ens_intercept")
+        )
+        return [
+            *nodes,
+            helper.make_node("MatMul", ["ens_members", "ens_weights"], ["ens_r"]),
+            helper.make_node("Add", ["ens_r", "ens_intercept"], [PREDICTION_OUTPUT]),
+        ]
     if combiner.kind == "mean":
         nodes.append(helper.make_node("MatMul", ["ens_members", "ens_weights"], ["ens_p"]))
     else:

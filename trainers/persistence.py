@@ -20,6 +20,12 @@ Choices, each the simplest honest one:
 
 Like every model it exports to ONNX, so the registry holds it, live scoring
 serves it and the conformance suite covers it.
+
+Direction only: a ``return`` target raises ``InvalidInputError``. Its natural
+counterpart, "the next ``h`` bars return what the last ``h`` did", needs the label
+horizon, which a ``Dataset`` does not carry (``ret_1`` is the right feature only for
+``h = 1``); the pipeline builds the return yardsticks (zero, mean and last return)
+from the bars instead (``trainers.baselines``).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from trainers.dataset import Dataset, as_model_input, validate_dataset
 from trainers.errors import InvalidInputError, TrainingAborted
 from trainers.features import FEATURE_SPEC
 from trainers.onnx_graph import save_rule_graph
+from trainers.targets import DIRECTION
 
 RET_1_COLUMN: Final = FEATURE_SPEC.names.index("ret_1")
 """The column of the last bar's log return in ``FEATURE_SPEC`` feature rows."""
@@ -112,11 +119,12 @@ def _row(name: str, p_up: float) -> onnx.TensorProto:
 class PersistenceTrainer:
     """Fits P(next bar goes the last bar's way) on the training rows; reads ``ret_1`` only.
 
-    The data's columns must be ``FEATURE_SPEC``'s (``InvalidInputError``
-    otherwise: a baseline reading the wrong column would judge every gate
-    wrongly). ``seed`` changes nothing (the fit is a count). ``augment`` is
-    accepted, like ``preset``, so every trainer takes the pipeline's switches;
-    it changes nothing here: noisy copies only blur the sign of ``ret_1``.
+    Direction targets only (``InvalidInputError`` for a return target). The data's
+    columns must be ``FEATURE_SPEC``'s (``InvalidInputError`` otherwise: a baseline
+    reading the wrong column would judge every gate wrongly). ``seed`` changes nothing
+    (the fit is a count). ``augment`` is accepted, like ``preset``, so every trainer
+    takes the pipeline's switches; it changes nothing here: noisy copies only blur the
+    sign of ``ret_1``.
     """
 
     name = "persistence"
@@ -129,6 +137,11 @@ class PersistenceTrainer:
         self.augment = augment
 
     def fit(self, data: Dataset, monitor: TrainingMonitor, seed: int) -> PersistenceModel:
+        if data.target != DIRECTION:
+            raise InvalidInputError(
+                f"{self.name} predicts direction only, not a {data.target} target; the "
+                "return yardsticks (zero, mean and last return) are trainers.baselines'"
+            )
         validate_dataset(data)
         n_expected = len(FEATURE_SPEC.names)
         if data.n_features != n_expected:

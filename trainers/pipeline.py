@@ -9,9 +9,10 @@ evaluation CSV ``predictions.csv`` (always) and the losers' ``candidates/*.onnx`
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Final
 
 from monitors.base import TrainingMonitor
 from monitors.drift import FeatureReference
-from monitors.training import build_monitor
+from monitors.training import MonitorConfig, build_monitor
 from trainers.baselines import MAJORITY, PERSISTENCE, choose_yardstick, fit_yardsticks
 from trainers.candidate import MODEL_FILE, CandidateRun, run_candidate
 from trainers.config import ENSEMBLE, TrainConfig
@@ -30,8 +31,11 @@ from trainers.features import FEATURE_SPEC, TrainingMatrix, training_matrix
 from trainers.metadata import DataRange, ModelMetadata, SplitRecord
 from trainers.repro import bars_sha256, config_sha256, package_versions
 from trainers.selection import compare_candidates
+from trainers.targets import RETURN
 
 METADATA_FILE: Final = "metadata.json"
+RETURN_BASELINE_LOSS: Final = 1.0
+"""A return trainer's loss for predicting zero: its MSE is over the training labels' variance."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +60,10 @@ def train_symbol(
 ) -> TrainResult:
     """Train every configured candidate on ``bars``, gate them, keep the best one.
 
-    Steps: ``training_matrix(bars)``; ``chronological_split`` of its rows with
-    embargo ``FEATURE_SPEC.lookback + label_horizon``; the naive baselines
-    (majority class and persistence, ``trainers.baselines``), the one better on
+    Steps: ``training_matrix(bars, target=config.target, horizon=config.horizon_bars)``;
+    ``chronological_split`` of its rows with embargo ``FEATURE_SPEC.lookback +
+    horizon_bars``; the naive baselines (majority class and persistence; for a return
+    target zero, mean and last return, ``trainers.baselines``), the one better on
     validation being the yardstick every candidate must beat; each candidate
     (``trainers.candidate``) with a fresh monitor from ``monitor_factory``
     (default: ``config.monitor``'s rules); the passing candidate with the best
@@ -78,6 +83,8 @@ def train_symbol(
         x = sequence_windows(m.X.astype(np.float32), slice(start, stop), scorer.window)
         # (for window 1, x = m.X[start:stop] instead)
         classification_metrics(m.y[start:stop], scorer.predict_proba(x), m.fwd_returns[start:stop])
+        # a return target: training_matrix(bars, target="return", horizon=h) and
+        # regression_metrics(m.y[start:stop], scorer.predict(x))
 
     A row whose features are not finite in float32 (a bar the features cannot
     represent in its window) is left out and reported in ``metadata.data``
@@ -90,11 +97,11 @@ def train_symbol(
     """
     started = time.perf_counter()
     validate_symbol(symbol)
-    factory = monitor_factory or partial(build_monitor, config.monitor)
+    factory = monitor_factory or partial(build_monitor, _monitor_config(config))
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
-    matrix = training_matrix(bars)
+    matrix = training_matrix(bars, target=config.target, horizon=config.horizon_bars)
     timings["features_seconds"] = time.perf_counter() - t
 
     data = matrix.dataset(val_fraction=config.val_fraction, test_fraction=config.test_fraction)
@@ -104,9 +111,10 @@ def train_symbol(
     (out_dir / MODEL_FILE).unlink(missing_ok=True)
 
     t = time.perf_counter()
-    baselines = fit_yardsticks(data, matrix.fwd_returns, config)
+    baselines = fit_yardsticks(data, matrix.fwd_returns, config, past_returns=matrix.past_returns)
     yardstick = choose_yardstick(baselines)
-    majority = next(b for b in baselines if b.name == MAJORITY)
+    # Direction only: persistence as a candidate is judged against the majority class.
+    majority = next((b for b in baselines if b.name == MAJORITY), yardstick)
     timings["baseline_seconds"] = time.perf_counter() - t
 
     names = [n for n in config.trainers if n != ENSEMBLE]  # the ensemble runs after them
@@ -154,7 +162,8 @@ def train_symbol(
         params=chosen.params if chosen else None,
         seed=config.seed,
         data=_data_range(bars, matrix),
-        feature_spec=FEATURE_SPEC,
+        target=config.target,
+        feature_spec=matrix.feature_spec,
         # The training distribution live drift is measured against (monitors.drift).
         feature_reference=reference,
         split=SplitRecord(
@@ -182,7 +191,14 @@ def train_symbol(
         passed=chosen is not None,
         reason=_reason(runs, best),
         # Paired tests between the scored candidates, and why this one (trainers.selection).
-        comparison=compare_candidates(runs, data.labels, split.test.start, best),
+        comparison=compare_candidates(
+            runs,
+            data.labels,
+            split.test.start,
+            best,
+            target=config.target,
+            horizon=config.horizon_bars,
+        ),
     )
     (out_dir / METADATA_FILE).write_bytes(metadata.to_json())
     return TrainResult(
@@ -193,6 +209,16 @@ def train_symbol(
         metadata=metadata,
         model_path=model_path,
     )
+
+
+def _monitor_config(config: TrainConfig) -> MonitorConfig:
+    """The run's monitor rules; for a return target the divergence rule's "uninformed
+    baseline" is 1.0, the loss of predicting zero (return trainers report MSE over the
+    training labels' variance), where the default ln 2 is a log loss."""
+    monitor = config.monitor
+    if config.target == RETURN and monitor.divergence_baseline_loss == math.log(2.0):
+        return replace(monitor, divergence_baseline_loss=RETURN_BASELINE_LOSS)
+    return monitor
 
 
 def _choose(runs: list[CandidateRun]) -> CandidateRun | None:

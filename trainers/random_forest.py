@@ -23,6 +23,13 @@ when the monitor is asked. Unlike xgboost's rounds the forest is not cut back
 to its best validation step: more trees only average more (they add no
 capacity), so the best step on a flat validation curve is noise.
 
+A ``return`` target grows a RandomForestRegressor (squared error) the same way;
+each step reports the train / val MSE of the forest so far in units of the training
+labels' variance (the mean return scores 1.0 on the training rows), the scale every
+return trainer reports. Squared-error trees are scale-equivariant, so unlike the
+booster's the labels need no standardising. ``class_weight`` is a direction option
+and must stay None for returns.
+
 ``n_jobs`` defaults to 1 because the daemon runs each training in a worker
 process on few cores (``CTD_TRAIN_WORKERS`` of them); joblib threads inside
 each would oversubscribe the cores.
@@ -48,14 +55,16 @@ import numpy.typing as npt
 import onnx
 from skl2onnx import to_onnx
 from skl2onnx.common.data_types import FloatTensorType
-from sklearn.ensemble import RandomForestClassifier
+from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 
 from monitors.base import Action, TrainingMonitor
 from trainers.augment import augment_training
 from trainers.base import abort_reason, require, resolve_params
 from trainers.dataset import Dataset, as_model_input, validate_dataset
-from trainers.errors import TrainingAborted
+from trainers.errors import InvalidInputError, TrainingAborted
 from trainers.metrics import PROBA_CLIP
+from trainers.onnx_graph import with_prediction_output
+from trainers.targets import DIRECTION, RETURN, Target
 
 # The opset of the other tree and rule graphs: skl2onnx pairs it with ai.onnx.ml 1 and IR 8,
 # which any onnxruntime since 1.10 reads.
@@ -98,42 +107,62 @@ PRESETS: Mapping[str, Mapping[str, Any]] = {
 
 
 class RandomForestModel:
-    """A fitted RandomForestClassifier on float32 feature rows."""
+    """A fitted RandomForestClassifier (direction) or RandomForestRegressor (return) on
+    float32 feature rows."""
 
     trainer = "random_forest"
     window = 1
 
     def __init__(
-        self, clf: RandomForestClassifier, params: Mapping[str, Any], n_features: int
+        self,
+        clf: RandomForestClassifier | RandomForestRegressor,
+        params: Mapping[str, Any],
+        n_features: int,
+        *,
+        target: Target = DIRECTION,
     ) -> None:
         self._clf = clf
         self.params = params
         self.n_features = n_features
+        self.target = target
         self.n_params = sum(int(tree.tree_.node_count) for tree in clf.estimators_)
 
     def predict(self, x: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
-        """The direction target's prediction: P(up)."""
-        return self.predict_proba(x)
+        """P(up) for direction; the forward log return for return."""
+        if self.target == DIRECTION:
+            return self.predict_proba(x)
+        rows = as_model_input(x, self.n_features, self.window)
+        return np.asarray(self._clf.predict(rows), dtype=np.float64)
 
     def predict_proba(self, x: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+        if not isinstance(self._clf, RandomForestClassifier):
+            raise InvalidInputError(f"{self.trainer}: predicts returns, not P(up)")
         rows = as_model_input(x, self.n_features, self.window)
         return np.asarray(self._clf.predict_proba(rows)[:, 1], dtype=np.float64)
 
     def export_onnx(self, path: Path) -> None:
-        """Outputs ``label`` [N] and ``probabilities`` [N, 2]; input ``input`` float32 [N, k]."""
-        model = to_onnx(
-            self._clf,
-            initial_types=[("input", FloatTensorType([None, self.n_features]))],
-            # A plain [N, 2] tensor rather than a list of {class: probability} maps.
-            options={"zipmap": False},
-            target_opset=ONNX_TARGET_OPSET,
-        )
+        """Input ``input`` float32 [N, k]. Direction: outputs ``label`` [N] and
+        ``probabilities`` [N, 2]; return: the one output ``prediction`` [N, 1]."""
+        initial_types = [("input", FloatTensorType([None, self.n_features]))]
+        if self.target == RETURN:
+            model = to_onnx(self._clf, initial_types=initial_types, target_opset=ONNX_TARGET_OPSET)
+            (output,) = model.graph.output
+            model = with_prediction_output(model, output.name)
+        else:
+            model = to_onnx(
+                self._clf,
+                initial_types=initial_types,
+                # A plain [N, 2] tensor rather than a list of {class: probability} maps.
+                options={"zipmap": False},
+                target_opset=ONNX_TARGET_OPSET,
+            )
         onnx.checker.check_model(model)
         onnx.save(model, str(path))
 
 
 class RandomForestTrainer:
-    """RandomForestClassifier (bootstrap, Gini) on float32 numpy feature rows.
+    """RandomForestClassifier (bootstrap, Gini) on float32 numpy feature rows, or for a
+    return target RandomForestRegressor (bootstrap, squared error).
 
     ``preset`` (tiny, lightweight, deep) picks every hyperparameter; keywords
     override single ones (the keys of ``PRESETS``): ``max_features`` is
@@ -181,17 +210,30 @@ class RandomForestTrainer:
         validate_dataset(data)
         p = {k: v for k, v in self.params.items() if k not in ("preset", "augment")}
         total, per_step = p.pop("n_estimators"), p.pop("trees_per_step")
-        clf = RandomForestClassifier(
-            **p, n_estimators=per_step, bootstrap=True, warm_start=True, random_state=seed
-        )
+        returns = data.target == RETURN
+        clf: RandomForestClassifier | RandomForestRegressor
+        if returns:
+            weight = p.pop("class_weight")
+            if weight is not None:
+                raise InvalidInputError(
+                    f"class_weight must be None for a return target, got {weight!r}"
+                )
+            clf = RandomForestRegressor(
+                **p, n_estimators=per_step, bootstrap=True, warm_start=True, random_state=seed
+            )
+        else:
+            clf = RandomForestClassifier(
+                **p, n_estimators=per_step, bootstrap=True, warm_start=True, random_state=seed
+            )
         x_fit, y_fit = data.X_train, data.y_train
         if self.augment:
             x_fit, y_fit = augment_training(x_fit, y_fit, np.random.default_rng(seed))
         # Monitors see the real training rows, never their augmented copies. Each part's
-        # per-tree probabilities are summed as trees arrive, in the forest's own order, so a
-        # step costs its new trees only and its P(up) equals the forest's predict_proba.
+        # per-tree predictions (P(up) or return) are summed as trees arrive, in the forest's
+        # own order, so a step costs its new trees only and its mean equals the forest's.
         parts = {"train": data.X_train, "val": data.X_val}
         sums = {part: np.zeros(len(x)) for part, x in parts.items()}
+        variance = float(np.var(data.y_train)) if returns else 1.0
         grown = steps = 0
         for step in range(math.ceil(total / per_step)):
             steps = step + 1
@@ -205,11 +247,16 @@ class RandomForestTrainer:
                 clf.fit(x_fit, y_fit)
             for part, x in parts.items():
                 for tree in clf.estimators_[grown:]:
-                    sums[part] += tree.predict_proba(x)[:, 1]
+                    sums[part] += tree.predict(x) if returns else tree.predict_proba(x)[:, 1]
             grown = len(clf.estimators_)
-            train_loss, train_acc = _loss_and_accuracy(data.y_train, sums["train"] / grown)
-            val_loss, val_acc = _loss_and_accuracy(data.y_val, sums["val"] / grown)
-            extra = {"train_accuracy": train_acc, "val_accuracy": val_acc}
+            if returns:
+                train_loss = _mse(data.y_train, sums["train"] / grown) / variance
+                val_loss = _mse(data.y_val, sums["val"] / grown) / variance
+                extra: dict[str, float] = {}
+            else:
+                train_loss, train_acc = _loss_and_accuracy(data.y_train, sums["train"] / grown)
+                val_loss, val_acc = _loss_and_accuracy(data.y_val, sums["val"] / grown)
+                extra = {"train_accuracy": train_acc, "val_accuracy": val_acc}
             action = monitor.on_step(step, train_loss, val_loss, extra)
             if action is Action.ABORT:
                 raise TrainingAborted(self.name, step, abort_reason(monitor))
@@ -222,7 +269,11 @@ class RandomForestTrainer:
             "n_steps": steps,
             "train_samples": len(y_fit),
         }
-        return RandomForestModel(clf, fitted, data.n_features)
+        return RandomForestModel(clf, fitted, data.n_features, target=data.target)
+
+
+def _mse(y: npt.NDArray[Any], predicted: npt.NDArray[np.float64]) -> float:
+    return float(np.mean((np.asarray(y, dtype=np.float64) - predicted) ** 2))
 
 
 def _loss_and_accuracy(y: npt.NDArray[Any], p_up: npt.NDArray[np.float64]) -> tuple[float, float]:

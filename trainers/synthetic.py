@@ -15,6 +15,11 @@ operations in any chunking, so the stream is identical however it is sliced.
 benches: a signal of known strength at a chosen lag, ``r[t] = phi * r[t-lag] +
 noise``, specified by the directional accuracy the planted rule truly has, so a
 test can ask whether a measured accuracy, or a gate's verdict, matches the truth.
+
+``planted_return_bars`` plants a signal for ``return`` targets: the next
+``horizon``-bar log return depends on the past ``horizon``-bar return (the
+``ret_h`` feature when ``h`` is one of its lags). ``random_walk_bars`` is the null:
+i.i.d. Gaussian returns, nothing to learn.
 """
 
 from __future__ import annotations
@@ -42,6 +47,21 @@ _START_TS: Final = 1_735_689_600  # 2025-01-01T00:00:00Z
 def _check_volatility(volatility: float) -> None:
     if not (math.isfinite(volatility) and volatility > 0):
         raise InvalidInputError(f"volatility must be finite and > 0, got {volatility!r}")
+
+
+def _check_series(
+    seed: int, start_price: float, volatility: float, bar_seconds: int, start_ts: int
+) -> None:
+    """The arguments every generated series shares; InvalidInputError names a bad one."""
+    if seed < 0:
+        raise InvalidInputError(f"seed must be >= 0, got {seed}")
+    if not (math.isfinite(start_price) and start_price > 0):
+        raise InvalidInputError(f"start_price must be finite and > 0, got {start_price!r}")
+    _check_volatility(volatility)
+    if bar_seconds < 1:
+        raise InvalidInputError(f"bar_seconds must be >= 1, got {bar_seconds}")
+    if start_ts < 0:
+        raise InvalidInputError(f"start_ts must be >= 0, got {start_ts}")
 
 
 def _check_strength(signal_strength: float) -> None:
@@ -234,15 +254,7 @@ def planted_bars(
             f"got accuracy={accuracy!r}, phi={phi!r}"
         )
     _check_phi(phi)
-    if seed < 0:
-        raise InvalidInputError(f"seed must be >= 0, got {seed}")
-    if not (math.isfinite(start_price) and start_price > 0):
-        raise InvalidInputError(f"start_price must be finite and > 0, got {start_price!r}")
-    _check_volatility(volatility)
-    if bar_seconds < 1:
-        raise InvalidInputError(f"bar_seconds must be >= 1, got {bar_seconds}")
-    if start_ts < 0:
-        raise InvalidInputError(f"start_ts must be >= 0, got {start_ts}")
+    _check_series(seed, start_price, volatility, bar_seconds, start_ts)
 
     rng = np.random.default_rng(seed)
     # The lag returns before the first bar: each of the lag interleaved AR(1) chains
@@ -261,6 +273,77 @@ def planted_bars(
         ts, returns, z, log_price=math.log(start_price), last_close=start_price, sigma=volatility
     )
     return bars
+
+
+_IMPULSE_BARS: Final = 20_000  # long enough for any |strength| <= _MAX_PHI to decay fully
+_IMPULSE_TOL: Final = 1e-12
+
+
+def planted_return_bars(
+    n: int,
+    *,
+    horizon: int,
+    strength: float,
+    seed: int,
+    start_price: float = 100.0,
+    volatility: float = 0.01,
+    bar_seconds: int = 60,
+    start_ts: int = _START_TS,
+) -> Bars:
+    """``n`` bars whose next-``horizon``-bar log return depends on the features.
+
+    One-bar log returns follow ``r[t] = (strength / h) * (r[t-1] + ... + r[t-h]) +
+    e[t]``: each bar drifts by ``strength`` times the mean return of the last ``h``
+    bars, i.e. ``strength / h`` times ``log(close[t-1] / close[t-h-1])``. So the
+    forward return ``log(close[t+h] / close[t])`` is linear in the past ``h``-bar
+    return ``log(close[t] / close[t-h])`` (the ``ret_h`` feature when ``h`` is one of
+    its lags; other horizons are sums of ``ret_k``) plus noise: positive ``strength``
+    is momentum, negative mean reversion, 0 a Gaussian random walk. For ``h = 5``
+    the correlation of past and forward 5-bar returns is about 0.21 at strength 0.3,
+    0.39 at 0.5 and 0.60 at 0.7 (out-of-sample R^2 of the best predictor ~ its
+    square). ``|strength| <= 0.9`` keeps the process stationary (the coefficients'
+    absolute sum is below 1).
+
+    The noise is scaled so that the stationary one-bar return std is ``volatility``
+    (from the filter's impulse response), and the process runs through a burn-in as
+    long as that response takes to decay below 1e-12, so it is stationary from the
+    first bar. Bars are those of ``planted_bars``; the same arguments give the same
+    bars. Raises ``InvalidInputError`` naming any bad argument.
+    """
+    if not isinstance(n, int) or n < 1:
+        raise InvalidInputError(f"n must be an integer >= 1, got {n!r}")
+    if not isinstance(horizon, int) or horizon < 1:
+        raise InvalidInputError(f"horizon must be an integer >= 1, got {horizon!r}")
+    if not (math.isfinite(strength) and abs(strength) <= _MAX_PHI):
+        raise InvalidInputError(
+            f"strength must be in [-{_MAX_PHI}, {_MAX_PHI}] (stationary), got {strength!r}"
+        )
+    _check_series(seed, start_price, volatility, bar_seconds, start_ts)
+
+    a = np.concatenate(([1.0], np.full(horizon, -strength / horizon)))
+    impulse = np.zeros(_IMPULSE_BARS)
+    impulse[0] = 1.0
+    psi = np.asarray(lfilter([1.0], a, impulse), dtype=np.float64)
+    scale = volatility / math.sqrt(float(np.sum(psi * psi)))
+    alive = np.flatnonzero(np.abs(psi) > _IMPULSE_TOL)
+    burn = int(alive[-1]) + 1 if len(alive) else 1
+
+    rng = np.random.default_rng(seed)
+    burn_noise = rng.standard_normal(burn)
+    z = rng.standard_normal((n, _DRAWS_PER_BAR))
+    noise = scale * np.concatenate((burn_noise, z[:, 0]))
+    returns = np.asarray(lfilter([1.0], a, noise), dtype=np.float64)[burn:]
+    ts = start_ts + bar_seconds * np.arange(n, dtype=np.int64)
+    bars, _ = _bars_from_returns(
+        ts, returns, z, log_price=math.log(start_price), last_close=start_price, sigma=volatility
+    )
+    return bars
+
+
+def random_walk_bars(n: int, *, seed: int, volatility: float = 0.01) -> Bars:
+    """``n`` bars of a Gaussian random walk (i.i.d. returns of std ``volatility``): the null
+    market on which no target, direction or return, has anything to learn."""
+    return planted_return_bars(n, horizon=1, strength=0.0, seed=seed, volatility=volatility)
 
 
 def _check_accuracy(accuracy: float) -> None:

@@ -2,12 +2,23 @@
 
 A ``TorchTrainer`` subclass names itself, lists its architecture presets and
 builds an ``nn.Module`` mapping standardised ``(N, window, n_features)``
-windows to ``(N,)`` logits. Everything else lives here, once: windows from the
-``Dataset``, per-feature standardisation baked into the model (so the ONNX file
-needs raw feature rows, exactly what live scoring has), AdamW (weight decay),
-gradient clipping, a plateau learning-rate schedule, early stopping on
-validation loss with the best weights restored, the monitor protocol, and ONNX
-export with a dynamic batch axis.
+windows to ``(N,)`` outputs of a one-unit linear head: logits for a ``direction``
+target, standardised returns for a ``return`` target. Everything else lives here,
+once: windows from the ``Dataset``, per-feature standardisation baked into the
+model (so the ONNX file needs raw feature rows, exactly what live scoring has),
+AdamW (weight decay), gradient clipping, a plateau learning-rate schedule, early
+stopping on validation loss with the best weights restored, the monitor protocol,
+and ONNX export with a dynamic batch axis.
+
+A return target trains the same head on MSE against the labels divided by their
+training standard deviation, so the loss, learning rates and weight decay tuned on
+unit-scale losses still fit returns of ~1e-3, and predicting zero scores an MSE near
+1 (the scale the monitor sees). The labels are scaled but not centred: a bar's mean
+return is a few hundredths of its std, so centring buys no conditioning, while
+leaving it out keeps output 0 meaning "no move" and the de-standardisation one
+multiplication; the head's bias learns whatever drift there is. That
+multiplication sits inside the exported module, whose output ``prediction`` is the
+return itself.
 
 Window 1 models take ``(N, n_features)`` rows like every tabular model;
 the wrapper adds the time axis.
@@ -23,7 +34,7 @@ import warnings
 from abc import ABC
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -35,12 +46,15 @@ from trainers.augment import augment_training
 from trainers.base import abort_reason, require, resolve_params
 from trainers.dataset import Dataset, Float32Array, as_model_input, validate_dataset
 from trainers.errors import InvalidInputError, TrainingAborted
+from trainers.onnx_io import PREDICTION_OUTPUT
 from trainers.repro import seed_everything
+from trainers.targets import DIRECTION, RETURN, Target
 
 ONNX_OPSET: Final = 17
 DEVICES: Final = ("auto", "cpu", "cuda")
 _EVAL_BATCH: Final = 4096
 _MIN_STD: Final = 1e-8  # a constant feature is left unscaled rather than divided by ~0
+_Loss = Literal["bce", "mse"]
 
 TRAINING_PRESETS: Final[Mapping[str, Mapping[str, Any]]] = {
     "tiny": {
@@ -100,8 +114,32 @@ class ProbabilityModel(nn.Module):
         return torch.sigmoid(self.logits(x)).unsqueeze(1)
 
 
+class ReturnModel(ProbabilityModel):
+    """Raw features -> standardise -> network -> x ``label_scale``: the return ``[N, 1]``.
+
+    ``logits`` is the head's raw output, here the standardised return the loss sees.
+    """
+
+    label_scale: torch.Tensor
+
+    def __init__(
+        self,
+        net: nn.Module,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        window: int,
+        label_scale: torch.Tensor,
+    ) -> None:
+        super().__init__(net, mean, std, window)
+        self.register_buffer("label_scale", label_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.logits(x) * self.label_scale).unsqueeze(1)
+
+
 class TorchModel:
-    """A trained network on the CPU, in eval mode; P(up) natively and through ONNX."""
+    """A trained network on the CPU, in eval mode; P(up) or the return, natively and
+    through ONNX."""
 
     def __init__(
         self,
@@ -115,22 +153,26 @@ class TorchModel:
         self.params = params
         self.n_features = n_features
         self.window = module.window
+        self.target: Target = RETURN if isinstance(module, ReturnModel) else DIRECTION
         self.n_params = sum(p.numel() for p in module.parameters())
 
     def predict(self, x: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
-        """The direction target's prediction: P(up)."""
-        return self.predict_proba(x)
-
-    def predict_proba(self, x: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+        """P(up) for direction; the forward log return for return."""
         arr = np.require(as_model_input(x, self.n_features, self.window), requirements=["C", "W"])
         with torch.inference_mode():
-            proba = self.module(torch.from_numpy(arr))[:, 0]
-        out: npt.NDArray[np.float64] = proba.numpy().astype(np.float64)
-        return out
+            out = self.module(torch.from_numpy(arr))[:, 0]
+        result: npt.NDArray[np.float64] = out.numpy().astype(np.float64)
+        return result
+
+    def predict_proba(self, x: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+        if self.target != DIRECTION:
+            raise InvalidInputError(f"{self.trainer}: predicts returns, not P(up)")
+        return self.predict(x)
 
     def export_onnx(self, path: Path) -> None:
         """Input ``input`` float32 ``[N, n_features]`` or ``[N, window, n_features]``;
-        output ``p_up`` ``[N, 1]``."""
+        output ``p_up`` ``[N, 1]`` (direction) or ``prediction`` ``[N, 1]`` (return)."""
+        output = "p_up" if self.target == DIRECTION else PREDICTION_OUTPUT
         shape = (2, self.n_features) if self.window == 1 else (2, self.window, self.n_features)
         example = torch.zeros(shape, dtype=torch.float32)
         with warnings.catch_warnings():
@@ -143,8 +185,8 @@ class TorchModel:
                 str(path),
                 dynamo=False,
                 input_names=["input"],
-                output_names=["p_up"],
-                dynamic_axes={"input": {0: "N"}, "p_up": {0: "N"}},
+                output_names=[output],
+                dynamic_axes={"input": {0: "N"}, output: {0: "N"}},
                 opset_version=ONNX_OPSET,
             )
 
@@ -204,11 +246,12 @@ class TorchTrainer(ABC):
     def fit(self, data: Dataset, monitor: TrainingMonitor, seed: int) -> TorchModel:
         """Train with early stopping on validation loss; returns the best epoch's weights.
 
-        Each epoch reports to ``monitor`` the epoch's train and validation log
-        loss (eval mode, on the real training rows, never augmented copies)
-        with ``extra`` keys ``train_accuracy``, ``val_accuracy``, ``grad_norm``
-        (largest total gradient norm of the epoch's batches, before clipping)
-        and ``lr``.
+        Each epoch reports to ``monitor`` the epoch's train and validation loss
+        (eval mode, on the real training rows, never augmented copies): log loss for
+        direction, the MSE of the standardised labels for return. ``extra`` has
+        ``grad_norm`` (largest total gradient norm of the epoch's batches, before
+        clipping) and ``lr``, and for direction ``train_accuracy`` and ``val_accuracy``
+        (no rule reads a return model's hit rate, so none is reported).
         """
         validate_dataset(data)
         device = _resolve_device(self.device)
@@ -222,12 +265,22 @@ class TorchTrainer(ABC):
         if self.augment:
             x_fit, y_fit = augment_training(x_fit, y_fit, np.random.default_rng(seed))
         mean, std = _feature_stats(data.X_train)
-        model = ProbabilityModel(self.build(data.n_features, p), mean, std, window).to(device)
+        returns = data.target == RETURN
+        net = self.build(data.n_features, p)
+        # Return labels are divided by their training std (see the module docstring).
+        scale = float(np.float32(np.std(data.y_train))) if returns else 1.0
+        model = (
+            ReturnModel(net, mean, std, window, torch.tensor(scale, dtype=torch.float32))
+            if returns
+            else ProbabilityModel(net, mean, std, window)
+        ).to(device)
+        loss_kind: _Loss = "mse" if returns else "bce"
 
         def tensors(x: Float32Array, y: npt.NDArray[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+            labels = np.asarray(y, dtype=np.float64) / scale if returns else y
             return (
                 torch.tensor(x, dtype=torch.float32, device=device),
-                torch.tensor(y, dtype=torch.float32, device=device),
+                torch.tensor(labels, dtype=torch.float32, device=device),
             )
 
         fit_xy = tensors(x_fit, y_fit)
@@ -245,15 +298,12 @@ class TorchTrainer(ABC):
         best_state = _snapshot(model)
         epoch = -1
         for epoch in range(p["epochs"]):
-            grad_norm = _train_epoch(model, optimizer, fit_xy, p, generator)
-            train_loss, train_acc = _evaluate(model, *train_xy)
-            val_loss, val_acc = _evaluate(model, *val_xy)
-            extra = {
-                "train_accuracy": train_acc,
-                "val_accuracy": val_acc,
-                "grad_norm": grad_norm,
-                "lr": float(optimizer.param_groups[0]["lr"]),
-            }
+            grad_norm = _train_epoch(model, optimizer, fit_xy, p, generator, loss_kind=loss_kind)
+            train_loss, train_acc = _evaluate(model, *train_xy, loss_kind)
+            val_loss, val_acc = _evaluate(model, *val_xy, loss_kind)
+            extra = {"grad_norm": grad_norm, "lr": float(optimizer.param_groups[0]["lr"])}
+            if not returns:
+                extra = {"train_accuracy": train_acc, "val_accuracy": val_acc, **extra}
             action = monitor.on_step(epoch, train_loss, val_loss, extra)
             if action is Action.ABORT:
                 raise TrainingAborted(self.name, epoch, abort_reason(monitor))
@@ -273,6 +323,8 @@ class TorchTrainer(ABC):
             "best_epoch": best_epoch,
             "train_samples": len(y_fit),
         }
+        if returns:
+            fitted["label_scale"] = scale
         return TorchModel(self.name, model, fitted, data.n_features)
 
 
@@ -302,12 +354,14 @@ def _train_epoch(
     xy: tuple[torch.Tensor, torch.Tensor],
     p: Mapping[str, Any],
     generator: torch.Generator,
+    *,
+    loss_kind: _Loss = "bce",
 ) -> float:
     """One pass over shuffled mini-batches; returns the largest pre-clipping gradient norm."""
     x, y = xy
     model.train()
     order = torch.randperm(len(y), generator=generator).to(y.device)
-    loss_fn = nn.BCEWithLogitsLoss()
+    loss_fn: nn.Module = nn.MSELoss() if loss_kind == "mse" else nn.BCEWithLogitsLoss()
     grad_norm = 0.0
     for start in range(0, len(y), p["batch_size"]):
         batch = order[start : start + p["batch_size"]]
@@ -320,15 +374,23 @@ def _train_epoch(
     return grad_norm
 
 
-def _evaluate(model: ProbabilityModel, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """Mean log loss and accuracy (P(up) >= 0.5, i.e. logit >= 0) in eval mode."""
+def _evaluate(
+    model: ProbabilityModel, x: torch.Tensor, y: torch.Tensor, loss_kind: _Loss = "bce"
+) -> tuple[float, float]:
+    """Mean loss in eval mode and accuracy (P(up) >= 0.5, i.e. logit >= 0; meaningless for
+    ``mse``, whose caller drops it)."""
     model.eval()
     loss_sum, hits = 0.0, 0.0
     with torch.inference_mode():
         for start in range(0, len(y), _EVAL_BATCH):
             logits = model.logits(x[start : start + _EVAL_BATCH])
             target = y[start : start + _EVAL_BATCH]
-            loss = nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="sum")
+            if loss_kind == "mse":
+                loss = nn.functional.mse_loss(logits, target, reduction="sum")
+            else:
+                loss = nn.functional.binary_cross_entropy_with_logits(
+                    logits, target, reduction="sum"
+                )
             loss_sum += float(loss)
             hits += float(((logits >= 0).float() == target).sum())
     return loss_sum / len(y), hits / len(y)

@@ -26,8 +26,10 @@ from trainers.dataset import Dataset
 from trainers.errors import InsufficientDataError
 from trainers.metadata import FoldError, FoldRecord, MeanStd, Rows, WalkForwardRecord
 from trainers.metrics import classification_metrics
+from trainers.regression_metrics import regression_metrics
 from trainers.splits import Split, walk_forward_splits
 from trainers.table import make_trainer
+from trainers.targets import RETURN
 
 
 def walk_forward(
@@ -49,8 +51,9 @@ def walk_forward(
     Data too small for ``folds`` folds gives ``skipped`` (a reason) and a fold
     whose fit fails gives ``error``; both leave the statistics out rather than
     failing the candidate. ``data`` and ``last_model`` are the pipeline's split
-    and its model. ``predictions``, when given, receives each refitted fold's
-    up-probabilities on its test block, by the block's first row: out-of-sample
+    and its model; folds follow ``data.target`` (regression metrics for returns).
+    ``predictions``, when given, receives each refitted fold's
+    predictions (``FittedModel.predict``) on its test block, by the block's first row: out-of-sample
     rows for the baseline test (``trainers.baselines``).
     """
     try:
@@ -66,7 +69,7 @@ def walk_forward(
     fold_metrics: list[dict[str, float | None]] = []
     per_fold: list[FoldRecord] = []
     for index, split in enumerate(splits):
-        fold = Dataset(data.features, data.labels, split)
+        fold = Dataset(data.features, data.labels, split, data.target)
         monitor = None
         if split == data.split:
             model = last_model
@@ -77,10 +80,10 @@ def walk_forward(
             except Exception as exc:  # a fold that cannot train leaves the stats out
                 error = FoldError(fold=index, type=type(exc).__name__, message=str(exc))
                 return WalkForwardRecord(folds=folds, error=error, per_fold=tuple(per_fold))
-        proba = model.predict_proba(fold.inputs("test", model.window))
+        predicted = model.predict(fold.inputs("test", model.window))
         if predictions is not None and monitor is not None:
-            predictions[split.test.start] = proba
-        metrics = classification_metrics(fold.y("test"), proba, fwd_returns[split.test])
+            predictions[split.test.start] = predicted
+        metrics = _test_metrics(fold, predicted, fwd_returns[split.test])
         fold_metrics.append(metrics)
         per_fold.append(
             FoldRecord(
@@ -94,6 +97,15 @@ def walk_forward(
         key: _mean_std([m[key] for m in fold_metrics]) for key in fold_metrics[0] if key != "n"
     }
     return WalkForwardRecord(folds=folds, per_fold=tuple(per_fold), stats=stats)
+
+
+def _test_metrics(
+    fold: Dataset, predicted: npt.NDArray[np.float64], fwd_returns: npt.NDArray[np.float64]
+) -> dict[str, float | None]:
+    """The fold's test metrics for its target (``trainers.evaluation.split_metrics``'s choice)."""
+    if fold.target == RETURN:
+        return regression_metrics(fold.y("test"), predicted)
+    return classification_metrics(fold.y("test"), predicted, fwd_returns)
 
 
 def _mean_std(values: list[float | None]) -> MeanStd:

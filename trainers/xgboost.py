@@ -1,5 +1,16 @@
 """Gradient-boosted trees (xgboost) with early stopping on the validation split.
 
+Both targets (``trainers.targets``): ``direction`` fits an XGBClassifier (binary
+logistic, monitored by log loss), ``return`` an XGBRegressor (squared error) on the
+labels divided by their training standard deviation. Forward returns are ~1e-3, so
+raw, every split gain and leaf sum would be dwarfed by ``gamma``, ``reg_alpha`` and
+``reg_lambda``, tuned on unit-scale losses; standardised, the presets mean the same
+for both targets. The labels are scaled, not centred: the booster's intercept
+(``base_score``, estimated from the labels) takes the mean. The monitor and early
+stopping see the MSE of the standardised labels (the square of xgboost's ``rmse``;
+predicting zero scores about 1.0), and predictions and the ONNX output are scaled
+back to returns.
+
 The presets are deliberately conservative (shallow trees, row/column
 subsampling, L2, slow learning rate, a minimum child weight): a few thousand
 noisy bars overfit deep trees at once, and the train-val gap gate would reject
@@ -24,7 +35,9 @@ from monitors.base import Action, TrainingMonitor
 from trainers.augment import augment_training
 from trainers.base import abort_reason, require, resolve_params
 from trainers.dataset import Dataset, as_model_input, validate_dataset
-from trainers.errors import TrainingAborted
+from trainers.errors import InvalidInputError, TrainingAborted
+from trainers.onnx_graph import with_prediction_output
+from trainers.targets import DIRECTION, RETURN, Target
 
 # onnxmltools' xgboost converter fails above opset 15 (NOTES.md).
 ONNX_TARGET_OPSET = 15
@@ -72,7 +85,8 @@ PRESETS: Mapping[str, Mapping[str, Any]] = {
 
 
 class _MonitorCallback(xgb.callback.TrainingCallback):
-    """Reports each round's train / val loss and accuracy to a TrainingMonitor, then early-stops.
+    """Reports each round's train / val loss (and, for direction, accuracy) to a
+    TrainingMonitor, then early-stops.
 
     It wraps the EarlyStopping callback rather than sitting beside it: xgboost
     stops asking callbacks as soon as one says stop, and both the monitor and
@@ -80,12 +94,17 @@ class _MonitorCallback(xgb.callback.TrainingCallback):
     """
 
     def __init__(
-        self, monitor: TrainingMonitor, stopper: xgb.callback.EarlyStopping, lr: float
+        self,
+        monitor: TrainingMonitor,
+        stopper: xgb.callback.EarlyStopping,
+        lr: float,
+        target: Target = DIRECTION,
     ) -> None:
         super().__init__()
         self.monitor = monitor
         self.stopper = stopper
         self.lr = lr
+        self.target = target
         self.aborted_at: int | None = None
 
     def before_training(self, model: Any) -> Any:
@@ -96,18 +115,19 @@ class _MonitorCallback(xgb.callback.TrainingCallback):
     ) -> bool:
         early_stop = bool(self.stopper.after_iteration(model, epoch, evals_log))
         # eval_set is [(train), (val)]: xgboost names them validation_0 / validation_1.
-        extra = {
+        extra: dict[str, float] = {"lr": self.lr}
+        if self.target == RETURN:
+            # The MSE of the standardised labels; accuracy means nothing for a return.
+            losses = [_last(evals_log, f"validation_{i}", "rmse") ** 2 for i in (0, 1)]
+        else:
+            losses = [_last(evals_log, f"validation_{i}", "logloss") for i in (0, 1)]
             # eval_metric "error" is the misclassification rate at 0.5: 1 - accuracy.
-            "train_accuracy": 1.0 - _last(evals_log, "validation_0", "error"),
-            "val_accuracy": 1.0 - _last(evals_log, "validation_1", "error"),
-            "lr": self.lr,
-        }
-        action = self.monitor.on_step(
-            epoch,
-            _last(evals_log, "validation_0", "logloss"),
-            _last(evals_log, "validation_1", "logloss"),
-            extra,
-        )
+            extra = {
+                "train_accuracy": 1.0 - _last(evals_log, "validation_0", "error"),
+                "val_accuracy": 1.0 - _last(evals_log, "validation_1", "error"),
+                **extra,
+            }
+        action = self.monitor.on_step(epoch, losses[0], losses[1], extra)
         if action is Action.ABORT:
             self.aborted_at = epoch
         return early_stop or action is not Action.CONTINUE  # True ends boosting
@@ -123,42 +143,69 @@ def _last(evals_log: xgb.callback.TrainingCallback.EvalsLog, data_name: str, met
 
 
 class XGBoostModel:
-    """A fitted XGBClassifier, already cut back to its best validation round."""
+    """A fitted XGBClassifier (direction) or XGBRegressor (return), already cut back to its
+    best validation round.
+
+    A return model's booster predicts returns divided by ``scale`` (the training
+    labels' standard deviation, rounded to float32 as the ONNX graph stores it).
+    """
 
     trainer = "xgboost"
     window = 1
 
-    def __init__(self, clf: xgb.XGBClassifier, params: Mapping[str, Any], n_features: int) -> None:
+    def __init__(
+        self,
+        clf: xgb.XGBClassifier | xgb.XGBRegressor,
+        params: Mapping[str, Any],
+        n_features: int,
+        *,
+        target: Target = DIRECTION,
+        scale: float = 1.0,
+    ) -> None:
         self._clf = clf
         self.params = params
         self.n_features = n_features
+        self.target = target
+        self.scale = float(np.float32(scale))
         self.n_params = sum(len(t.strip().splitlines()) for t in clf.get_booster().get_dump())
 
     def predict(self, x: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
-        """The direction target's prediction: P(up)."""
-        return self.predict_proba(x)
+        """P(up) for direction; the forward log return for return."""
+        if self.target == DIRECTION:
+            return self.predict_proba(x)
+        rows = as_model_input(x, self.n_features, self.window)
+        standardised = np.asarray(self._clf.predict(rows), dtype=np.float32)
+        return (standardised * np.float32(self.scale)).astype(np.float64)
 
     def predict_proba(self, x: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+        if self.target != DIRECTION:
+            raise InvalidInputError(f"{self.trainer}: predicts returns, not P(up)")
         rows = as_model_input(x, self.n_features, self.window)
         proba = self._clf.predict_proba(rows)[:, 1]
         return np.asarray(proba, dtype=np.float64)
 
     def export_onnx(self, path: Path) -> None:
-        """Outputs ``label`` [N] and ``probabilities`` [N, 2]; input ``input`` float32 [N, k]."""
+        """Input ``input`` float32 [N, k]. Direction: outputs ``label`` [N] and
+        ``probabilities`` [N, 2]; return: the one output ``prediction`` [N, 1]."""
         model = convert_xgboost(
             self._clf,
             initial_types=[("input", FloatTensorType([None, self.n_features]))],
             target_opset=ONNX_TARGET_OPSET,
         )
+        if self.target == RETURN:
+            (output,) = model.graph.output
+            model = with_prediction_output(model, output.name, self.scale)
         onnx.save(model, str(path))
 
 
 class XGBoostTrainer:
-    """XGBClassifier (binary logistic) on float32 numpy feature rows.
+    """XGBClassifier (binary logistic) or, for a return target, XGBRegressor (squared
+    error on standardised labels) on float32 numpy feature rows.
 
     ``preset`` (tiny, lightweight, deep) picks every hyperparameter; keywords
     override single ones (the keys of ``PRESETS``). Boosting stops when
-    validation log loss has not improved for ``early_stopping_rounds`` rounds,
+    validation loss (log loss, or MSE of the standardised returns) has not improved
+    for ``early_stopping_rounds`` rounds,
     or when the monitor says STOP; either way the model keeps the rounds up to
     its best validation loss. ``augment`` adds noisy copies of small training
     sets (``trainers.augment``).
@@ -184,35 +231,39 @@ class XGBoostTrainer:
     def fit(self, data: Dataset, monitor: TrainingMonitor, seed: int) -> XGBoostModel:
         validate_dataset(data)
         p = {k: v for k, v in self.params.items() if k not in ("preset", "augment")}
+        returns = data.target == RETURN
         # save_best cuts the booster back to its best round, so native predictions
         # and the ONNX export (which converts every tree) agree.
         stopper = xgb.callback.EarlyStopping(
             rounds=p.pop("early_stopping_rounds"),
-            metric_name="logloss",
+            metric_name="rmse" if returns else "logloss",
             data_name="validation_1",
             save_best=True,
         )
-        callback = _MonitorCallback(monitor, stopper, float(p["learning_rate"]))
-        clf = xgb.XGBClassifier(
-            **p,
-            objective="binary:logistic",
-            eval_metric=["error", "logloss"],
-            tree_method="hist",
-            random_state=seed,
-            callbacks=[callback],
-        )
+        callback = _MonitorCallback(monitor, stopper, float(p["learning_rate"]), data.target)
+        common = {**p, "tree_method": "hist", "random_state": seed, "callbacks": [callback]}
+        clf: xgb.XGBClassifier | xgb.XGBRegressor
+        if returns:
+            clf = xgb.XGBRegressor(**common, objective="reg:squarederror", eval_metric="rmse")
+            scale = float(np.float32(np.std(data.y_train)))
+        else:
+            clf = xgb.XGBClassifier(
+                **common, objective="binary:logistic", eval_metric=["error", "logloss"]
+            )
+            scale = 1.0
         x_fit, y_fit = data.X_train, data.y_train
         if self.augment:
             x_fit, y_fit = augment_training(x_fit, y_fit, np.random.default_rng(seed))
         f32 = np.float32  # float64 labels double xgboost's DMatrix set-up time for nothing
+
+        def labels(y: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+            return np.asarray(np.asarray(y, dtype=np.float64) / scale, dtype=f32)
+
         clf.fit(
             x_fit,
-            np.asarray(y_fit, dtype=f32),
+            labels(y_fit),
             # Monitors see the real training rows, never their augmented copies.
-            eval_set=[
-                (data.X_train, np.asarray(data.y_train, dtype=f32)),
-                (data.X_val, np.asarray(data.y_val, dtype=f32)),
-            ],
+            eval_set=[(data.X_train, labels(data.y_train)), (data.X_val, labels(data.y_val))],
             verbose=False,
         )
         if callback.aborted_at is not None:
@@ -224,4 +275,6 @@ class XGBoostTrainer:
             "n_rounds": int(booster.num_boosted_rounds()),
             "train_samples": len(y_fit),
         }
-        return XGBoostModel(clf, fitted, data.n_features)
+        if returns:
+            fitted["label_scale"] = scale
+        return XGBoostModel(clf, fitted, data.n_features, target=data.target, scale=scale)

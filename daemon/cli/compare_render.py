@@ -2,7 +2,10 @@
 
 Headers are abbreviated and split over two lines, one table per version keeps
 the version out of the columns, and every column folds what does not fit
-(``overflow="fold"``): a value may wrap, it is never cut to an ellipsis.
+(``overflow="fold"``): a value may wrap, it is never cut to an ellipsis. A return
+version (``CompareRow.target``) shows RMSE, R^2 and hit rate where a direction version
+shows accuracy, ROC AUC and log loss, and its paired tests are Diebold-Mariano on squared
+error (no McNemar: a predicted return is not right or wrong).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from rich.text import Text
 from daemon.cli.compare import CompareReport, CompareRow
 from daemon.cli.fmt import fmt, pct
 from trainers.metadata import ComparisonRecord, FriedmanRecord, PairedTestRecord
+from trainers.targets import RETURN
 
 _TEST_NAMES: Final = {"mcnemar": "McNemar", "diebold_mariano": "DM"}
 
@@ -46,6 +50,9 @@ def render_compare_table(rows: Sequence[CompareRow]) -> RenderableType:
     tables: list[RenderableType] = []
     for version in dict.fromkeys(r.version for r in rows):
         group = [r for r in rows if r.version == version]
+        if group[0].target == RETURN:
+            tables.append(_return_table(version, group))
+            continue
         title = (
             f"{version} ({group[0].slot}), naive baseline {pct(group[0].baseline_accuracy)}; "
             "* = served model.onnx"
@@ -70,6 +77,31 @@ def render_compare_table(rows: Sequence[CompareRow]) -> RenderableType:
     return Group(*tables)
 
 
+def _return_table(version: str, group: Sequence[CompareRow]) -> RenderableType:
+    """A return version's candidates: RMSE, R^2, hit rate; gap is val - train RMSE."""
+    title = (
+        f"{version} ({group[0].slot}), return target, yardstick RMSE "
+        f"{_sig(group[0].baseline_rmse)}; * = served model.onnx"
+    )
+    table = _table(
+        ("trainer", "test\nRMSE", "R2", "hit\nrate", "gap", "fit\ns", "lat\nms", "params",
+         "pass"),
+    )  # fmt: skip
+    for r in group:
+        table.add_row(
+            f"{r.trainer}{' *' if r.chosen else ''}",
+            _sig(r.rmse),
+            fmt(r.r2, 3),
+            pct(r.hit_rate),
+            _sig(r.train_val_gap),
+            fmt(r.fit_seconds, 1),
+            fmt(r.latency_ms, 3),
+            "-" if r.n_params is None else f"{r.n_params:,}",
+            "yes" if r.passed else ("error" if r.error else "no"),
+        )
+    return _titled(title, table, "gap: val RMSE - train RMSE (positive: overfitting)")
+
+
 def render_comparison(report: CompareReport) -> RenderableType:
     """``report.version``'s paired tests, Friedman/Nemenyi and selection, or why there are none."""
     comparison = report.comparison
@@ -78,10 +110,41 @@ def render_comparison(report: CompareReport) -> RenderableType:
             f"{report.version}: no statistical comparison (metadata written before "
             "comparisons were recorded)"
         )
+    if report.target == RETURN:
+        return Group(
+            _return_paired_table(report.version, comparison, report.horizon),
+            _friedman(comparison.friedman, comparison.friedman_skipped, returns=True),
+            _selection(comparison, returns=True),
+        )
     parts: list[RenderableType] = [_paired_table(report.version, comparison)]
     parts.append(_friedman(comparison.friedman, comparison.friedman_skipped))
     parts.append(_selection(comparison))
     return Group(*parts)
+
+
+def _return_paired_table(
+    version: str, comparison: ComparisonRecord, horizon: int
+) -> RenderableType:
+    """One row per pair: rows with the lower squared error, the MSE difference, DM's t, p."""
+    tests = [t for t in comparison.paired if t.test == "diebold_mariano"]
+    if not tests:
+        return Text(f"{version}: fewer than two scored candidates, no paired test")
+    title = (
+        f"{version}: Diebold-Mariano on squared error over the {comparison.test_rows} test "
+        f"rows, HAC lag {horizon - 1} (two-sided p; + favours a)"
+    )
+    table = _table(("a", "b", "lower err\na/b", "MSE b-a", "DM\nt", "p", "sig"), left=2)
+    for t in tests:
+        table.add_row(
+            t.a,
+            t.b,
+            f"{t.a_wins}/{t.b_wins}",
+            _sig(t.effect),
+            f"{t.statistic:+.2f}",
+            _p(t.p_value),
+            "D" if t.p_value < comparison.alpha else "-",
+        )
+    return _titled(title, table, f"sig: Diebold-Mariano (D) p below {comparison.alpha:g}")
 
 
 def _paired_table(version: str, comparison: ComparisonRecord) -> RenderableType:
@@ -114,7 +177,10 @@ def _paired_table(version: str, comparison: ComparisonRecord) -> RenderableType:
     return _titled(title, table, caption)
 
 
-def _friedman(friedman: FriedmanRecord | None, skipped: str | None) -> RenderableType:
+def _friedman(
+    friedman: FriedmanRecord | None, skipped: str | None, *, returns: bool = False
+) -> RenderableType:
+    """The Friedman table; its per-block score is accuracy, or R^2 for a return version."""
     if friedman is None:
         return Text(f"Friedman across walk-forward blocks: not run ({skipped or 'no blocks'})")
     title = (
@@ -123,30 +189,44 @@ def _friedman(friedman: FriedmanRecord | None, skipped: str | None) -> Renderabl
         f"p {_p(friedman.p_value)}; Nemenyi CD {friedman.critical_difference:.2f} "
         f"at alpha {friedman.alpha:g}"
     )
-    table = _table(("candidate", "mean\nrank", "accuracy per block"))
+    table = _table(("candidate", "mean\nrank", "R2 per block" if returns else "accuracy per block"))
     for j, name in enumerate(friedman.candidates):
-        accuracies = " ".join(pct(row[j]) for row in friedman.accuracy)
+        shown = (fmt(row[j], 3) if returns else pct(row[j]) for row in friedman.accuracy)
+        accuracies = " ".join(shown)
         table.add_row(name, f"{friedman.mean_ranks[j]:.2f}", accuracies)
     pairs = ", ".join(f"{a} / {b}" for a, b in friedman.differ)
     caption = f"differ (Nemenyi): {pairs}" if pairs else "no pair differs significantly (Nemenyi)"
     return _titled(title, table, caption)
 
 
-def _selection(comparison: ComparisonRecord) -> RenderableType:
+def _selection(comparison: ComparisonRecord, *, returns: bool = False) -> RenderableType:
+    """The rule and the chosen candidate against the most accurate one (a return version's
+    most accurate has the lowest test RMSE)."""
     s = comparison.selection
+    best = "lowest test RMSE" if returns else "most accurate on test"
     lines = [f"selection rule: {s.rule}"]
     if s.chosen is None:
         lines.append("chosen: none (no candidate passed every gate)")
     elif s.most_accurate in (None, s.chosen):
-        lines.append(f"chosen: {s.chosen}, also the most accurate passing candidate on test")
+        also = (
+            "the passing candidate with the lowest test RMSE"
+            if returns
+            else ("the most accurate passing candidate on test")
+        )
+        lines.append(f"chosen: {s.chosen}, also {also}")
     else:
         tests = "; ".join(f"{_TEST_NAMES.get(t.test, t.test)} p {_p(t.p_value)}" for t in s.tests)
         verdict = "significant" if s.significant else "not significant"
         lines.append(
-            f"chosen: {s.chosen}; most accurate on test: {s.most_accurate} "
+            f"chosen: {s.chosen}; {best}: {s.most_accurate} "
             f"({tests}: {verdict} at {comparison.alpha:g})"
         )
     return Text("\n".join(lines))
+
+
+def _sig(value: float | None) -> str:
+    """Three significant digits: returns and their errors are ~1e-3."""
+    return "-" if value is None else f"{value:.3g}"
 
 
 def _p(value: float) -> str:

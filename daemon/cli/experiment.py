@@ -8,7 +8,8 @@ on the same bars, in its own directory of the evidence folder
     environment.json                   python, platform, CPU/GPU, ML stack versions, git commit
     runs/NN-<label>/                   each run's metadata.json, predictions.csv, model.onnx...
     metrics.csv  metrics.json          one row per candidate of each run
-    report.md  accuracy.png            comparison table, paired tests, chart
+    report.md  accuracy.png            comparison table, paired tests, chart (rmse.png for a
+                                       return target)
 
 Nothing touches the registry or the first-champion significance budget: an
 experiment measures, it deploys nothing. With ``CTD_MLFLOW_TRACKING_URI`` set every
@@ -29,6 +30,7 @@ from daemon.cli.backtest import load_bars
 from daemon.cli.experiment_report import (
     Run,
     candidate_rows,
+    chart_file,
     draw_chart,
     paired_tests,
     render_report,
@@ -144,7 +146,7 @@ def run_experiment(settings: Settings, path: Path, out: Path | None = None) -> E
 
     rows = candidate_rows(experiment, runs)
     write_rows(folder, rows)
-    draw_chart(folder / "accuracy.png", experiment, runs)
+    draw_chart(folder / chart_file(experiment), experiment, runs)
     record["finished_at"] = _iso(datetime.now(UTC))
     # Not the tracking URI: one with credentials in it must not land in a shared folder.
     record["mlflow"] = {
@@ -153,7 +155,8 @@ def run_experiment(settings: Settings, path: Path, out: Path | None = None) -> E
         "errors": errors,
     }
     _write_json(folder / "experiment.json", record)
-    report = render_report(experiment, record, runs, paired_tests(runs), environment)
+    tests = paired_tests(runs, target=experiment.target, horizon=experiment.horizon_bars)
+    report = render_report(experiment, record, runs, tests, environment)
     (folder / "report.md").write_text(report, encoding="utf-8")
     return ExperimentOutcome(experiment, folder, runs, rows, tracked, errors)
 
@@ -187,12 +190,20 @@ def _train(
 
 
 def _base_config(settings: Settings, experiment: Experiment) -> TrainConfig:
-    """The settings' training config with the file's split and gate overrides."""
+    """The settings' training config with the file's split and gate overrides, and its
+    target and horizon (the file's, default direction over 1 bar: the daemon's live path
+    serves direction models only, so the settings never choose a target)."""
     base = settings.train_config
     splits = {
         name: value for name, value in experiment.splits.model_dump().items() if value is not None
     }
-    config = replace(base, gates=replace(base.gates, **experiment.gates.overrides()), **splits)
+    config = replace(
+        base,
+        gates=replace(base.gates, **experiment.gates.overrides()),
+        target=experiment.target,
+        horizon_bars=experiment.horizon_bars,
+        **splits,
+    )
     if config.val_fraction + config.test_fraction >= 0.8:
         raise InvalidInputError(
             f"val_fraction {config.val_fraction} + test_fraction {config.test_fraction} must "
@@ -266,6 +277,8 @@ def _track(
         "trainer": candidate.trainer,
         "seed": meta.seed,
         "symbol": meta.symbol,
+        "target": experiment.target,
+        "horizon_bars": experiment.horizon_bars,
         "config_sha256": meta.config_sha256,
         "data.n_bars": meta.data.n_bars,
         "data.sha256": meta.data.sha256,

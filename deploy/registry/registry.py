@@ -1,4 +1,4 @@
-# Over 400 lines: the one Registry API (versions and their evidence, decisions, recovery) over one CAS.
+# Over 400 lines: the one Registry API (versions, evidence, decisions, recovery) over one CAS.
 """The model registry: versions, champion/shadow slots, and the audit ledger of every symbol.
 
 Layout (DESIGN.md), under the storage root::

@@ -3,16 +3,33 @@
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 from rich.console import Console
 
-from daemon.cli.compare import CompareReport, CompareRow, write_compare_png
+from daemon.cli.compare import (
+    CompareReport,
+    CompareRow,
+    bar_value,
+    onnx_latency_ms,
+    version_rows,
+    write_compare_png,
+)
 from daemon.cli.compare_chart import _groups, draw_critical_difference
 from daemon.cli.compare_render import render_compare_table, render_comparison
+from tests.support.metadata import sample_metadata
 from trainers.candidate import CandidateRun, Predictions
-from trainers.metadata import CandidateRecord, ComparisonRecord, FriedmanRecord
+from trainers.metadata import (
+    CandidateRecord,
+    ComparisonRecord,
+    FriedmanRecord,
+    ModelMetadata,
+    SplitMetrics,
+)
 from trainers.selection import compare_candidates
 
 VERSION = "20261207T183443123456Z-a1b2"
@@ -126,3 +143,96 @@ def test_cd_groups_join_candidates_no_pair_of_which_differs():
         alpha=0.05, critical_difference=1.6, differ=(("a", "c"), ("a", "d"), ("b", "d")),
     )  # fmt: skip
     assert _groups(friedman, [0, 1, 2, 3]) == [(1.0, 1.5), (1.5, 3.0), (3.0, 3.5)]
+
+
+# Return targets: a version whose metadata says target return.
+H = 4
+RETURNS = np.convolve(np.random.default_rng(3).normal(0, 0.01, 1200 + H), np.ones(H), "valid")[
+    :1200
+]
+
+
+def return_comparison() -> ComparisonRecord:
+    runs = []
+    for i, (trainer, noise) in enumerate(zip(TRAINERS, (0.02, 0.015, 0.01, 0.005), strict=True)):
+        rng = np.random.default_rng(i)
+        blocks = {s: RETURNS[s : s + n] + rng.normal(0, noise, n) for s, n in BLOCKS.items()}
+        record = CandidateRecord(trainer=trainer, params={}, passed=True, score=noise)
+        runs.append(CandidateRun(record, None, None, Predictions(np.zeros(3), blocks)))
+    return compare_candidates(runs, RETURNS, 900, runs[0], target="return", horizon=H)
+
+
+def return_metadata() -> ModelMetadata:
+    def split(rmse: float) -> dict[str, float | int | None]:
+        return {"n": 100, "rmse": rmse, "mae": rmse, "mape": 1.0, "r2": 0.12, "pearson": 0.4,
+                "spearman": 0.4, "hit_rate": 0.61}  # fmt: skip
+
+    metrics = SplitMetrics(train=split(0.002), val=split(0.0031), test=split(0.00312))
+    meta = sample_metadata(trainer="xgboost")
+    candidate = meta.candidates[0].model_copy(update={"metrics": metrics})
+    baseline = meta.baseline.model_copy(
+        update={"trainer": "zero", "metrics": SplitMetrics(train=split(0.004), val=split(0.004),
+                                                           test=split(0.00415))}
+    )  # fmt: skip
+    return meta.model_copy(
+        update={"target": "return", "candidates": (candidate,), "metrics": metrics,
+                "baseline": baseline, "comparison": return_comparison()}
+    )  # fmt: skip
+
+
+def test_a_return_version_shows_rmse_r2_and_hit_rate() -> None:
+    """Its rows carry RMSE, R^2, hit rate and the yardstick's RMSE, the gap is val - train
+    RMSE; its table shows them (not accuracy / AUC / log loss) and fits 80 columns beside
+    a direction version's table, which is unchanged."""
+    (r,) = version_rows("v2", "champion", return_metadata(), 0.05)
+    assert (r.target, r.rmse, r.r2, r.hit_rate, r.baseline_rmse) == (
+        "return", 0.00312, 0.12, 0.61, 0.00415,
+    )  # fmt: skip
+    assert r.test_accuracy is None and r.train_val_gap == pytest.approx(0.0011)
+    (old,) = version_rows("v1", "retired", sample_metadata(), None)
+    assert old.target == "direction" and old.test_accuracy == 0.6
+    out = text_at(80, render_compare_table([old, r]))
+    assert max(len(line) for line in out.splitlines()) <= 80, out
+    v2 = out[out.index("v2 (champion)") :]
+    assert "return target, yardstick RMSE 0.00415" in v2
+    assert "RMSE" in v2 and "hit" in v2 and "0.00312" in v2 and "61.0%" in v2
+    assert "ROC" not in v2 and "ROC" in out[: out.index("v2 (champion)")]
+
+
+def test_a_return_versions_comparison_shows_its_dm_tests() -> None:
+    """Diebold-Mariano on squared error with HAC lag h - 1 per pair, no McNemar, Friedman on
+    R^2 per block, and the lowest test RMSE in place of the most accurate."""
+    meta = return_metadata()
+    assert meta.comparison is not None
+    report = CompareReport(
+        version_rows(VERSION, "champion", meta, None), VERSION, meta.comparison, "return", H
+    )
+    out = text_at(80, render_comparison(report))
+    assert max(len(line) for line in out.splitlines()) <= 80, out
+    flat = " ".join(out.split())
+    assert f"Diebold-Mariano on squared error over the 300 test rows, HAC lag {H - 1}" in flat
+    assert "McNemar" not in out and "R2 per block" in out
+    first = meta.comparison.paired[0]
+    assert f"{first.a_wins}/{first.b_wins}" in out and f"{first.statistic:+.2f}" in out
+    assert "lowest test RMSE: xgboost" in flat
+    assert "squared error" in meta.comparison.selection.rule
+
+
+def test_the_png_and_latency_take_a_return_version(tmp_path: Path) -> None:
+    """A return model's latency is timed through predict (it has no P(up)); the chart
+    draws its hit rate beside direction versions' accuracy."""
+    model = tmp_path / "r.onnx"
+    w = numpy_helper.from_array(np.ones((3, 1), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["prediction"])], "r",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("prediction", TensorProto.FLOAT, ["N", 1])],
+        initializer=[w],
+    )  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(model))
+    assert onnx_latency_ms(model, calls=5) > 0.0
+    rows = [row("xgboost", chosen=True), *version_rows("v2", "champion", return_metadata(), 0.1)]
+    assert bar_value(rows[-1]) == 0.61
+    path = tmp_path / "c.png"
+    write_compare_png(CompareReport(rows, "v2", return_comparison(), "return", H), "AAPL", path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

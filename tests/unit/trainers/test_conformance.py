@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 
 from monitors.base import Action, CompositeMonitor, MonitorWarning, NullMonitor
@@ -24,12 +25,16 @@ from trainers.errors import (
 )
 from trainers.features import training_matrix
 from trainers.metrics import classification_metrics
-from trainers.onnx_io import OnnxScorer, check_parity
-from trainers.synthetic import MarketSpec, generate_bars
+from trainers.onnx_io import PREDICTION_OUTPUT, OnnxScorer, check_parity, max_abs_diff
+from trainers.synthetic import MarketSpec, generate_bars, planted_return_bars
 from trainers.table import TRAINERS, make_trainer, trainer_class
+from trainers.targets import RETURN
 from trainers.torch_base import TorchTrainer
 
 TORCH_TRAINERS = tuple(n for n in sorted(TRAINERS) if issubclass(trainer_class(n), TorchTrainer))
+DIRECTION_ONLY = ("persistence",)
+"""Trainers that reject a return target (persistence needs the label horizon it never sees)."""
+RETURN_TRAINERS = tuple(sorted(set(TRAINERS) - set(DIRECTION_ONLY)))
 
 
 def dataset(n_bars: int, *, seed: int, strength: float) -> Dataset:
@@ -325,6 +330,138 @@ def test_beats_naive_on_planted_signal(name, signal_data):
     assert acc["accuracy"] is not None
     assert base["accuracy"] is not None
     assert acc["accuracy"] > base["accuracy"] + 0.05
+
+
+# --- return target: every trainer but the direction-only ones ----------------------------
+
+
+def return_dataset(n_bars: int, *, seed: int, strength: float) -> Dataset:
+    """Bars whose next 1-bar log return is linear in the last one (``ret_1``), as returns."""
+    bars = planted_return_bars(n_bars, horizon=1, strength=strength, seed=seed)
+    m = training_matrix(bars, target=RETURN, horizon=1)
+    return m.dataset(val_fraction=0.15, test_fraction=0.15)
+
+
+@pytest.fixture(scope="module")
+def return_data() -> Dataset:
+    return return_dataset(1200, seed=1, strength=0.5)
+
+
+@pytest.fixture(scope="module")
+def fitted_return(return_data) -> Callable[[str], tuple[FittedModel, RecordingMonitor]]:
+    """One return fit per trainer (seed 0, recorded), shared by the checks that only read it."""
+    cache: dict[str, tuple[FittedModel, RecordingMonitor]] = {}
+
+    def get(name: str) -> tuple[FittedModel, RecordingMonitor]:
+        if name not in cache:
+            monitor = RecordingMonitor()
+            cache[name] = (small(name).fit(return_data, monitor, seed=0), monitor)
+        return cache[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", RETURN_TRAINERS)
+def test_return_fit_predicts_returns_not_probabilities(name, return_data, fitted_return):
+    """A return model predicts one finite float64 return per row and refuses P(up)."""
+    model, _ = fitted_return(name)
+    x = return_data.inputs("test", model.window)
+    predicted = model.predict(x)
+    assert predicted.shape == (len(return_data.y_test),)
+    assert predicted.dtype == np.float64
+    assert np.isfinite(predicted).all()
+    assert np.abs(predicted).max() < 0.1  # returns (std ~0.01), not probabilities
+    with pytest.raises(InvalidInputError, match="predicts returns, not P\\(up\\)"):
+        model.predict_proba(x)
+
+
+@pytest.mark.parametrize("name", RETURN_TRAINERS)
+def test_return_onnx_export_is_one_prediction_with_parity(
+    name, return_data, fitted_return, tmp_path
+):
+    """The export's one output is ``prediction`` [N, 1]: scored as a return model, within the
+    parity gate's 1e-4 of ``predict`` at any batch, and live scoring reads it."""
+    model, _ = fitted_return(name)
+    path = tmp_path / "model.onnx"
+    model.export_onnx(path)
+    scorer = OnnxScorer(path)
+    assert (scorer.target, scorer.output_name) == (RETURN, PREDICTION_OUTPUT)
+    (output,) = onnx.load(str(path)).graph.output
+    assert output.name == PREDICTION_OUTPUT
+    assert output.type.tensor_type.shape.dim[1].dim_value == 1  # [N, 1]
+    x = return_data.inputs("test", model.window)
+    assert max_abs_diff(model, scorer, x) <= 1e-4
+    assert max_abs_diff(model, scorer, x[:1]) <= 1e-4
+    stop = return_data.split.test.stop
+    latest = scorer.predict_latest(return_data.features[stop - model.window - 3 : stop])
+    assert latest == pytest.approx(float(scorer.predict(x[-1:])[0]), abs=1e-9)
+
+
+@pytest.mark.parametrize("name", RETURN_TRAINERS)
+def test_return_same_seed_same_result(name, return_data, fitted_return):
+    """A second return fit with the same data and seed predicts identically."""
+    first, _ = fitted_return(name)
+    again = small(name).fit(return_data, NullMonitor(), seed=0)
+    x = return_data.inputs("test", first.window)
+    assert np.array_equal(first.predict(x), again.predict(x))
+
+
+@pytest.mark.parametrize("name", RETURN_TRAINERS)
+def test_return_reports_steps_to_monitor(name, fitted_return):
+    """Every step reaches the monitor in order with finite train and val losses, and no
+    accuracy: a return has none."""
+    _, monitor = fitted_return(name)
+    assert [s[0] for s in monitor.steps] == list(range(len(monitor.steps)))
+    for (_, train_loss, val_loss), extra in zip(monitor.steps, monitor.extras, strict=True):
+        assert math.isfinite(train_loss)
+        assert val_loss is not None
+        assert math.isfinite(val_loss)
+        assert not {"train_accuracy", "val_accuracy"} & set(extra)
+    if name in TORCH_TRAINERS:
+        assert all(e["grad_norm"] > 0 and e["lr"] > 0 for e in monitor.extras)
+
+
+@pytest.mark.parametrize("name", sorted(set(RETURN_TRAINERS) - {"naive"}))
+def test_return_beats_zero_on_planted_signal(name, return_data, fitted_return):
+    """On bars with a planted AR(1) return every return model's test RMSE clearly beats
+    predicting zero (the best predictor's is ~0.87 of it)."""
+    model, _ = fitted_return(name)
+    y = return_data.y_test
+    predicted = model.predict(return_data.inputs("test", model.window))
+    rmse, zero = np.sqrt(np.mean((predicted - y) ** 2)), np.sqrt(np.mean(y**2))
+    assert rmse < 0.95 * zero
+
+
+@pytest.mark.parametrize("name", DIRECTION_ONLY)
+def test_direction_only_trainer_rejects_return_target(name, return_data):
+    """A trainer without a return model says so, naming the target, before training."""
+    with pytest.raises(InvalidInputError, match=f"{name} predicts direction only"):
+        small(name).fit(return_data, RecordingMonitor(), seed=0)
+
+
+BAD_RETURNS: dict[str, tuple[Callable[[Dataset], Dataset], str]] = {
+    "NaN return": (
+        lambda d: _with(d, labels=_label_at(d.labels, d.split.val.start + 4, math.nan)),
+        r"return labels must be finite; got nan at row \d+ in the val split",
+    ),
+    "integer returns": (
+        lambda d: _with(d, labels=(d.labels > 0).astype(np.int64)),
+        "return labels must be floats",
+    ),
+    "constant returns": (
+        lambda d: _with(d, labels=np.full_like(d.labels, 0.001)),
+        "the train split's returns are all 0.001",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", RETURN_TRAINERS)
+@pytest.mark.parametrize("case", sorted(BAD_RETURNS))
+def test_rejects_bad_returns(name, case, return_data):
+    """Every return trainer rejects the same bad return labels with the same error."""
+    corrupt, message = BAD_RETURNS[case]
+    with pytest.raises(InvalidInputError, match=message):
+        small(name).fit(corrupt(return_data), default_monitor(), seed=0)
 
 
 # --- registry -----------------------------------------------------------------------

@@ -26,7 +26,7 @@ from trainers.evidence import (
 from trainers.features import TrainingMatrix, training_matrix
 from trainers.onnx_io import OnnxScorer
 from trainers.pipeline import TrainResult, train_symbol
-from trainers.synthetic import MarketSpec, generate_bars
+from trainers.synthetic import MarketSpec, generate_bars, planted_return_bars
 from trainers.table import trainer_class
 
 SYMBOL = "BTCUSDT"
@@ -136,3 +136,34 @@ def test_evidence_names_are_unique_and_safe_as_paths() -> None:
     candidate-<position>."""
     names = evidence_names(["xgboost", "xgboost", "../x", "ts", "lstm", "xgboost"])
     assert names == ["xgboost", "xgboost-2", "candidate-2", "candidate-3", "lstm", "xgboost-3"]
+
+
+def test_a_return_runs_predictions_csv_holds_returns_bit_for_bit(tmp_path: Path) -> None:
+    """Return target over 4 bars: ``label`` is the 4-bar forward log return written with
+    repr (not cut to 0/1), each column the predicted return onnxruntime gives on the kept
+    file."""
+    config = TrainConfig(
+        trainers=("xgboost", "random_forest"),
+        trainer_params={n: {"preset": "tiny"} for n in ("xgboost", "random_forest")},
+        walk_forward_folds=0,
+        target="return",
+        horizon_bars=4,
+    )
+    bars = planted_return_bars(700, horizon=4, strength=0.6, seed=3)
+    result = train_symbol(SYMBOL, bars, config, tmp_path)
+    matrix = training_matrix(bars, target="return", horizon=4)
+    start, stop = result.metadata.split.test
+    table = read_predictions(tmp_path / PREDICTIONS_FILE)
+    rows = np.arange(start, stop)
+    close = np.asarray(bars.close, dtype=np.float64)
+    first = int(np.searchsorted(np.asarray(bars.ts), matrix.ts[start]))
+    assert table["label"][0] == np.log(close[first + 4] / close[first])
+    np.testing.assert_array_equal(table["label"], matrix.y[rows])
+    assert len(np.unique(table["label"])) > 2
+    for name in ("xgboost", "random_forest"):
+        chosen = name == result.chosen
+        file = tmp_path / ("model.onnx" if chosen else f"candidates/{name}.onnx")
+        np.testing.assert_array_equal(
+            table[name], OnnxScorer(file).predict(matrix.X[rows].astype(np.float32))
+        )
+    assert set(table) == {*FIXED_COLUMNS, "xgboost", "random_forest"}

@@ -8,11 +8,14 @@ import numpy as np
 import pytest
 
 from trainers.experiment import (
+    DEFAULT_METRICS,
     METRIC_NAMES,
+    METRICS_BY_TARGET,
     ExperimentFileError,
     load_experiment,
 )
 from trainers.metrics import classification_metrics
+from trainers.regression_metrics import regression_metrics
 
 TOML = """
 name = "xgb-depth"
@@ -169,3 +172,70 @@ def test_metric_names_are_the_metrics_training_records() -> None:
     y = np.array([0.0, 1.0, 1.0, 0.0])
     keys = set(classification_metrics(y, np.array([0.2, 0.7, 0.4, 0.6]), y - 0.5))
     assert set(METRIC_NAMES) == keys - {"n"}
+
+
+RETURN_TOML = TOML.replace(
+    'metrics = ["accuracy", "roc_auc"]',
+    'target = "return"\nhorizon_bars = 5\nmetrics = ["rmse", "r2"]',
+)
+
+
+def test_a_return_experiment_reads_its_target_horizon_and_regression_metrics(
+    tmp_path: Path,
+) -> None:
+    """target and horizon_bars are read; without metrics a return file reports rmse, r2 and
+    hit rate, a direction file its old defaults; RMSE ranks returns."""
+    (tmp_path / "e.toml").write_text(RETURN_TOML)
+    experiment = load_experiment(tmp_path / "e.toml")
+    assert (experiment.target, experiment.horizon_bars) == ("return", 5)
+    assert experiment.metrics == ["rmse", "r2"] and experiment.primary_metric == "rmse"
+    (tmp_path / "d.toml").write_text(RETURN_TOML.replace('metrics = ["rmse", "r2"]', ""))
+    assert load_experiment(tmp_path / "d.toml").metrics == list(DEFAULT_METRICS["return"])
+    (tmp_path / "o.toml").write_text(TOML.replace('metrics = ["accuracy", "roc_auc"]', ""))
+    old = load_experiment(tmp_path / "o.toml")
+    assert (old.target, old.horizon_bars, old.metrics) == (
+        "direction",
+        1,
+        ["accuracy", "roc_auc", "log_loss"],
+    )
+
+
+BAD_RETURN_FILES = [
+    (RETURN_TOML.replace('"return"', '"price"'), "target: Input should be 'direction' or 'return'"),
+    (
+        RETURN_TOML.replace("horizon_bars = 5", "horizon_bars = 0"),
+        "horizon_bars: Input should be greater than or equal to 1 (got 0)",
+    ),
+    (
+        RETURN_TOML.replace("horizon_bars = 5", "horizon_bars = 2.5"),
+        "horizon_bars: Input should be a valid integer",
+    ),
+    (
+        RETURN_TOML.replace("horizon_bars = 5", "horizon_bars = true"),
+        "horizon_bars: Input should be a valid integer",
+    ),
+    (
+        RETURN_TOML.replace('"r2"]', '"accuracy"]'),
+        "metrics[1]: unknown metric 'accuracy' for target 'return'; valid: rmse",
+    ),
+    (
+        TOML.replace('"roc_auc"]', '"rmse"]'),
+        "metrics[1]: unknown metric 'rmse' for target 'direction'",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), BAD_RETURN_FILES)
+def test_a_bad_target_horizon_or_metric_of_the_target_is_named(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    """Bad target / horizon values and metrics of the other target name their key."""
+    found = problems(tmp_path, "e.toml", text)
+    assert any(p.startswith(expected) for p in found), found
+
+
+def test_regression_metric_names_are_the_metrics_return_training_records() -> None:
+    """Every name a return experiment may ask for is a key of regression_metrics (n excepted)."""
+    y = np.array([0.01, -0.02, 0.005, 0.0])
+    keys = set(regression_metrics(y, np.array([0.008, -0.01, -0.001, 0.002])))
+    assert set(METRICS_BY_TARGET["return"]) == keys - {"n"}

@@ -9,12 +9,16 @@ import pytest
 
 from tests.support.metadata import sample_metadata
 from trainers.candidate import CandidateRun, Predictions
-from trainers.comparison import mcnemar
+from trainers.comparison import diebold_mariano, mcnemar
 from trainers.config import TrainConfig
-from trainers.errors import MetadataError
+from trainers.errors import InvalidInputError, MetadataError
 from trainers.metadata import CandidateRecord, ComparisonRecord, ModelMetadata
 from trainers.pipeline import train_symbol
-from trainers.selection import SELECTION_RULE, candidate_labels, compare_candidates
+from trainers.selection import (
+    SELECTION_RULE,
+    compare_candidates,
+    selection_rule,
+)
 from trainers.synthetic import MarketSpec, generate_bars
 
 RNG = np.random.default_rng(11)
@@ -110,7 +114,6 @@ def test_an_unscored_candidate_is_left_out_and_repeated_trainers_get_distinct_na
     record = compare_candidates([broken, a, b], LABELS, TEST, b)
     assert record.candidates == ("xgboost-2", "xgboost-3")
     assert record.selection.chosen == "xgboost-3"
-    assert candidate_labels(["a", "b", "a", "a"]) == ["a", "b", "a-2", "a-3"]
 
 
 def test_metadata_keeps_the_comparison_and_older_files_still_read():
@@ -147,3 +150,81 @@ def test_train_symbol_writes_the_comparison(tmp_path):
     assert {p.test for p in comparison.paired} == {"mcnemar", "diebold_mariano"}
     assert comparison.friedman is not None and len(comparison.friedman.block_starts) == 3
     assert comparison.selection.chosen == result.chosen
+
+
+# Return targets: forward log returns over H bars, built as overlapping sums of one-bar
+# moves so neighbouring labels share H - 1 bars, as real labels do.
+H = 3
+_MOVES = np.random.default_rng(5).normal(0.0, 0.01, 1000 + H)
+RETURNS = np.convolve(_MOVES, np.ones(H), mode="valid")[:1000]
+
+
+def return_run(
+    trainer: str, noise: float, seed: int, *, passed: bool = True, score: float = 0.5,
+    blocks: tuple[int, ...] = tuple(BLOCKS),
+) -> CandidateRun:  # fmt: skip
+    """Predicted returns: the realised return plus noise of std ``noise`` (lower is better)."""
+    rng = np.random.default_rng(seed)
+    predicted = {s: RETURNS[s : s + BLOCKS[s]] + rng.normal(0.0, noise, BLOCKS[s]) for s in blocks}
+    record = CandidateRecord(trainer=trainer, params={}, passed=passed, score=score)
+    return CandidateRun(record, None, None, Predictions(np.zeros(10), predicted))
+
+
+def test_a_return_target_is_compared_by_diebold_mariano_on_squared_error():
+    """Returns: no McNemar, DM on per-row squared error with HAC lag H - 1, the most
+    accurate is the lowest test RMSE, Friedman ranks per-block R^2; the rule says so."""
+    chosen = return_run("xgboost", 0.02, 1, score=0.6)
+    accurate = return_run("lstm", 0.005, 2, score=0.4)
+    record = compare_candidates(
+        [chosen, accurate], RETURNS, TEST, chosen, target="return", horizon=H
+    )
+
+    assert [p.test for p in record.paired] == ["diebold_mariano"]
+    assert chosen.predictions is not None and accurate.predictions is not None
+    y = RETURNS[TEST : TEST + 400]
+    loss_a = (chosen.predictions.blocks[TEST] - y) ** 2
+    loss_b = (accurate.predictions.blocks[TEST] - y) ** 2
+    expected = diebold_mariano(loss_a, loss_b, H)
+    assert record.paired[0].statistic == pytest.approx(expected.statistic)
+    assert record.paired[0].p_value == pytest.approx(expected.p_value)
+    assert expected.statistic != pytest.approx(diebold_mariano(loss_a, loss_b, 1).statistic)
+    assert record.paired[0].effect < 0 and record.paired[0].p_value < 1e-6  # a is worse
+
+    selection = record.selection
+    assert (selection.chosen, selection.most_accurate) == ("xgboost", "lstm")
+    assert [t.test for t in selection.tests] == ["diebold_mariano"]
+    assert selection.significant is True
+    assert selection.rule == selection_rule("return", H)
+    assert "lowest test RMSE" in selection.rule and "squared error" in selection.rule
+    assert f"HAC lag {H - 1}" in selection.rule
+
+    friedman = record.friedman
+    assert friedman is not None
+    r2 = 1.0 - np.mean(loss_b) / np.var(y)
+    assert friedman.accuracy[2][1] == pytest.approx(r2)
+    assert friedman.mean_ranks == (2.0, 1.0)
+
+
+def test_return_most_accurate_ignores_a_better_failed_candidate_and_ties_go_to_the_chosen():
+    """Only passing candidates compete for lowest RMSE; the chosen wins a tie."""
+    chosen = return_run("xgboost", 0.01, 1, score=0.6)
+    twin = return_run("lstm", 0.01, 1, score=0.4)  # the same predictions
+    failed = return_run("tcn", 0.001, 3, passed=False)
+    selection = compare_candidates(
+        [chosen, twin, failed], RETURNS, TEST, chosen, target="return", horizon=H
+    ).selection
+    assert (selection.chosen, selection.most_accurate) == ("xgboost", "xgboost")
+    assert selection.tests == () and selection.significant is None
+
+
+def test_a_return_comparison_round_trips_through_metadata():
+    """The return record is the same typed record: it survives metadata.json."""
+    a, b = return_run("xgboost", 0.02, 1), return_run("lstm", 0.01, 2)
+    comparison = compare_candidates([a, b], RETURNS, TEST, a, target="return", horizon=H)
+    meta = sample_metadata().model_copy(update={"comparison": comparison})
+    assert ModelMetadata.from_json(meta.to_json()).comparison == comparison
+
+
+def test_a_horizon_below_one_is_refused():
+    with pytest.raises(InvalidInputError, match="horizon must be >= 1, got 0"):
+        compare_candidates([], RETURNS, TEST, None, target="return", horizon=0)
