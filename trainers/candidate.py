@@ -19,12 +19,8 @@ import numpy as np
 import numpy.typing as npt
 
 from monitors.base import MonitorWarning, TrainingMonitor
-from monitors.gates import (
-    candidate_score,
-    evaluate_gates,
-    evaluate_return_gates,
-    return_candidate_score,
-)
+from monitors.gates import candidate_score, evaluate_gates
+from monitors.return_gates import evaluate_return_gates, return_candidate_score
 from trainers.base import FittedModel
 from trainers.baselines import Yardstick
 from trainers.config import TrainConfig, json_safe
@@ -244,7 +240,7 @@ def _judge_returns(
     """``judge`` for a return target: squared-error losses against ``yardstick`` on the pooled
     blocks, the one-sided Diebold-Mariano test with HAC lag ``horizon_bars - 1``
     (``trainers.evaluation.paired_losses``), the return gates and score
-    (``monitors.gates.evaluate_return_gates``, ``return_candidate_score``)."""
+    (``monitors.return_gates.evaluate_return_gates``, ``return_candidate_score``)."""
     labels = np.asarray(data.labels, dtype=np.float64)
     losses = paired_losses(
         labels, blocks, yardstick.blocks, yardstick.name, horizon=config.horizon_bars

@@ -11,7 +11,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy.stats import t
 
-from monitors.gates import PairedCounts, PairedLosses
+from monitors.gates import PairedCounts
+from monitors.return_gates import PairedLosses
 from trainers.comparison import diebold_mariano
 from trainers.dataset import PARTS, Dataset
 from trainers.metadata import SplitMetrics

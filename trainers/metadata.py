@@ -1,3 +1,4 @@
+# Over 400 lines: every record of metadata.json in one module, read and written in one place.
 """The typed record of a trained model: what ``metadata.json`` holds, read and written once here.
 
 The training pipeline builds a ``ModelMetadata``; the registry stores it as

@@ -1,3 +1,4 @@
+# Over 400 lines: one evidence folder (rows, paired tests, report, chart, summary) for both targets.
 """The evidence of ``ctd experiment run``: metrics rows, paired tests, report.md, chart, summary.
 
 Pure functions of the finished runs (``Run``) and their files: the runner

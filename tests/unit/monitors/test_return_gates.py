@@ -7,11 +7,10 @@ import math
 
 import pytest
 
-from monitors.gates import (
-    GateConfig,
+from monitors.gates import GateConfig, evaluate_gates
+from monitors.return_gates import (
     PairedLosses,
     beats_baseline_loss_gate,
-    evaluate_gates,
     evaluate_return_gates,
     loss_significance_gate,
     return_candidate_score,
