@@ -29,6 +29,7 @@ import numpy.typing as npt
 from scipy.stats import binom, f, rankdata, studentized_range, t
 
 from trainers.errors import InvalidInputError
+from trainers.metrics import as_1d
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -97,8 +98,8 @@ def mcnemar(a_correct: BoolArray, b_correct: BoolArray) -> PairedTest:
     ``statistic``: (a_wins - b_wins) / sqrt(a_wins + b_wins), 0 without
     discordant rows. Raises InvalidInputError for unequal or non-1-D inputs.
     """
-    a = _vector("a_correct", a_correct).astype(bool)
-    b = _vector("b_correct", b_correct, len(a)).astype(bool)
+    a = as_1d("a_correct", a_correct, None).astype(bool)
+    b = as_1d("b_correct", b_correct, len(a), against="a_correct").astype(bool)
     a_wins, b_wins = int(np.sum(a & ~b)), int(np.sum(b & ~a))
     n = a_wins + b_wins
     if n == 0:
@@ -126,8 +127,8 @@ def diebold_mariano(loss_a: FloatArray, loss_b: FloatArray, horizon: int = 1) ->
     losses give statistic 0 and p-value 1. Raises InvalidInputError for unequal,
     empty or non-finite inputs or ``horizon`` < 1.
     """
-    a = _vector("loss_a", loss_a)
-    b = _vector("loss_b", loss_b, len(a))
+    a = as_1d("loss_a", loss_a, None)
+    b = as_1d("loss_b", loss_b, len(a), against="loss_a")
     if horizon < 1:
         raise InvalidInputError(f"horizon must be >= 1, got {horizon}")
     n = len(a)
@@ -244,14 +245,3 @@ def _exact_friedman_p(rank_sums: FloatArray, n_blocks: int, k: int) -> float | N
     total = sum(states.values())
     hits = sum(c for s, c in states.items() if sum(v * v for v in s) >= observed)
     return hits / total
-
-
-def _vector(name: str, values: npt.ArrayLike, n: int | None = None) -> FloatArray:
-    arr = np.asarray(values, dtype=np.float64)
-    if arr.ndim != 1:
-        raise InvalidInputError(f"{name} must be 1-D, got shape {arr.shape}")
-    if n is not None and len(arr) != n:
-        raise InvalidInputError(f"{name} has {len(arr)} rows, the other side has {n}")
-    if not np.isfinite(arr).all():
-        raise InvalidInputError(f"{name} must be finite")
-    return arr

@@ -8,6 +8,7 @@ metadata is JSON, and NaN is not.
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 from scipy.stats import rankdata
 
 from trainers.data import FloatArray
@@ -17,14 +18,17 @@ PROBA_CLIP = 1e-7
 """log_loss clips probabilities to [PROBA_CLIP, 1 - PROBA_CLIP] so one sure miss stays finite."""
 
 
-def as_1d(name: str, values: FloatArray, n: int | None) -> FloatArray:
-    """``values`` as a finite 1-D float64 array of ``n`` rows (any when None), or
-    ``InvalidInputError`` naming ``name``; shared with ``trainers.regression_metrics``."""
+def as_1d(
+    name: str, values: npt.ArrayLike, n: int | None, *, against: str = "y_true"
+) -> FloatArray:
+    """``values`` as a finite 1-D float64 array of ``n`` rows (any when None; ``against``
+    names the array that has ``n``), or ``InvalidInputError`` naming ``name``; shared with
+    ``trainers.regression_metrics`` and ``trainers.comparison``."""
     arr = np.asarray(values, dtype=np.float64)
     if arr.ndim != 1:
         raise InvalidInputError(f"{name} must be 1-D, got shape {arr.shape}")
     if n is not None and len(arr) != n:
-        raise InvalidInputError(f"{name} has {len(arr)} rows, y_true has {n}")
+        raise InvalidInputError(f"{name} has {len(arr)} rows, {against} has {n}")
     if not np.isfinite(arr).all():
         i = int(np.argmax(~np.isfinite(arr)))
         raise InvalidInputError(f"{name} must be finite, got {float(arr[i])} at index {i}")
