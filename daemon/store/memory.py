@@ -58,7 +58,7 @@ class MemoryBarStore:
         with self._lock:
             rows = sorted(self._bars.get(symbol, {}).values(), key=lambda b: b.ts)
         if last_n is not None:
-            rows = rows[len(rows) - last_n :] if last_n else []
+            rows = rows[max(len(rows) - last_n, 0) :] if last_n else []
         return Bars.from_rows([(r.ts, r.open, r.high, r.low, r.close, r.volume) for r in rows])
 
     def count(self, symbol: str) -> int:

@@ -44,6 +44,8 @@ def test_load_returns_the_newest_bars_in_time_order(store: Store) -> None:
     assert list(store.load("A", last_n=2).ts) == [_bar("A", 4).ts, _bar("A", 5).ts]
     assert len(store.load("A", last_n=0)) == 0
     assert len(store.load("NONE")) == 0
+    # Asking for more than is stored gives everything (the backtest's training window).
+    assert list(store.load("A", last_n=8).ts) == [_bar("A", i).ts for i in range(1, 6)]
 
 
 def test_trained_state_keeps_the_last_mark(store: Store) -> None:
