@@ -234,6 +234,8 @@ class Daemon:
             s.promotion_config,
             quarantine=self.quarantine,
             policy=policy,
+            target=s.target,
+            horizon=s.horizon_bars,
         )
         publisher = PredictionPublisher(self.producer, s, scorer.model, m)
         self.live = LivePath(scorer, self.registry, announcer, m, publisher=publisher)

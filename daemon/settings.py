@@ -38,6 +38,7 @@ from trainers.data import validate_symbol
 from trainers.errors import MissingExtraError
 from trainers.search_spaces import SEARCH_SPACES
 from trainers.table import TRAINERS
+from trainers.targets import DIRECTION, Target
 
 ENV_PREFIX = "CTD_"
 _C = TypeVar("_C")
@@ -204,6 +205,11 @@ class Settings(BaseSettings):
     # {"divergence_factor": 5, "overfit_action": "stop"}; recorded in every run's config.
     training_monitor: dict[str, Any] = Field(default_factory=dict)
     walk_forward_folds: int = Field(3, ge=0)
+    # What models predict (trainers.targets): "direction" (P(up)) or "return" (the log
+    # return), over the next horizon_bars bars. Live scoring serves only models trained for
+    # both; the trial, the monitors and the predictions topic follow the target.
+    target: Target = DIRECTION
+    horizon_bars: int = Field(1, ge=1, le=10_000)
     augment: bool = False
     seed: int = Field(0, ge=0)
 
@@ -242,6 +248,8 @@ class Settings(BaseSettings):
     # serve the shadow's prediction instead of the champion's (0: pure shadow mode).
     signal_long_above: float = Field(0.55, ge=0.5, le=1)
     signal_short_below: float = Field(0.45, ge=0, le=0.5)
+    # Return models: +1 above this predicted log return, -1 below its negative, else 0.
+    signal_return_threshold: float = Field(0.0, ge=0)
     canary_share: float = Field(0.0, ge=0, le=1)
     webhook_timeout_seconds: float = Field(5.0, gt=0)
     webhook_retries: int = Field(3, ge=0, le=20)

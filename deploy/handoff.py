@@ -1,8 +1,8 @@
 """A shadow trial that survives its daemon: checkpoints in the registry, restored by the next owner.
 
 The owner of a symbol saves, every few seconds, what its prediction log keeps
-for the running trial (the ``TrialState`` and the predictions of the last bar
-that still wait for their label) into the symbol's slots.json. A daemon that
+for the running trial (the ``TrialState`` and the predictions that still wait for
+their outcome) into the symbol's slots.json. A daemon that
 takes the symbol over writes the checkpoint into its own prediction log
 before it scores the symbol, unless its log already holds a later state. The
 live scorer then treats the bars stored after the checkpoint's last bar as not
@@ -32,7 +32,7 @@ class TrialCheckpoint:
         return {
             "state": self.state.to_dict(),
             "pending": [
-                {"bar_ts": p.bar_ts, "slot": p.slot, "version": p.version, "proba_up": p.proba_up}
+                {"bar_ts": p.bar_ts, "slot": p.slot, "version": p.version, "value": p.value}
                 for p in self.pending
             ],
         }
@@ -47,21 +47,28 @@ class TrialCheckpoint:
         for item in doc.get("pending", []):
             if not isinstance(item, Mapping) or item.get("slot") not in SLOTS:
                 raise ValueError(f"trial checkpoint pending prediction is malformed: {item!r}")
+            # "proba_up": a checkpoint written before return targets.
+            value = item["value"] if "value" in item else item.get("proba_up")
+            if value is None:
+                raise ValueError(f"trial checkpoint pending prediction has no value: {item!r}")
             pending.append(
-                Prediction(
-                    int(item["bar_ts"]), item["slot"], str(item["version"]), float(item["proba_up"])
-                )
+                Prediction(int(item["bar_ts"]), item["slot"], str(item["version"]), float(value))
             )
         return cls(TrialState.from_dict(state), tuple(pending))
 
 
-def take_checkpoint(log: PredictionLog, symbol: str) -> TrialCheckpoint | None:
-    """The symbol's running trial as its log holds it now; None without a trial."""
+def take_checkpoint(log: PredictionLog, symbol: str, horizon: int = 1) -> TrialCheckpoint | None:
+    """The symbol's running trial as its log holds it now; None without a trial.
+
+    Pending: the unresolved predictions of the newest ``horizon`` bars that have any (a
+    prediction resolves ``horizon`` bars after its own; older ones never will).
+    """
     state = log.load_state(symbol)
     if state is None or state.test is None or state.last_ts is None:
         return None
-    pending = tuple(p for p in log.unresolved(symbol) if p.bar_ts == state.last_ts)
-    return TrialCheckpoint(state, pending)
+    waiting = log.unresolved(symbol)
+    newest = sorted({p.bar_ts for p in waiting})[-horizon:]
+    return TrialCheckpoint(state, tuple(p for p in waiting if p.bar_ts in newest))
 
 
 def restore_checkpoint(log: PredictionLog, symbol: str, checkpoint: TrialCheckpoint) -> bool:

@@ -3,11 +3,12 @@
 
 For each new bar of a symbol, in ts order, ``LiveScorer.on_batch`` / ``on_bars``:
 
-1. resolves the predictions made on the previous bar with its realised label
-   (1 if this close > that close, as ``trainers.features.compute_labels``);
-2. when champion and shadow both predicted that bar, feeds the pair to the
-   symbol's ``PairedSequentialTest`` (correct = P(up) >= 0.5 matches the label;
-   log losses from probabilities clipped to [1e-6, 1 - 1e-6]);
+1. resolves the predictions made ``horizon`` bars earlier with what they resolved to
+   (``trainers.targets.realised``: the label, 1 if this close > that close, or the log
+   return, exactly as training labels them);
+2. when champion and shadow both predicted that bar, feeds the pair to the symbol's
+   trial test (``deploy.trial_test``: paired correctness for direction models, paired
+   truncated squared errors for return models);
 3. computes the bar's feature row with ``compute_features`` on the tail of a
    small buffer of recent bars (the function is offset-invariant, so the row
    equals training's bit for bit), scores both slots with the sessions of
@@ -65,7 +66,6 @@ from deploy.live_state import (
     Trial,
     Walk,
     bar_slice,
-    clean,
     concat,
     newest,
     restore_symbol,
@@ -75,7 +75,8 @@ from deploy.live_state import (
 from deploy.quarantine import STATE_ERRORS, Quarantine
 from deploy.registry import Registry
 from deploy.scoring import ACCURACY_WINDOW, LiveModel, ModelCache, feature_tail
-from deploy.sequential import Decision, PairedSequentialTest, PromotionTestConfig
+from deploy.sequential import Decision, PromotionTestConfig
+from deploy.sequential_loss import loss_cap
 from deploy.trial import (
     SLOTS,
     LogWrite,
@@ -85,9 +86,11 @@ from deploy.trial import (
     TrialState,
     apply_decision,
 )
+from deploy.trial_test import TrialTest, new_test
 from monitors.watch import LiveObservation
 from trainers.data import BarRecord, Bars, FloatArray, validate_symbol
 from trainers.features import FEATURE_SPEC
+from trainers.targets import DIRECTION, RETURN, Target, hit
 
 # --- per-symbol state ---------------------------------------------------------------------
 
@@ -115,10 +118,13 @@ class LiveScorer:
         slots_poll_seconds: float = 1.0,
         quarantine: Quarantine | None = None,
         policy: PromotionPolicy | None = None,
+        target: Target = DIRECTION,
+        horizon: int = 1,
     ) -> None:
         for name, value in (
             ("max_window", max_window),
             ("catch_up_bars", catch_up_bars),
+            ("horizon", horizon),
         ):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -129,14 +135,26 @@ class LiveScorer:
         self._max_window = max_window
         self._catch_up = catch_up_bars
         self._slots_poll = slots_poll_seconds
-        self._capacity = FEATURE_SPEC.lookback + max_window - 1
+        self._target, self._horizon = target, horizon
+        # The buffer holds the features' lookback and the closes predictions resolve against.
+        self._capacity = max(FEATURE_SPEC.lookback + max_window - 1, horizon)
         self._symbols: dict[str, SymbolState] = {}
-        self._cache = ModelCache(registry, max_window)
+        self._cache = ModelCache(registry, max_window, target, horizon)
         self.quarantine = quarantine if quarantine is not None else Quarantine()
         self.policy: PromotionPolicy = policy if policy is not None else PerSymbol()
         self._lock = threading.RLock()
 
     # -- public API ------------------------------------------------------------------------
+
+    @property
+    def target(self) -> Target:
+        """What the served models predict (``trainers.targets``)."""
+        return self._target
+
+    @property
+    def horizon(self) -> int:
+        """Bars between a prediction and its outcome."""
+        return self._horizon
 
     def on_batch(self, bars_by_symbol: Mapping[str, Sequence[BarRecord]]) -> list[LiveUpdate]:
         """Process one ingest batch (any order, duplicates: last wins), one update per symbol.
@@ -259,9 +277,10 @@ class LiveScorer:
         stored = self._load_recent(symbol, self._capacity + extra)
         st = restore_symbol(stored, last_ts, first_new, self._capacity)
         if saved is not None and saved.last_ts is not None and newest(st.buffer) == saved.last_ts:
+            waiting = set(st.buffer.ts[-self._horizon :].tolist())
             for p in self.log.unresolved(symbol):
-                if p.bar_ts == saved.last_ts:
-                    st.pending[p.slot] = p
+                if p.bar_ts in waiting:
+                    st.pending.setdefault(p.bar_ts, {})[p.slot] = p
         slots = self.registry.slots(symbol)
         st.champion, st.shadow = slots.champion, slots.shadow
         st.slots_read_at = time.monotonic()
@@ -278,8 +297,9 @@ class LiveScorer:
         ended = None
         if st.trial is not None and st.trial.test.decision is Decision.CONTINUE:
             ended = st.trial.snapshot(symbol)
-        both = slots.champion is not None and slots.shadow is not None
-        fresh = PairedSequentialTest(self.config).to_dict() if both else None
+        fresh = None
+        if slots.champion is not None and slots.shadow is not None:
+            fresh = self._new_test(symbol, st, slots.champion, slots.shadow).to_dict()
         state = TrialState(st.last_ts, slots.champion, slots.shadow, fresh)
         self.log.commit([LogWrite(symbol, (), (), state)])
         keep = {slots.champion, slots.shadow}
@@ -300,13 +320,16 @@ class LiveScorer:
                 if isinstance(failure, STATE_ERRORS):
                     raise failure  # its state is unreadable: quarantined by ``on_batch``
             rolling = self._cache.rolling(symbol, version)
-            for proba, label in self.log.recent_outcomes(symbol, version, ACCURACY_WINDOW):
-                rolling.add((proba >= 0.5) == (label == 1))
+            for value, outcome in self.log.recent_outcomes(symbol, version, ACCURACY_WINDOW):
+                called = hit(self._target, value, outcome)
+                if called is not None:
+                    rolling.add(called)
         if st.champion is None or st.shadow is None:
             st.trial = None
             return
         if st.trial is None:
-            st.trial = Trial(st.champion, st.shadow, PairedSequentialTest(self.config), None)
+            test = self._new_test(symbol, st, st.champion, st.shadow)
+            st.trial = Trial(st.champion, st.shadow, test, None)
         if st.trial.counts_after is None:
             ends = [
                 m.trained_until
@@ -317,6 +340,17 @@ class LiveScorer:
                 if m is not None and m.trained_until is not None
             ]
             st.trial.counts_after = max(ends, default=None)
+
+    def _new_test(self, symbol: str, st: SymbolState, champion: str, shadow: str) -> TrialTest:
+        """A fresh test for the pair; a return trial's loss cap is fixed now, from the
+        models' test RMSE (else the recent realised returns): before any outcome is seen."""
+        if self._target != RETURN:
+            return new_test(self._target, self.config)
+        models = [self._cache.model(symbol, v) for v in (champion, shadow)]
+        rmse = [None if m is None else m.test_rmse for m in models]
+        close, h = st.buffer.close, self._horizon
+        moves = np.log(close[h:] / close[:-h]) if len(close) > h else np.empty(0)
+        return new_test(self._target, self.config, loss_cap(rmse[0], rmse[1], moves))
 
     def _rewarm(self, symbol: str, st: SymbolState) -> None:
         stored = self._load_recent(symbol, self._capacity + self._catch_up)
@@ -377,12 +411,12 @@ class LiveScorer:
         if models:
             width = max(m.window for _, m in models.values())
             features = feature_tail(combined, k + width - 1)
-            probas = {s: clean(m.score(features, k)) for s, (_, m) in models.items()}
+            probas = {s: m.score(features, k) for s, (_, m) in models.items()}
             rows_of_new = features[len(features) - k :]
 
         counting, problem = trial_counting(self.policy, symbol, st.trial)
         problems = tuple(p for p in (problem, stale if st.trial else None) if p)
-        walk = Walk(st, counting)
+        walk = Walk(st, counting, target=self._target, horizon=self._horizon)
         observations = []
         for i, (ts, _o, _h, _l, close, _v) in enumerate(new):
             correct = walk.resolve(close, st.champion)

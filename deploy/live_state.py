@@ -8,21 +8,20 @@ from __future__ import annotations
 
 import copy
 import math
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final
 
 import numpy as np
 
 from deploy.errors import RegistryError
 from deploy.fdr import FdrLevel, PromotionPolicy
-from deploy.sequential import Decision, PairedSequentialTest
+from deploy.sequential import Decision
 from deploy.trial import LogWrite, Prediction, Resolution, Slot, TrialDecision, TrialState
+from deploy.trial_test import TrialTest, test_from_dict
 from monitors.watch import LiveObservation
-from trainers.data import Bars, FloatArray
-
-PROBA_CLIP: Final = 1e-6
-"""Probabilities are clipped to [PROBA_CLIP, 1 - PROBA_CLIP] before taking log losses."""
+from trainers.data import Bars
+from trainers.targets import DIRECTION, Target, hit, realised
 
 Row = tuple[int, float, float, float, float, float]
 
@@ -31,7 +30,7 @@ Row = tuple[int, float, float, float, float, float]
 class Trial:
     champion: str
     shadow: str
-    test: PairedSequentialTest
+    test: TrialTest
     counts_after: int | None
     """Only bars after this ts count: the newest bar either model was trained on."""
     first_bar_ts: int | None = None
@@ -63,7 +62,8 @@ class SymbolState:
     last_ts: int | None
     champion: str | None = None
     shadow: str | None = None
-    pending: dict[Slot, Prediction] = field(default_factory=dict)
+    pending: dict[int, dict[Slot, Prediction]] = field(default_factory=dict)
+    """Predictions waiting for their outcome, by the ts of the bar they were made at."""
     trial: Trial | None = None
     catch_up: list[Row] = field(default_factory=list)
     slots_read_at: float = 0.0
@@ -141,78 +141,101 @@ class Counting:
 
 
 class Walk:
-    """One batch's pass over its new bars, on a copy of the trial (committed on success)."""
+    """One batch's pass over its new bars, on a copy of the trial (committed on success).
 
-    def __init__(self, st: SymbolState, counting: Counting | None = None) -> None:
+    A prediction made at a bar resolves ``horizon`` bars later: ``recent`` holds the
+    closes of the newest ``horizon`` bars, ``pending`` the predictions still waiting.
+    """
+
+    def __init__(
+        self,
+        st: SymbolState,
+        counting: Counting | None = None,
+        *,
+        target: Target = DIRECTION,
+        horizon: int = 1,
+    ) -> None:
         counting = counting or Counting(None if st.trial is None else st.trial.level)
+        self.target = target
         self.trial = st.trial
         self.counts = counting.counts
         self.level = counting.level
-        # Its state is scalars only: a shallow copy is a full one.
+        # The tests hold scalars and immutable arrays only: a shallow copy is a full one.
         self.test = None if st.trial is None else copy.copy(st.trial.test)
         self.first_bar_ts = None if st.trial is None else st.trial.first_bar_ts
         self.last_bar_ts = None if st.trial is None else st.trial.last_bar_ts
         if self.test is not None and counting.restart:
-            self.test = PairedSequentialTest(self.test.config)
+            self.test = self.test.restarted()
             self.first_bar_ts = self.last_bar_ts = None
-        self.pending = dict(st.pending)
-        self.prev_ts, self.prev_close = newest(st.buffer), newest_close(st.buffer)
+        self.pending = {ts: dict(by_slot) for ts, by_slot in st.pending.items()}
+        tail = st.buffer.tail(horizon)
+        self.recent: deque[tuple[int, float]] = deque(
+            zip(tail.ts.tolist(), tail.close.tolist(), strict=True), maxlen=horizon
+        )
         self.predictions: list[Prediction] = []
         self.resolutions: list[Resolution] = []
         self.outcomes: list[tuple[str, bool]] = []
 
     def resolve(self, close: float, champion: str | None) -> bool | None:
-        """Label the previous bar's predictions with the move to ``close``; feed the trial.
+        """Resolve the predictions made ``horizon`` bars before the bar closing at ``close``;
+        feed the trial.
 
-        Returns whether ``champion``'s prediction was right (None if it made none).
+        Returns whether ``champion``'s prediction called the direction (None if it made
+        none, or the move had no direction to call).
         """
-        prev_ts, prev_close = self.prev_ts, self.prev_close
-        pending = {s: p for s, p in self.pending.items() if p.bar_ts == prev_ts}
-        if not pending or prev_ts is None or prev_close is None:
+        if len(self.recent) < (self.recent.maxlen or 1):
             return None
-        label = int(close > prev_close)
-        self.resolutions.append(Resolution(prev_ts, label))
-        right: dict[Slot, bool] = {}
+        start_ts, start_close = self.recent[0]
+        pending = self.pending.pop(start_ts, None)
+        if not pending:
+            return None
+        outcome = realised(self.target, start_close, close)
+        self.resolutions.append(Resolution(start_ts, outcome))
+        hits: dict[Slot, bool | None] = {}
         for slot, p in pending.items():
-            right[slot] = (p.proba_up >= 0.5) == (label == 1)
-            self.outcomes.append((p.version, right[slot]))
-        self._feed_trial(pending, right, label, prev_ts)
+            hits[slot] = hit(self.target, p.value, outcome)
+            if hits[slot] is not None:
+                self.outcomes.append((p.version, bool(hits[slot])))
+        self._feed_trial(pending, outcome, start_ts)
         champ = pending.get("champion")
-        return right["champion"] if champ is not None and champ.version == champion else None
+        return hits["champion"] if champ is not None and champ.version == champion else None
 
-    def _feed_trial(
-        self, pending: Mapping[Slot, Prediction], right: Mapping[Slot, bool], label: int, ts: int
-    ) -> None:
-        trial, test, prev_ts = self.trial, self.test, ts
+    def _feed_trial(self, pending: Mapping[Slot, Prediction], outcome: float, ts: int) -> None:
+        trial, test = self.trial, self.test
         if (
             trial is None
             or test is None
             or not self.counts
             or test.decision is not Decision.CONTINUE
-            or len(right) < 2
+            or len(pending) < 2
             or (pending["champion"].version, pending["shadow"].version)
             != (trial.champion, trial.shadow)
-            or (trial.counts_after is not None and prev_ts <= trial.counts_after)
+            or (trial.counts_after is not None and ts <= trial.counts_after)
         ):
             return
-        test.update(
-            right["champion"],
-            right["shadow"],
-            log_loss(pending["champion"].proba_up, label),
-            log_loss(pending["shadow"].proba_up, label),
+        test.observe(
+            pending["champion"].value,
+            pending["shadow"].value,
+            outcome,
             promote_alpha=None if self.level is None else self.level.alpha,
         )
         if self.first_bar_ts is None:
-            self.first_bar_ts = prev_ts
-        self.last_bar_ts = prev_ts
+            self.first_bar_ts = ts
+        self.last_bar_ts = ts
 
     def predict(self, ts: int, close: float, scores: Mapping[Slot, tuple[str, float]]) -> None:
-        self.pending = {}
-        for slot, (version, proba) in scores.items():
-            if math.isfinite(proba):
-                self.pending[slot] = Prediction(ts, slot, version, proba)
-                self.predictions.append(self.pending[slot])
-        self.prev_ts, self.prev_close = ts, close
+        made = {}
+        for slot, (version, value) in scores.items():
+            if math.isfinite(value):
+                made[slot] = Prediction(ts, slot, version, value)
+                self.predictions.append(made[slot])
+        if made:
+            self.pending[ts] = made
+        self.recent.append((ts, close))
+        # Predictions of bars that left the window (a gap in scoring) can no longer resolve.
+        oldest = self.recent[0][0]
+        for stale in [t for t in self.pending if t < oldest]:
+            del self.pending[stale]
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,17 +251,6 @@ class Plan:
     observations: tuple[LiveObservation, ...] = ()
     problems: tuple[str, ...] = ()
     """For ``LiveUpdate.errors``: the trial's promote level could not be set or refreshed."""
-
-
-def clean(p: FloatArray) -> FloatArray:
-    """P(up) clipped into [0, 1]; non-finite outputs stay NaN (no prediction is logged)."""
-    out: FloatArray = np.where(np.isfinite(p), np.clip(p, 0.0, 1.0), np.nan)
-    return out
-
-
-def log_loss(proba_up: float, label: int) -> float:
-    p = min(max(proba_up, PROBA_CLIP), 1.0 - PROBA_CLIP)
-    return -math.log(p if label == 1 else 1.0 - p)
 
 
 def bar_slice(bars: Bars, start: int, stop: int) -> Bars:
@@ -268,10 +280,6 @@ def bar_row(bars: Bars, i: int) -> Row:
 
 def newest(bars: Bars) -> int | None:
     return int(bars.ts[-1]) if len(bars) else None
-
-
-def newest_close(bars: Bars) -> float | None:
-    return float(bars.close[-1]) if len(bars) else None
 
 
 def restore_symbol(
@@ -304,7 +312,7 @@ def restore_trial(
     undecided trial the slot change ended (or None)."""
     if saved is None or saved.test is None:
         return None, None
-    test = PairedSequentialTest.from_dict(saved.test)
+    test = test_from_dict(saved.test)
     old_champion, old_shadow = saved.champion_version, saved.shadow_version
     if old_champion is None or old_shadow is None:
         return None, None

@@ -11,10 +11,10 @@ from trainers.data import validate_symbol
 
 
 class MemoryPredictionLog:
-    """Predictions by (symbol, bar ts, slot) with their labels, and each symbol's trial state."""
+    """Predictions by (symbol, bar ts, slot) with their outcomes, and each symbol's trial state."""
 
     def __init__(self) -> None:
-        self._predictions: dict[tuple[str, int, Slot], tuple[Prediction, int | None]] = {}
+        self._predictions: dict[tuple[str, int, Slot], tuple[Prediction, float | None]] = {}
         self._states: dict[str, TrialState] = {}
         self._lock = threading.Lock()
 
@@ -28,20 +28,20 @@ class MemoryPredictionLog:
         with self._lock:
             out = [
                 p
-                for (sym, ts, _slot), (p, label) in self._predictions.items()
-                if sym == symbol and label is None and (before_ts is None or ts < before_ts)
+                for (sym, ts, _slot), (p, outcome) in self._predictions.items()
+                if sym == symbol and outcome is None and (before_ts is None or ts < before_ts)
             ]
         return sorted(out, key=lambda p: (p.bar_ts, p.slot))
 
-    def recent_outcomes(self, symbol: str, version: str, limit: int) -> list[tuple[float, int]]:
+    def recent_outcomes(self, symbol: str, version: str, limit: int) -> list[tuple[float, float]]:
         validate_symbol(symbol)
         with self._lock:
             resolved = sorted(
-                (p.bar_ts, p.proba_up, label)
-                for (sym, _ts, _slot), (p, label) in self._predictions.items()
-                if sym == symbol and p.version == version and label is not None
+                (p.bar_ts, p.value, outcome)
+                for (sym, _ts, _slot), (p, outcome) in self._predictions.items()
+                if sym == symbol and p.version == version and outcome is not None
             )
-        return [(proba, label) for _ts, proba, label in resolved[-limit:]] if limit else []
+        return [(value, outcome) for _ts, value, outcome in resolved[-limit:]] if limit else []
 
     def commit(self, writes: Sequence[LogWrite]) -> None:
         for write in writes:
@@ -55,6 +55,6 @@ class MemoryPredictionLog:
                         key: tuple[str, int, Slot] = (w.symbol, r.bar_ts, slot)
                         held = self._predictions.get(key)
                         if held is not None and held[1] is None:
-                            self._predictions[key] = (held[0], r.label)
+                            self._predictions[key] = (held[0], r.outcome)
             for w in writes:
                 self._states[w.symbol] = w.state

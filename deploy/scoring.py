@@ -20,6 +20,7 @@ from deploy.registry import Registry
 from trainers.data import Bars, FloatArray
 from trainers.features import FEATURE_SPEC, compute_features
 from trainers.onnx_io import OnnxScorer
+from trainers.targets import DIRECTION, Target
 
 ACCURACY_WINDOW: Final = 500
 """Resolved predictions in a version's rolling live accuracy."""
@@ -35,20 +36,27 @@ class LiveModelError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class LiveModel:
-    """A loaded session, when the version's training data ends, who trained it and when."""
+    """A loaded session, when the version's training data ends, who trained it and when,
+    what it predicts, and (return models) its test RMSE, which scales the trial's loss cap."""
 
     scorer: OnnxScorer
     trained_until: int | None
     trainer: str | None = None
     created_ts: float | None = None
+    test_rmse: float | None = None
 
     @property
     def window(self) -> int:
         return self.scorer.window
 
+    @property
+    def target(self) -> Target:
+        return self.scorer.target
+
     def score(self, rows: FloatArray, k: int) -> FloatArray:
-        """P(up) of the last ``k`` bars, given their ``k + window - 1`` newest feature rows;
-        NaN where a needed row is not finite (too little history)."""
+        """Predictions for the last ``k`` bars (P(up) clipped into [0, 1], or returns), given
+        their ``k + window - 1`` newest feature rows; NaN where a needed row or the output
+        is not finite (too little history, a broken model): no prediction is logged."""
         w = self.window
         rows = rows[len(rows) - (k + w - 1) :]
         # Sequence models take, per bar, the window of feature rows ending at it.
@@ -56,7 +64,10 @@ class LiveModel:
         finite = np.isfinite(inputs.reshape(k, -1)).all(axis=1)
         out = np.full(k, np.nan)
         if finite.any():
-            out[finite] = self.scorer.predict_proba(inputs[finite])
+            out[finite] = self.scorer.predict(inputs[finite])
+        out[~np.isfinite(out)] = np.nan
+        if self.target == DIRECTION:
+            np.clip(out, 0.0, 1.0, out=out)
         return out
 
 
@@ -68,6 +79,7 @@ class Rolling:
     correct: int = 0
 
     def add(self, ok: bool) -> None:
+        """One resolved prediction: whether it called the direction (``targets.hit``)."""
         if len(self.window) == self.window.maxlen:
             self.correct -= self.window[0]
         self.window.append(ok)
@@ -86,11 +98,18 @@ class _Served:
 
 
 class ModelCache:
-    """Versions being served, by (symbol, version). Not thread-safe: the scorer locks."""
+    """Versions being served, by (symbol, version). Not thread-safe: the scorer locks.
 
-    def __init__(self, registry: Registry, max_window: int) -> None:
+    Only models of the live ``target`` and ``horizon`` are served: a trial pairs the
+    champion and shadow on the same outcomes, and consumers read one kind of prediction.
+    """
+
+    def __init__(
+        self, registry: Registry, max_window: int, target: Target = DIRECTION, horizon: int = 1
+    ) -> None:
         self._registry = registry
         self._max_window = max_window
+        self.target, self.horizon = target, horizon
         self._served: dict[tuple[str, str], _Served] = {}
         self._new_errors: dict[str, list[str]] = {}
 
@@ -148,6 +167,14 @@ class ModelCache:
                 f"trained on feature spec {spec.version!r}, live features are version "
                 f"{FEATURE_SPEC.version} with {len(FEATURE_SPEC.names)} named columns",
             )
+        trained_for = (meta.target, spec.label_horizon)
+        if trained_for != (self.target, self.horizon):
+            raise LiveModelError(
+                symbol,
+                version,
+                f"predicts {meta.target} over {spec.label_horizon} bars, live serves "
+                f"{self.target} over {self.horizon} (CTD_TARGET, CTD_HORIZON_BARS)",
+            )
         scorer = OnnxScorer(self._registry.model_path(symbol, version))
         n_features = len(FEATURE_SPEC.names)
         onnx = meta.onnx
@@ -166,7 +193,12 @@ class ModelCache:
                 version,
                 f"window {scorer.window} exceeds live max_window {self._max_window}",
             )
-        return LiveModel(scorer, meta.trained_until, meta.trainer, meta.created_ts)
+        if scorer.target != meta.target:
+            raise LiveModelError(
+                symbol, version, f"model outputs a {scorer.target}, metadata says {meta.target}"
+            )
+        rmse = None if meta.metrics is None else meta.metrics.test.get("rmse")
+        return LiveModel(scorer, meta.trained_until, meta.trainer, meta.created_ts, rmse)
 
 
 def feature_tail(bars: Bars, m: int) -> FloatArray:

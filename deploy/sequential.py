@@ -57,6 +57,8 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from trainers.targets import DIRECTION, hit
+
 STATE_VERSION: Final = 1
 
 # Bet fractions (of the maximal safe bet), log-spaced so that every edge from
@@ -65,6 +67,8 @@ STATE_VERSION: Final = 1
 # against the best of them; this grid beat finer/uniform ones on simulated power.
 BET_GRID: Final = np.geomspace(1.0 / 32.0, 0.9, 16)
 _LOG_GRID_SIZE: Final = math.log(BET_GRID.size)
+PROBA_CLIP: Final = 1e-6
+"""Probabilities are clipped to [PROBA_CLIP, 1 - PROBA_CLIP] before taking log losses."""
 # Keeps reported e-values finite JSON numbers; decisions use log e-values.
 _E_VALUE_CAP: Final = 1e300
 
@@ -120,6 +124,11 @@ class Evidence:
     champion_log_loss: float | None
     shadow_log_loss: float | None
     statistic: float
+    # Mean (truncated) squared errors of a return trial (deploy.sequential_loss); ``loss``
+    # names what the loss fields measure.
+    champion_loss: float | None = None
+    shadow_loss: float | None = None
+    loss: str = "log_loss"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -143,10 +152,11 @@ def log_e_values(
         + z * np.log1p(-lam * min_effect)
     )
     worse = s * np.log1p(-BET_GRID) + f * np.log1p(BET_GRID)
-    return _log_mean_exp(better), _log_mean_exp(worse)
+    return log_mean_exp(better), log_mean_exp(worse)
 
 
-def _log_mean_exp(x: FloatArray) -> FloatArray:
+def log_mean_exp(x: FloatArray) -> FloatArray:
+    """The log of the equal-weight mixture of the bets' wealths, from their logs (last axis)."""
     top = x.max(axis=-1, keepdims=True)
     total: FloatArray = np.log(np.exp(x - top).sum(axis=-1, keepdims=True)) + top
     result: FloatArray = total[..., 0] - _LOG_GRID_SIZE
@@ -158,7 +168,8 @@ def log_threshold(alpha: float) -> float:
     return math.log(1.0 / alpha)
 
 
-def _e_value(log_e: float) -> float:
+def e_value(log_e: float) -> float:
+    """A natural-log e-value as a finite number for reports (capped at 1e300)."""
     return min(math.exp(min(log_e, 700.0)), _E_VALUE_CAP)
 
 
@@ -257,6 +268,27 @@ class PairedSequentialTest:
             self._decision = Decision.REJECT
         return self._decision
 
+    def observe(
+        self,
+        champion_value: float,
+        shadow_value: float,
+        outcome: float,
+        *,
+        promote_alpha: float | None = None,
+    ) -> Decision:
+        """``update`` from both slots' P(up) and the bar's label (``deploy.trial_test``)."""
+        return self.update(
+            hit(DIRECTION, champion_value, outcome) is True,
+            hit(DIRECTION, shadow_value, outcome) is True,
+            log_loss(champion_value, outcome),
+            log_loss(shadow_value, outcome),
+            promote_alpha=promote_alpha,
+        )
+
+    def restarted(self) -> PairedSequentialTest:
+        """A fresh test with the same config (``deploy.trial_test``)."""
+        return PairedSequentialTest(self._config)
+
     def _log_e_values(self) -> tuple[float, float]:
         better, worse = log_e_values(
             self._n, self._shadow_only, self._champion_only, self._config.min_effect
@@ -273,8 +305,8 @@ class PairedSequentialTest:
             shadow_correct=self._shadow_correct,
             shadow_only=self._shadow_only,
             champion_only=self._champion_only,
-            e_value_better=_e_value(better),
-            e_value_worse=_e_value(worse),
+            e_value_better=e_value(better),
+            e_value_worse=e_value(worse),
             champion_accuracy=self._champion_correct / n if n else None,
             shadow_accuracy=self._shadow_correct / n if n else None,
             champion_log_loss=self._champion_ll_sum / ll_n if ll_n else None,
@@ -287,6 +319,7 @@ class PairedSequentialTest:
         cfg = self._config
         return {
             "version": STATE_VERSION,
+            "kind": "accuracy",
             "config": {
                 "alpha": cfg.alpha,
                 "min_samples": cfg.min_samples,
@@ -353,6 +386,13 @@ class PairedSequentialTest:
         test._champion_ll_sum, test._shadow_ll_sum = sums
         test._decision = decision
         return test
+
+
+def log_loss(proba_up: float, label: float) -> float:
+    """Log loss of P(up) against a 0/1 label, probabilities clipped to [PROBA_CLIP,
+    1 - PROBA_CLIP] so that a confident miss costs a finite amount."""
+    p = min(max(proba_up, PROBA_CLIP), 1.0 - PROBA_CLIP)
+    return -math.log(p if label == 1.0 else 1.0 - p)
 
 
 def _check_log_loss(name: str, value: float) -> None:

@@ -17,7 +17,8 @@ from typing import Any, Final, Literal, Protocol
 from deploy.events import RegistryEvent
 from deploy.fdr import FdrLevel
 from deploy.registry import Registry
-from deploy.sequential import Decision, Evidence, PairedSequentialTest, PromotionTestConfig
+from deploy.sequential import Decision, Evidence, PromotionTestConfig
+from deploy.trial_test import test_from_dict
 
 Slot = Literal["champion", "shadow"]
 SLOTS: Final[tuple[Slot, Slot]] = ("champion", "shadow")
@@ -37,20 +38,22 @@ class StaleDecisionError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class Prediction:
-    """One slot's P(up) for the bar at ``bar_ts`` (the move to the next bar)."""
+    """One slot's prediction at the bar ``bar_ts`` about the move to ``horizon`` bars later:
+    P(up) of a direction model, the log return of a return model (``trainers.targets``)."""
 
     bar_ts: int
     slot: Slot
     version: str
-    proba_up: float
+    value: float
 
 
 @dataclass(frozen=True, slots=True)
 class Resolution:
-    """The realised label of ``bar_ts``: 1 if the next close is higher, else 0."""
+    """What the predictions of ``bar_ts`` resolved to (``trainers.targets.realised``): the
+    label (1.0 if the close ``horizon`` bars later is higher, else 0.0) or the log return."""
 
     bar_ts: int
-    label: int
+    outcome: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,8 +141,8 @@ class PredictionLog(Protocol):
         """Predictions without a label (bar_ts < before_ts if given), oldest first."""
         ...
 
-    def recent_outcomes(self, symbol: str, version: str, limit: int) -> list[tuple[float, int]]:
-        """(proba_up, label) of the newest ``limit`` resolved predictions of a version, oldest
+    def recent_outcomes(self, symbol: str, version: str, limit: int) -> list[tuple[float, float]]:
+        """(value, outcome) of the newest ``limit`` resolved predictions of a version, oldest
         first."""
         ...
 
@@ -177,8 +180,13 @@ class TrialDecision:
     @property
     def reason(self) -> str:
         ev, cfg, lv = self.evidence, self.config, self.level
-        acc = f"live accuracy shadow {_fmt(ev.shadow_accuracy)} vs champion "
-        acc += f"{_fmt(ev.champion_accuracy)} over {ev.n} bars"
+        if ev.loss == SQUARED_ERROR:
+            acc = f"live truncated MSE shadow {_fmt(ev.shadow_loss, '.3g')} vs champion "
+            acc += f"{_fmt(ev.champion_loss, '.3g')}, hit rate shadow "
+            acc += f"{_fmt(ev.shadow_accuracy)} vs {_fmt(ev.champion_accuracy)} over {ev.n} bars"
+        else:
+            acc = f"live accuracy shadow {_fmt(ev.shadow_accuracy)} vs champion "
+            acc += f"{_fmt(ev.champion_accuracy)} over {ev.n} bars"
         if self.decision is Decision.PROMOTE and lv is not None:
             return (
                 f"shadow better: e-value {ev.e_value_better:.3g} >= 1/alpha_t = "
@@ -210,7 +218,7 @@ class TrialDecision:
         return {
             **self.evidence.to_dict(),
             "decision": self.decision.value,
-            "test": "paired betting e-process on accuracy (deploy.sequential)",
+            "test": _TEST_NAMES.get(self.evidence.loss, _TEST_NAMES["log_loss"]),
             # 1/e at a stopping time is a valid p-value (Markov on the stopped e-process).
             "p_value": 1.0 / max(1.0, self.evidence.e_value_better),
             "alpha": cfg.alpha,
@@ -225,8 +233,18 @@ class TrialDecision:
         }
 
 
-def _fmt(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.3f}"
+SQUARED_ERROR: Final = "squared_error"
+
+_TEST_NAMES: Final = {
+    "log_loss": "paired betting e-process on accuracy (deploy.sequential)",
+    SQUARED_ERROR: "paired betting e-process on truncated squared-error differentials "
+    "(deploy.sequential_loss)",
+}
+"""The ledger's name of the test, by what the evidence's loss fields measure."""
+
+
+def _fmt(x: float | None, spec: str = ".3f") -> str:
+    return "n/a" if x is None else format(x, spec)
 
 
 def apply_decision(
@@ -266,7 +284,7 @@ def saved_trial(log: PredictionLog, registry: Registry, symbol: str) -> TrialDec
         return None
     if (state.champion_version, state.shadow_version) != (slots.champion, slots.shadow):
         return None
-    test = PairedSequentialTest.from_dict(state.test)
+    test = test_from_dict(state.test)
     return TrialDecision(
         symbol,
         test.decision,

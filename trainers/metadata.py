@@ -36,7 +36,7 @@ from monitors.drift import FeatureReference
 from monitors.gates import GateConfig, GateVerdict
 from trainers.errors import MetadataError
 from trainers.features import FeatureSpec
-from trainers.targets import DIRECTION, Target
+from trainers.targets import DIRECTION, RETURN, Target
 
 SCHEMA_VERSION: Final = 1
 """Layout of metadata.json this code reads and writes."""
@@ -360,6 +360,13 @@ class ModelMetadata(_Record):
     def test_accuracy(self) -> float | None:
         """The chosen model's test accuracy; None when no candidate passed."""
         return None if self.metrics is None else self.metrics.test.get("accuracy")
+
+    @property
+    def test_hit_rate(self) -> float | None:
+        """The chosen model's test share of directions called right (``targets.hit``): its
+        accuracy, or a return model's ``hit_rate``; None when no candidate passed."""
+        key = "hit_rate" if self.target == RETURN else "accuracy"
+        return None if self.metrics is None else self.metrics.test.get(key)
 
     @property
     def baseline_test_accuracy(self) -> float | None:

@@ -20,7 +20,8 @@ honesty (a prediction at bar t uses only bars up to t):
   gate off, each model served from the next bar on (trained in a process pool
   while the replay runs: the schedule is known in advance);
 - ``naive``: the majority direction of the same training windows (P(up) = the
-  share of up moves), what every model is gated against.
+  share of up moves), or for return models their mean ``horizon_bars`` log return,
+  what every model is gated against.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from trainers.data import Bars, IntArray, bar_records
 from trainers.features import compute_features
 from trainers.onnx_io import OnnxScorer
 from trainers.pipeline import train_symbol
+from trainers.targets import RETURN
 
 Progress = Callable[[int, int], None]
 """(bars replayed, bars in all)."""
@@ -138,6 +140,8 @@ class Replay:
             MemoryPredictionLog(),
             lambda s, n: self.store.load(s, last_n=n),
             settings.promotion_config,
+            target=settings.target,
+            horizon=settings.horizon_bars,
         )
         self.live = LivePath(scorer, self.registry, Announcer(self.registry, [], metrics), metrics)
         self.queue = _Queue()
@@ -209,12 +213,12 @@ class Replay:
 
     # -- the lifecycle ---------------------------------------------------------------
     def _served(self, ts: int, updates: list[LiveUpdate]) -> tuple[float, str | None]:
-        """The P(up) and version of the record the daemon would serve for this bar."""
+        """The value (P(up) or return) and version of the record the daemon would serve."""
         by_slot = {p.slot: p for u in updates for p in u.predictions if p.bar_ts == ts}
         if not by_slot:
             return float("nan"), None
         pick = by_slot[served_slot(self.symbol, ts, by_slot, self.settings.canary_share)]
-        return pick.proba_up, pick.version
+        return pick.value, pick.version
 
     def _trained(self, symbol: str, bar_count: int) -> None:
         self.trigger.trained(symbol, bar_count)
@@ -304,10 +308,13 @@ class Replay:
         close = self.bars.close
         for k, i in enumerate(schedule):
             start = max(0, i + 1 - self.settings.train_window_bars)
-            moves = np.diff(close[start : i + 1])
+            h = self.settings.horizon_bars
+            window = close[start : i + 1]
             stop = schedule[k + 1] + 1 if k + 1 < len(schedule) else len(self.bars)
-            if len(moves):
-                out[i + 1 : stop] = float(np.mean(moves > 0))
+            if len(window) > h:
+                moves = np.log(window[h:] / window[:-h])
+                naive = moves if self.settings.target == RETURN else moves > 0
+                out[i + 1 : stop] = float(np.mean(naive))
         return out
 
 
@@ -341,7 +348,7 @@ def _load(path: Path) -> LiveModel:
 
 
 def _score(model: LiveModel, features: FloatArray, start: int, stop: int) -> FloatArray:
-    """P(up) of bars start..stop-1 from their feature rows (and the window before them)."""
+    """Predictions of bars start..stop-1 from their feature rows (and the window before them)."""
     first_row = max(0, start - model.window + 1)
     rows = features[first_row:stop]
     k = stop - start

@@ -29,6 +29,8 @@ class Costs:
     long_above: float
     short_below: float
     cost_bps: float
+    centre: float = 0.5
+    """The served value that calls no direction: 0.5 for P(up), 0 for a predicted return."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +79,13 @@ def build(result: ReplayResult, costs: Costs, notes: list[str] | None = None) ->
             short_below=costs.short_below,
             cost_bps=costs.cost_bps,
             periods_per_year=per_year,
+            centre=costs.centre,
         )
         for name in POLICIES
     }
-    quarters = {name: _quarters(result.served[name][span], ret[span]) for name in POLICIES}
+    quarters = {
+        name: _quarters(result.served[name][span], ret[span], costs.centre) for name in POLICIES
+    }
     notes = list(notes or [])
     return Report(
         symbol=result.symbol,
@@ -108,11 +113,11 @@ def _evaluation_start(result: ReplayResult) -> int | None:
     return None
 
 
-def _quarters(p_up: FloatArray, ret: FloatArray) -> list[float | None]:
+def _quarters(p_up: FloatArray, ret: FloatArray, centre: float) -> list[float | None]:
     out: list[float | None] = []
     for part_p, part_r in zip(np.array_split(p_up, 4), np.array_split(ret, 4), strict=True):
         counted = ~np.isnan(part_p) & (part_r != 0)
-        hits = (part_p[counted] > 0.5) == (part_r[counted] > 0)
+        hits = (part_p[counted] > centre) == (part_r[counted] > 0)
         out.append(float(hits.mean()) if counted.any() else None)
     return out
 
@@ -192,9 +197,11 @@ def _chart(report: Report, result: ReplayResult, path: Path) -> None:
     top, bottom = fig.add_subplot(2, 1, 1), fig.add_subplot(2, 1, 2, sharex=None)
     for name in POLICIES:
         p = result.served[name]
-        equity = np.cumprod(1.0 + pnl(signals(p, c.long_above, c.short_below), ret, c.cost_bps))
+        equity = np.cumprod(
+            1.0 + pnl(signals(p, c.long_above, c.short_below, c.centre), ret, c.cost_bps)
+        )
         top.plot(x, equity, label=name, linewidth=1)
-        bottom.plot(x, rolling_accuracy(p, ret, ROLLING_BARS), label=name, linewidth=1)
+        bottom.plot(x, rolling_accuracy(p, ret, ROLLING_BARS, c.centre), label=name, linewidth=1)
     for e in report.timeline:
         if e["event"] in ("promoted", "champion_bootstrapped", "rolled_back"):
             for axis in (top, bottom):

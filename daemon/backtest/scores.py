@@ -2,8 +2,9 @@
 
 Pure functions of arrays over the evaluation bars, for every policy alike:
 
-- ``p_up[t]``: the probability the policy served at bar t (NaN: no prediction,
-  the position is flat and the bar does not count for accuracy);
+- ``p_up[t]``: what the policy served at bar t, P(up) or a predicted return (NaN: no
+  prediction, the position is flat and the bar does not count for accuracy); ``centre``
+  is the value that calls no direction (0.5 for P(up), 0 for a return);
 - ``ret[t]``: the next bar's simple return, close[t+1] / close[t] - 1 (the move
   the prediction at t is about), so nothing after bar t+1 enters bar t's score.
 
@@ -60,9 +61,11 @@ class Scores:
         return asdict(self)
 
 
-def signals(p_up: FloatArray, long_above: float, short_below: float) -> FloatArray:
+def signals(
+    p_up: FloatArray, long_above: float, short_below: float, centre: float = 0.5
+) -> FloatArray:
     """+1 / -1 / 0 per bar; 0 where there is no prediction."""
-    p = np.nan_to_num(p_up, nan=0.5)
+    p = np.nan_to_num(p_up, nan=centre)
     out: FloatArray = np.where(p > long_above, 1.0, np.where(p < short_below, -1.0, 0.0))
     return out
 
@@ -91,12 +94,13 @@ def score(
     short_below: float,
     cost_bps: float,
     periods_per_year: float,
+    centre: float = 0.5,
 ) -> Scores:
     """Scores of one policy (see the module docstring)."""
-    position = signals(p_up, long_above, short_below)
+    position = signals(p_up, long_above, short_below, centre)
     daily = pnl(position, ret, cost_bps)
     counted = ~np.isnan(p_up) & (ret != 0)
-    correct = int(np.sum((p_up[counted] > 0.5) == (ret[counted] > 0)))
+    correct = int(np.sum((p_up[counted] > centre) == (ret[counted] > 0)))
     n = int(counted.sum())
     equity = np.cumprod(1.0 + daily)
     peaks = np.maximum.accumulate(np.concatenate(([1.0], equity)))[1:]
@@ -122,11 +126,13 @@ def score(
     )
 
 
-def rolling_accuracy(p_up: FloatArray, ret: FloatArray, window: int) -> FloatArray:
+def rolling_accuracy(
+    p_up: FloatArray, ret: FloatArray, window: int, centre: float = 0.5
+) -> FloatArray:
     """At each bar, the accuracy over the counted bars among the last ``window`` bars (NaN
     where there are none)."""
     counted = ~np.isnan(p_up) & (ret != 0)
-    hits = np.where(counted, ((p_up > 0.5) == (ret > 0)).astype(np.float64), 0.0)
+    hits = np.where(counted, ((p_up > centre) == (ret > 0)).astype(np.float64), 0.0)
     c_hits, c_n = np.cumsum(hits), np.cumsum(counted.astype(np.float64))
     lag_hits = np.concatenate((np.zeros(window), c_hits[:-window])) if window < len(hits) else 0
     lag_n = np.concatenate((np.zeros(window), c_n[:-window])) if window < len(hits) else 0

@@ -24,6 +24,7 @@ from daemon.settings import Settings
 from daemon.store.bars import BarStore
 from trainers.data import Bars, validate_symbol
 from trainers.errors import InsufficientDataError
+from trainers.targets import RETURN
 
 
 def load_bars(settings: Settings, symbol: str, csv: Path | None) -> Bars:
@@ -48,7 +49,11 @@ def backtest(
     bars = load_bars(settings, symbol, csv)
     if len(bars) <= settings.min_bars:  # the lifecycle would never train
         raise InsufficientDataError(f"a backtest of {symbol}", len(bars), settings.min_bars + 1)
-    costs = Costs(settings.signal_long_above, settings.signal_short_below, cost_bps)
+    if settings.target == RETURN:
+        edge = settings.signal_return_threshold
+        costs = Costs(edge, -edge, cost_bps, centre=0.0)
+    else:
+        costs = Costs(settings.signal_long_above, settings.signal_short_below, cost_bps)
     if sys.stdout.isatty():
         with Progress(
             "[progress.description]{task.description}",

@@ -78,7 +78,7 @@ class Checkpointer(Loop):
             return written
 
     def _save(self, symbol: str) -> int:
-        checkpoint = take_checkpoint(self._log, symbol)
+        checkpoint = take_checkpoint(self._log, symbol, self._scorer.horizon)
         if checkpoint is None or checkpoint.state.last_ts == self._saved.get(symbol):
             return 0
         self._registry.save_trial(symbol, checkpoint.to_dict())

@@ -33,7 +33,7 @@ from daemon.settings import Settings
 from deploy.live_state import LiveUpdate
 from deploy.scoring import LiveModel
 from deploy.trial import Prediction, Slot
-from trainers.features import FEATURE_SPEC
+from trainers.targets import RETURN
 
 _log = get_logger(component="publish")
 
@@ -52,7 +52,11 @@ class PredictionRecord:
     served: bool
     version: str
     trainer: str | None
-    p_up: float
+    target: str
+    """``direction`` (``p_up`` set) or ``return`` (``predicted_return`` set, a log return
+    over ``horizon_bars``); the other field is null."""
+    p_up: float | None
+    predicted_return: float | None
     signal: int
     model_age_seconds: float | None
     produced_at: float
@@ -68,9 +72,9 @@ class PredictionRecord:
         return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False).encode()
 
 
-def signal_of(p_up: float, long_above: float, short_below: float) -> int:
+def signal_of(value: float, long_above: float, short_below: float) -> int:
     """+1 (long) above ``long_above``, -1 (short) below ``short_below``, else 0 (flat)."""
-    return 1 if p_up > long_above else -1 if p_up < short_below else 0
+    return 1 if value > long_above else -1 if value < short_below else 0
 
 
 def routes_to_shadow(symbol: str, ts: int, share: float) -> bool:
@@ -101,7 +105,12 @@ class PredictionPublisher:
         metrics: Metrics,
     ) -> None:
         self._producer, self._topic = producer, settings.topic_predictions
-        self._long, self._short = settings.signal_long_above, settings.signal_short_below
+        self._target, self._horizon = settings.target, settings.horizon_bars
+        if self._target == RETURN:
+            edge = settings.signal_return_threshold
+            self._long, self._short = edge, -edge
+        else:
+            self._long, self._short = settings.signal_long_above, settings.signal_short_below
         self._share = settings.canary_share
         self._model, self._metrics = model, metrics
         self._latest: dict[str, PredictionRecord] = {}
@@ -140,13 +149,15 @@ class PredictionPublisher:
                 PredictionRecord(
                     symbol=symbol,
                     ts=ts,
-                    horizon_bars=FEATURE_SPEC.label_horizon,
+                    horizon_bars=self._horizon,
                     slot=slot,
                     served=slot == served,
                     version=p.version,
                     trainer=None if model is None else model.trainer,
-                    p_up=p.proba_up,
-                    signal=signal_of(p.proba_up, self._long, self._short),
+                    target=self._target,
+                    p_up=None if self._target == RETURN else p.value,
+                    predicted_return=p.value if self._target == RETURN else None,
+                    signal=signal_of(p.value, self._long, self._short),
                     model_age_seconds=None if created is None else round(now - created, 3),
                     produced_at=now,
                 )

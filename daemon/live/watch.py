@@ -44,7 +44,8 @@ def _drift(s: Settings, meta: ModelMetadata) -> LiveMonitor:
 
 
 def _decay(s: Settings, meta: ModelMetadata) -> LiveMonitor | None:
-    expected = meta.test_accuracy
+    # Live outcomes are hits (deploy.live): the test rate of the same kind is the promise.
+    expected = meta.test_hit_rate
     if expected is None:
         return None
     monitor = DecayMonitor(

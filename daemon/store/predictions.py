@@ -28,36 +28,63 @@ from daemon.store.sqlite import SqliteFile, open_sqlite
 from deploy.trial import SLOTS, LogWrite, Prediction, Slot, TrialState
 from trainers.data import validate_symbol
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
-_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS predictions (
+_COLUMNS: Final = """(
     symbol TEXT NOT NULL,
     bar_ts INTEGER NOT NULL,
     slot TEXT NOT NULL CHECK (slot IN ('champion', 'shadow')),
     version TEXT NOT NULL,
-    proba REAL NOT NULL CHECK (proba >= 0 AND proba <= 1),
-    label INTEGER CHECK (label IN (0, 1)),
+    value REAL NOT NULL,
+    outcome REAL,
     resolved_at REAL,
     PRIMARY KEY (symbol, bar_ts, slot)
 ) WITHOUT ROWID;
+"""
+"""The predictions table. ``value``: P(up) or a predicted log return; ``outcome``: the label
+or the realised log return (``deploy.trial``). Version 1 held P(up) in ``proba`` (checked in
+[0, 1]) and a 0/1 ``label``; version 2 holds either target."""
+
+_INDEXES: Final = """
 CREATE INDEX IF NOT EXISTS predictions_by_version ON predictions (symbol, version, bar_ts);
 CREATE INDEX IF NOT EXISTS predictions_unresolved ON predictions (symbol, bar_ts)
-    WHERE label IS NULL;
+    WHERE outcome IS NULL;
+"""
+
+_MIGRATIONS: Final = {
+    # Constants only (S608 sees SQL built by concatenation).
+    1: "CREATE TABLE predictions_v2 "  # noqa: S608
+    + _COLUMNS
+    + """
+INSERT INTO predictions_v2 SELECT symbol, bar_ts, slot, version, proba, label, resolved_at
+    FROM predictions;
+DROP TABLE predictions;
+ALTER TABLE predictions_v2 RENAME TO predictions;
+"""
+    + _INDEXES,
+}
+"""Version -> the script to the next (``daemon.store.sqlite.open_sqlite``)."""
+
+_SCHEMA: Final = (
+    "CREATE TABLE IF NOT EXISTS predictions "
+    + _COLUMNS
+    + _INDEXES
+    + """
 CREATE TABLE IF NOT EXISTS trials (
     symbol TEXT PRIMARY KEY,
     state TEXT NOT NULL,
     updated_at REAL NOT NULL
 ) WITHOUT ROWID;
 """
+)
 
 _INSERT: Final = """
-INSERT INTO predictions (symbol, bar_ts, slot, version, proba) VALUES (?, ?, ?, ?, ?)
+INSERT INTO predictions (symbol, bar_ts, slot, version, value) VALUES (?, ?, ?, ?, ?)
 ON CONFLICT (symbol, bar_ts, slot) DO NOTHING
 """
 _RESOLVE: Final = """
-UPDATE predictions SET label = ?, resolved_at = ?
-WHERE symbol = ? AND bar_ts = ? AND label IS NULL
+UPDATE predictions SET outcome = ?, resolved_at = ?
+WHERE symbol = ? AND bar_ts = ? AND outcome IS NULL
 """
 _SAVE_STATE: Final = """
 INSERT INTO trials (symbol, state, updated_at) VALUES (?, ?, ?)
@@ -87,7 +114,11 @@ class PredictionStore(SqliteFile):
 
     def _open(self) -> sqlite3.Connection:
         return open_sqlite(
-            self.path, schema=_SCHEMA, schema_version=SCHEMA_VERSION, synchronous="NORMAL"
+            self.path,
+            schema=_SCHEMA,
+            schema_version=SCHEMA_VERSION,
+            synchronous="NORMAL",
+            migrations=_MIGRATIONS,
         )
 
     def load_state(self, symbol: str) -> TrialState | None:
@@ -107,8 +138,8 @@ class PredictionStore(SqliteFile):
     def unresolved(self, symbol: str, before_ts: int | None = None) -> list[Prediction]:
         validate_symbol(symbol)
         sql = (
-            "SELECT bar_ts, slot, version, proba FROM predictions"
-            " WHERE symbol = ? AND label IS NULL"
+            "SELECT bar_ts, slot, version, value FROM predictions"
+            " WHERE symbol = ? AND outcome IS NULL"
         )
         args: tuple[object, ...] = (symbol,)
         if before_ts is not None:
@@ -118,16 +149,16 @@ class PredictionStore(SqliteFile):
             rows = conn.execute(sql + " ORDER BY bar_ts, slot", args).fetchall()
         return [Prediction(int(ts), _slot(slot), str(v), float(p)) for ts, slot, v, p in rows]
 
-    def recent_outcomes(self, symbol: str, version: str, limit: int) -> list[tuple[float, int]]:
+    def recent_outcomes(self, symbol: str, version: str, limit: int) -> list[tuple[float, float]]:
         validate_symbol(symbol)
         with self._connection("recent_outcomes") as conn:
             rows = conn.execute(
-                "SELECT proba, label FROM predictions"
-                " WHERE symbol = ? AND version = ? AND label IS NOT NULL"
+                "SELECT value, outcome FROM predictions"
+                " WHERE symbol = ? AND version = ? AND outcome IS NOT NULL"
                 " ORDER BY bar_ts DESC LIMIT ?",
                 (symbol, version, limit),
             ).fetchall()
-        return [(float(p), int(label)) for p, label in reversed(rows)]
+        return [(float(v), float(outcome)) for v, outcome in reversed(rows)]
 
     def commit(self, writes: Sequence[LogWrite]) -> None:
         for write in writes:
@@ -144,13 +175,10 @@ class PredictionStore(SqliteFile):
                     # Inserts first: a batch resolves predictions it made itself on earlier bars.
                     conn.executemany(
                         _INSERT,
-                        [
-                            (w.symbol, p.bar_ts, p.slot, p.version, p.proba_up)
-                            for p in w.predictions
-                        ],
+                        [(w.symbol, p.bar_ts, p.slot, p.version, p.value) for p in w.predictions],
                     )
                     conn.executemany(
-                        _RESOLVE, [(r.label, now, w.symbol, r.bar_ts) for r in w.resolutions]
+                        _RESOLVE, [(r.outcome, now, w.symbol, r.bar_ts) for r in w.resolutions]
                     )
                 conn.executemany(_SAVE_STATE, states)
                 conn.execute("COMMIT")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Final, Literal
@@ -29,8 +29,13 @@ def open_sqlite(
     schema_version: int,
     synchronous: Literal["FULL", "NORMAL"],
     read_only: bool = False,
+    migrations: Mapping[int, str] | None = None,
 ) -> sqlite3.Connection:
     """A WAL connection with ``schema`` created on first use and its version checked.
+
+    ``migrations[k]`` is the script that takes a file from version ``k`` to ``k + 1``;
+    an older file is brought up to ``schema_version`` in one transaction (a crash leaves
+    it at its old version, migrated again next time).
 
     Autocommit: transactions are explicit (BEGIN IMMEDIATE) so their extent is
     visible. Read-only connections open the file with ``mode=ro`` and create
@@ -54,6 +59,17 @@ def open_sqlite(
             # One script: executescript would commit a transaction opened outside it.
             conn.executescript(
                 f"BEGIN IMMEDIATE; {schema} PRAGMA user_version = {schema_version}; COMMIT;"
+            )
+        elif version < schema_version and not read_only and migrations:
+            steps = [migrations.get(v) for v in range(version, schema_version)]
+            if any(step is None for step in steps):
+                raise sqlite3.DatabaseError(
+                    f"schema version {version}, this ctd reads version {schema_version} and "
+                    f"cannot migrate from {version}"
+                )
+            conn.executescript(
+                f"BEGIN IMMEDIATE; {' '.join(str(step) for step in steps)} "
+                f"PRAGMA user_version = {schema_version}; COMMIT;"
             )
         elif version != schema_version:
             raise sqlite3.DatabaseError(

@@ -18,7 +18,7 @@ from daemon.backtest.replay import Replay
 from daemon.kafka.bars import format_ts
 from daemon.settings import load_settings
 from trainers.data import Bars
-from trainers.synthetic import MarketGenerator, MarketSpec
+from trainers.synthetic import MarketGenerator, MarketSpec, planted_return_bars
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -51,12 +51,12 @@ def _csv(path: Path, bars: Bars) -> Path:
     return path
 
 
-def _backtest(tmp: Path, symbol: str, bars: Bars) -> dict[str, Any]:
+def _backtest(tmp: Path, symbol: str, bars: Bars, **env: str) -> dict[str, Any]:
     out = tmp / "out"
     proc = subprocess.run(
         [sys.executable, "-m", "daemon.cli", "backtest", "--symbol", symbol,
          "--csv", str(_csv(tmp / f"{symbol}.csv", bars)), "--out", str(out)],
-        env={**os.environ, "CTD_DATA_DIR": str(tmp / "data"), **ENV},
+        env={**os.environ, "CTD_DATA_DIR": str(tmp / "data"), **ENV, **env},
         capture_output=True,
         text=True,
         timeout=300,
@@ -121,3 +121,25 @@ def test_no_later_bar_changes_an_earlier_prediction(tmp_path: Path) -> None:
         a, b = served[: cut + 1], second.served[name][: cut + 1]
         assert np.array_equal(a, b, equal_nan=True), name
         assert not np.isnan(a).all(), f"{name} served nothing before the cut"
+
+
+def test_a_return_target_lifecycle_serves_predicted_returns_with_an_edge(tmp_path: Path) -> None:
+    """CTD_TARGET=return, 5-bar horizon, on a market whose 5-bar return depends on the
+    features: the lifecycle gets a return champion once its windows are long enough for the
+    Diebold-Mariano gate, its signal (the sign of the predicted return) calls the next bar
+    better than a coin (Wilson interval above 0.5), and every policy is scored around 0."""
+    bars = planted_return_bars(3500, horizon=5, strength=0.5, seed=6, bar_seconds=HOUR)
+    env = {
+        "CTD_TARGET": "return",
+        "CTD_HORIZON_BARS": "5",
+        "CTD_MIN_BARS": "2000",
+        "CTD_RETRAIN_EVERY_BARS": "500",
+        "CTD_TRAIN_WINDOW_BARS": "3000",
+    }
+    report = _backtest(tmp_path, "RETS", bars, **env)
+    assert report["costs"]["centre"] == 0.0
+    assert any(e["event"] == "champion_bootstrapped" for e in report["timeline"])
+    ctd = report["scores"]["ctd"]
+    assert ctd["predicted_bars"] >= 400, ctd
+    assert ctd["accuracy_ci"]["low"] > 0.5, ctd
+    assert report["scores"]["naive"]["predicted_bars"] > 0

@@ -51,10 +51,10 @@ def commit(
     store.commit([LogWrite(symbol, predictions, resolutions, st)])
 
 
-def labels(path: Path) -> list[tuple[int, str, int | None, bool]]:
+def labels(path: Path) -> list[tuple[int, str, float | None, bool]]:
     with sqlite3.connect(path) as conn:
         rows = conn.execute(
-            "SELECT bar_ts, slot, label, resolved_at IS NOT NULL FROM predictions"
+            "SELECT bar_ts, slot, outcome, resolved_at IS NOT NULL FROM predictions"
             " ORDER BY bar_ts, slot"
         ).fetchall()
     return [(int(a), str(b), c, bool(d)) for a, b, c, d in rows]
@@ -108,11 +108,11 @@ def test_an_existing_prediction_is_kept(store: PredictionStore) -> None:
     """Inserting a prediction for a (bar, slot) already logged keeps the first one."""
     commit(store, pair(60, champion=0.1), [], state(60))
     commit(store, pair(60, champion=0.9), [], state(60))
-    assert store.unresolved(SYMBOL)[0].proba_up == 0.1
+    assert store.unresolved(SYMBOL)[0].value == 0.1
 
 
 def test_recent_outcomes_are_the_newest_resolved_of_a_version(store: PredictionStore) -> None:
-    """recent_outcomes returns the newest resolved (proba, label) of one version, oldest first."""
+    """recent_outcomes returns the newest resolved (value, outcome) of one version, oldest first."""
     for i, ts in enumerate(range(60, 660, 60)):
         commit(
             store,
@@ -130,7 +130,7 @@ def test_failed_commit_writes_nothing(path: Path, store: PredictionStore) -> Non
     """A commit that fails part-way leaves every symbol's predictions, labels and state as
     before it."""
     commit(store, pair(60), [], state(60, n=3))
-    bad = [*pair(120), Prediction(180, "champion", V1, 1.5)]  # proba out of [0, 1]
+    bad = [*pair(120), Prediction(180, "champion", V1, float("nan"))]  # NaN is NULL: refused
     with pytest.raises(PredictionStoreError, match="commit"):
         store.commit(
             [
@@ -193,3 +193,52 @@ def test_bad_symbol_is_rejected(store: PredictionStore) -> None:
     """A symbol outside the whitelist never reaches SQL."""
     with pytest.raises(InvalidSymbolError):
         commit(store, [], [], state(60), symbol="../x")
+
+
+_V1_SCHEMA = """
+CREATE TABLE predictions (
+    symbol TEXT NOT NULL, bar_ts INTEGER NOT NULL,
+    slot TEXT NOT NULL CHECK (slot IN ('champion', 'shadow')), version TEXT NOT NULL,
+    proba REAL NOT NULL CHECK (proba >= 0 AND proba <= 1), label INTEGER CHECK (label IN (0, 1)),
+    resolved_at REAL, PRIMARY KEY (symbol, bar_ts, slot)
+) WITHOUT ROWID;
+CREATE INDEX predictions_by_version ON predictions (symbol, version, bar_ts);
+CREATE INDEX predictions_unresolved ON predictions (symbol, bar_ts) WHERE label IS NULL;
+CREATE TABLE trials (symbol TEXT PRIMARY KEY, state TEXT NOT NULL, updated_at REAL NOT NULL)
+    WITHOUT ROWID;
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_version_1_log_is_migrated_with_its_predictions_labels_and_trials(path: Path) -> None:
+    """A log written before return targets (P(up) in ``proba``, a 0/1 ``label``) opens as
+    version 2 with every row kept; it then takes return predictions and outcomes."""
+    path.parent.mkdir(parents=True)
+    with sqlite3.connect(path) as conn:
+        conn.executescript(_V1_SCHEMA)
+        conn.executemany(
+            "INSERT INTO predictions VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (SYMBOL, 60, "champion", V1, 0.4, 1, 5.0),
+                (SYMBOL, 60, "shadow", V2, 0.7, 1, 5.0),
+                (SYMBOL, 120, "champion", V1, 0.6, None, None),
+            ],
+        )
+        conn.execute("INSERT INTO trials VALUES (?, ?, ?)", (SYMBOL, '{"last_ts": 120}', 5.0))
+    store = PredictionStore(path)
+    try:
+        assert store.recent_outcomes(SYMBOL, V1, 10) == [(0.4, 1.0)]
+        assert store.unresolved(SYMBOL) == [Prediction(120, "champion", V1, 0.6)]
+        assert store.load_state(SYMBOL) == TrialState(120, None, None)
+        store.commit(
+            [LogWrite(SYMBOL, [Prediction(180, "champion", V1, -0.004)], [Resolution(120, -0.01)],
+                      state(180))]
+        )  # fmt: skip
+        assert store.recent_outcomes(SYMBOL, V1, 10) == [(0.4, 1.0), (0.6, -0.01)]
+        assert store.unresolved(SYMBOL) == [Prediction(180, "champion", V1, -0.004)]
+    finally:
+        store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert {"predictions_by_version", "predictions_unresolved"} <= indexes

@@ -90,6 +90,7 @@ def test_one_served_record_per_bar_and_a_header_to_drop_repeats(tmp_path: Path) 
     )
     assert publisher.publish([update]) == 3
     values = [m["value"] for m in producer.sent]
+    assert {(v["target"], v["predicted_return"]) for v in values} == {("direction", None)}
     assert [(v["ts"], v["slot"], v["served"]) for v in values] == [
         (60, "champion", True),
         (60, "shadow", False),
@@ -97,8 +98,8 @@ def test_one_served_record_per_bar_and_a_header_to_drop_repeats(tmp_path: Path) 
     ]
     first = values[0]
     assert list(first) == [
-        "symbol", "ts", "horizon_bars", "slot", "served", "version", "trainer", "p_up",
-        "signal", "model_age_seconds", "produced_at",
+        "symbol", "ts", "horizon_bars", "slot", "served", "version", "trainer", "target",
+        "p_up", "predicted_return", "signal", "model_age_seconds", "produced_at",
     ]  # fmt: skip
     assert (first["symbol"], first["version"], first["trainer"], first["signal"]) == (
         "AAPL",
@@ -127,3 +128,29 @@ def test_with_full_canary_share_the_shadow_is_served(tmp_path: Path) -> None:
         ("champion", False),
         ("shadow", True),
     ]
+
+
+def test_return_models_publish_a_predicted_return_and_its_signal(tmp_path: Path) -> None:
+    """With CTD_TARGET=return the record carries the predicted log return over the horizon
+    (p_up null) and the signal compares it with +/- signal_return_threshold."""
+    publisher, producer = _publisher(
+        tmp_path, target="return", horizon_bars=5, signal_return_threshold=0.001
+    )
+    update = LiveUpdate(
+        "AAPL",
+        scored=3,
+        ignored=0,
+        predictions=(
+            Prediction(60, "champion", "v1", 0.004),
+            Prediction(120, "champion", "v1", -0.0005),
+            Prediction(180, "champion", "v1", -0.002),
+        ),
+        resolved=0,
+    )
+    assert publisher.publish([update]) == 3
+    values = [m["value"] for m in producer.sent]
+    assert [(v["target"], v["horizon_bars"], v["p_up"]) for v in values] == [
+        ("return", 5, None)
+    ] * 3
+    assert [v["predicted_return"] for v in values] == [0.004, -0.0005, -0.002]
+    assert [v["signal"] for v in values] == [1, 0, -1]

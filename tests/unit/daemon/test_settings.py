@@ -89,6 +89,9 @@ def test_a_config_file_that_is_not_toml_is_named(
         ("CTD_MAX_FUTURE_SKEW_SECONDS", "-1"),
         ("CTD_MAX_JUMP_RATIO", "1"),  # every move would be a jump
         ("CTD_MAX_SYMBOLS", "0"),
+        ("CTD_TARGET", "price"),
+        ("CTD_HORIZON_BARS", "0"),
+        ("CTD_SIGNAL_RETURN_THRESHOLD", "-0.01"),
     ],
 )
 def test_bad_values_name_the_setting(
@@ -226,3 +229,13 @@ def test_the_mlflow_registry_mirror_needs_the_tracking_uri_and_a_usable_prefix()
         load_settings(mlflow_model_prefix="ctd/'")
     s = load_settings(mlflow_registry_mirror=True, mlflow_tracking_uri="http://127.0.0.1:5000")
     assert s.mlflow_registry_mirror and s.mlflow_model_prefix == "ctd-"
+
+
+def test_target_and_horizon_reach_every_training_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CTD_TARGET / CTD_HORIZON_BARS become the workers' TrainConfig (``ctd train``, ``ctd
+    tune``, the daemon's retrains and the backtest all read ``train_config``)."""
+    monkeypatch.setenv("CTD_TARGET", "return")
+    monkeypatch.setenv("CTD_HORIZON_BARS", "5")
+    config = load_settings().train_config
+    assert (config.target, config.horizon_bars) == ("return", 5)
+    assert (load_settings(target="direction").train_config.target) == "direction"

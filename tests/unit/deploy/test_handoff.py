@@ -82,3 +82,26 @@ def test_a_log_that_is_as_new_or_newer_is_not_overwritten() -> None:
 def test_a_malformed_checkpoint_is_a_value_error(doc: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         TrialCheckpoint.from_dict(doc)
+
+
+def test_with_a_longer_horizon_the_newest_horizon_bars_predictions_are_kept() -> None:
+    """A 3-bar horizon: the predictions of the three newest bars that have any still wait for
+    their outcome and go with the checkpoint; older unresolved ones never resolve and stay."""
+    log = MemoryPredictionLog()
+    made = [Prediction(ts, "champion", "v1", 0.001 * ts) for ts in (100, 200, 300, 400, 500)]
+    log.commit([LogWrite("AAA", made, (), _state(500))])
+    checkpoint = take_checkpoint(log, "AAA", horizon=3)
+    assert checkpoint is not None
+    assert [p.bar_ts for p in checkpoint.pending] == [300, 400, 500]
+    copy = TrialCheckpoint.from_dict(json.loads(json.dumps(checkpoint.to_dict())))
+    assert copy == checkpoint
+
+
+def test_a_checkpoint_written_before_return_targets_still_restores() -> None:
+    """Earlier releases named a pending prediction's value ``proba_up``."""
+    doc = {
+        "state": _state(500).to_dict(),
+        "pending": [{"bar_ts": 500, "slot": "champion", "version": "v1", "proba_up": 0.61}],
+    }
+    restored = TrialCheckpoint.from_dict(doc)
+    assert restored.pending == (Prediction(500, "champion", "v1", 0.61),)

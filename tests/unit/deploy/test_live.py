@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,13 +16,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from daemon.store.bars import BarStore
 from daemon.store.predictions import PredictionStore
-from deploy.live import LiveScorer, LiveUpdate, feature_tail
+from deploy.live import LiveScorer, feature_tail
 from deploy.registry import Registry
 from deploy.sequential import Decision, PairedSequentialTest, PromotionTestConfig
 from deploy.trial import StaleDecisionError, TrialDecision, apply_decision
 from tests.support.helpers import ledger
+from tests.support.live_rig import Rig, bar_slice
 from tests.support.metadata import write_sample_metadata
 from trainers.config import TrainConfig
 from trainers.data import BarRecord, Bars, bar_records
@@ -48,11 +47,6 @@ class Market:
     xgb: Path  # staging dirs: model.onnx + metadata.json
     naive: Path
     seq: Path
-
-
-def _slice(bars: Bars, start: int, stop: int) -> Bars:
-    s = slice(start, stop)
-    return Bars(bars.ts[s], bars.open[s], bars.high[s], bars.low[s], bars.close[s], bars.volume[s])
 
 
 def _concat(*parts: Bars) -> Bars:
@@ -113,55 +107,6 @@ def market(tmp_path_factory: pytest.TempPathFactory) -> Market:
     return Market(train, live, base / "xgb", naive, seq)
 
 
-class Rig:
-    """A bar store, a prediction log and a scorer on files under one directory; the daemon's
-    order per batch: store the bars, then score them."""
-
-    def __init__(self, root: Path, registry: Registry, market: Market) -> None:
-        self.root, self.registry, self.market = root, registry, market
-        self.store = BarStore(root / "bars.sqlite")
-        self.log = PredictionStore(root / "predictions.sqlite")
-        self.store.upsert(records(market.train))  # the champion's training history
-        self.scorer = self._scorer()
-
-    def _scorer(self, slots_poll_seconds: float = 1.0) -> LiveScorer:
-        return LiveScorer(
-            self.registry,
-            self.log,
-            lambda s, n: self.store.load(s, last_n=n),
-            CONFIG,
-            slots_poll_seconds=slots_poll_seconds,
-        )
-
-    def push(self, start: int, stop: int, batch: int = 10) -> list[LiveUpdate]:
-        """Store then score live bars [start, stop) in batches."""
-        out = []
-        for lo in range(start, stop, batch):
-            chunk = records(_slice(self.market.live, lo, min(lo + batch, stop)))
-            self.store.upsert(chunk)
-            out.append(self.scorer.on_bars(SYMBOL, chunk))
-        return out
-
-    def restart(self) -> None:
-        """Close everything and reopen on the same files, as a daemon restart does."""
-        self.store.close()
-        self.log.close()
-        self.store = BarStore(self.root / "bars.sqlite")
-        self.log = PredictionStore(self.root / "predictions.sqlite")
-        self.scorer = self._scorer()
-
-    def predictions(self) -> list[tuple[int, str, str, float, int | None]]:
-        with sqlite3.connect(self.root / "predictions.sqlite") as conn:
-            rows = conn.execute(
-                "SELECT bar_ts, slot, version, proba, label FROM predictions ORDER BY bar_ts, slot"
-            ).fetchall()
-        return [(int(a), str(b), str(c), float(d), e) for a, b, c, d, e in rows]
-
-    def close(self) -> None:
-        self.store.close()
-        self.log.close()
-
-
 def records(bars: Bars) -> list[BarRecord]:
     return bar_records(SYMBOL, bars)
 
@@ -171,9 +116,13 @@ def registry(tmp_path: Path) -> Registry:
     return Registry(tmp_path / "registry")
 
 
+def make_rig(root: Path, registry: Registry, market: Market) -> Rig:
+    return Rig(root, registry, SYMBOL, train=market.train, live=market.live, config=CONFIG)
+
+
 @pytest.fixture
 def rig(tmp_path: Path, registry: Registry, market: Market) -> Iterator[Rig]:
-    r = Rig(tmp_path / "data", registry, market)
+    r = make_rig(tmp_path / "data", registry, market)
     yield r
     r.close()
 
@@ -197,7 +146,7 @@ def run_to_decision(rig: Rig, limit: int = LIVE_BARS) -> tuple[TrialDecision, in
 
 
 def all_bars(market: Market, live_until: int) -> Bars:
-    return _concat(market.train, _slice(market.live, 0, live_until))
+    return _concat(market.train, bar_slice(market.live, 0, live_until))
 
 
 # --- features ---------------------------------------------------------------------------------
@@ -213,7 +162,7 @@ def test_feature_tail_equals_full_history_features(market: Market) -> None:
 
 def test_feature_tail_pads_short_history_with_nan(market: Market) -> None:
     """With fewer bars than the lookback, the missing rows are NaN and the shape is kept."""
-    short = _slice(market.train, 0, 10)
+    short = bar_slice(market.train, 0, 10)
     rows = feature_tail(short, 12)
     assert rows.shape == (12, N_FEATURES)
     assert np.isnan(rows).all()
@@ -254,10 +203,10 @@ def test_late_bar_inside_the_window_is_used_for_later_features(
     """A bar that arrives late (older than the newest) re-warms the buffer from the store, so
     later feature rows still equal training's on the stored history."""
     slot_pair(registry, market.xgb, None)
-    late = records(_slice(market.live, 20, 21))
+    late = records(bar_slice(market.live, 20, 21))
     rig.push(0, 20)
     for i in range(21, 40):
-        chunk = records(_slice(market.live, i, i + 1))
+        chunk = records(bar_slice(market.live, i, i + 1))
         rig.store.upsert(chunk)
         rig.scorer.on_bars(SYMBOL, chunk)
     rig.store.upsert(late)
@@ -300,7 +249,7 @@ def test_redelivered_bars_are_ignored(rig: Rig, registry: Registry, market: Mark
     slot_pair(registry, market.naive, market.xgb)
     rig.push(0, 30)
     before_rows, before_trial = rig.predictions(), rig.scorer.trial(SYMBOL)
-    again = records(_slice(market.live, 0, 30))
+    again = records(bar_slice(market.live, 0, 30))
     update = rig.scorer.on_bars(SYMBOL, again)
     assert (update.scored, update.ignored, update.predictions, update.resolved) == (0, 30, (), 0)
     assert rig.scorer.on_bars(SYMBOL, again[5:9]).ignored == 4
@@ -398,9 +347,9 @@ def test_restart_mid_trial_keeps_identical_evidence(
     """Stopping and restarting mid-trial ends with the same evidence, decision and log as
     never stopping."""
     slot_pair(registry, market.naive, market.xgb)
-    straight = Rig(tmp_path / "straight", registry, market)
+    straight = make_rig(tmp_path / "straight", registry, market)
     straight_updates = straight.push(0, 160)
-    restarted = Rig(tmp_path / "restarted", registry, market)
+    restarted = make_rig(tmp_path / "restarted", registry, market)
     restarted.push(0, 60)
     half = restarted.scorer.trial(SYMBOL)
     assert half is not None and half.evidence.n == 59
@@ -423,11 +372,11 @@ def test_bars_stored_but_not_scored_before_a_crash_are_caught_up(
     """Bars the store kept but the log never saw (crash between the two commits) are scored
     at restart, so the trial matches an uninterrupted one."""
     slot_pair(registry, market.naive, market.xgb)
-    straight = Rig(tmp_path / "straight", registry, market)
+    straight = make_rig(tmp_path / "straight", registry, market)
     straight.push(0, 95)
-    crashed = Rig(tmp_path / "crashed", registry, market)
+    crashed = make_rig(tmp_path / "crashed", registry, market)
     crashed.push(0, 50)
-    crashed.store.upsert(records(_slice(market.live, 50, 67)))  # the crash: never scored
+    crashed.store.upsert(records(bar_slice(market.live, 50, 67)))  # the crash: never scored
     crashed.restart()
     crashed.push(67, 95)
     assert crashed.scorer.trial(SYMBOL) == straight.scorer.trial(SYMBOL)
@@ -457,9 +406,9 @@ def test_failed_commit_is_caught_up_from_the_store(
     """A batch whose log commit fails raises, and the next batch scores its bars too, so
     evidence and log end as if nothing failed."""
     slot_pair(registry, market.naive, market.xgb)
-    straight = Rig(tmp_path / "straight", registry, market)
+    straight = make_rig(tmp_path / "straight", registry, market)
     straight.push(0, 90)
-    flaky = Rig(tmp_path / "flaky", registry, market)
+    flaky = make_rig(tmp_path / "flaky", registry, market)
     log = FailingCommits(flaky.log)
     flaky.scorer = LiveScorer(registry, log, lambda s, n: flaky.store.load(s, last_n=n), CONFIG)
     flaky.push(0, 40)
@@ -480,7 +429,7 @@ def test_one_bad_symbol_does_not_stop_the_batch(
 ) -> None:
     """A symbol that fails (here: not a valid symbol) is reported; the others are scored."""
     slot_pair(registry, market.naive, None)
-    chunk = records(_slice(market.live, 0, 5))
+    chunk = records(bar_slice(market.live, 0, 5))
     rig.store.upsert(chunk)
     bad, good = rig.scorer.on_batch({"bad/symbol": chunk, SYMBOL: chunk})
     assert bad.scored == 0 and "bad/symbol" in bad.errors[0]
