@@ -15,6 +15,12 @@ whole (features, both onnxruntime sessions, trial update, the log's commit); the
 log's commit is also timed on its own ("rest" = the call minus its commit:
 features, sessions, trial), since its fsync is the part a faster CPU does not
 shrink. The first 20 calls of each run are warm-up and not counted.
+
+Before the live runs, each pair's fast path is timed piecewise, bar by bar, side by side
+with the path as wired today (--fast-bars bars, interleaved, so CPU contention hits both
+alike): features by ``feature_tail`` vs ``trainers.features_stream.FeatureStream.push``
+(rows checked bit-identical), and champion + shadow by ``LiveModel.score`` vs
+``OnnxScorer.predict_latest`` (its bound-buffer one-row path).
 """
 
 from __future__ import annotations
@@ -34,12 +40,15 @@ from daemon.store.bars import BarStore
 from daemon.store.predictions import PredictionStore
 from deploy.live import LiveScorer
 from deploy.registry import Registry
+from deploy.scoring import LiveModel, feature_tail
 from deploy.sequential import PromotionTestConfig
 from deploy.trial import LogWrite, Prediction, TrialState
 from monitors.gates import GateConfig
 from trainers.config import TrainConfig
 from trainers.data import Bars, bar_records
 from trainers.features import FEATURE_SPEC, compute_features
+from trainers.features_stream import FeatureStream
+from trainers.onnx_io import OnnxScorer
 from trainers.pipeline import train_symbol
 from trainers.synthetic import MarketSpec, generate_bars
 
@@ -109,6 +118,46 @@ def feature_costs() -> str:
     return "features (best of 5): " + ", ".join(out)
 
 
+def fast_path_costs(scorers: Sequence[OnnxScorer], bars: Bars, n: int) -> list[str]:
+    """Per bar, interleaved: features and both sessions as live scoring runs them today
+    (feature_tail, LiveModel.score) beside the fast path (FeatureStream, predict_latest)."""
+    w = max(s.window for s in scorers)
+    models = [LiveModel(s, None) for s in scorers]
+    need = FEATURE_SPEC.lookback + w - 1
+    stream = FeatureStream.from_bars(slice_bars(bars, 0, need), keep=w)
+    cols = [getattr(bars, c).tolist() for c in ("ts", "open", "high", "low", "close", "volume")]
+    times: dict[str, list[float]] = {k: [] for k in ("tail", "stream", "score", "latest")}
+    clock = time.perf_counter
+    for i in range(need, need + n):
+        history = slice_bars(bars, i + 1 - need, i + 1)
+        t0 = clock()
+        rows = feature_tail(history, w)
+        t1 = clock()
+        row = stream.push(*(c[i] for c in cols))
+        t2 = clock()
+        fast_rows = stream.rows(w)
+        t3 = clock()
+        slow = [float(m.score(rows, 1)[0]) for m in models]
+        t4 = clock()
+        fast = [s.predict_latest(fast_rows) for s in scorers]
+        t5 = clock()
+        if not np.array_equal(row.view(np.uint64), rows[-1].view(np.uint64)) or fast != slow:
+            raise RuntimeError(f"fast path differs at bar {i}: {row} {rows[-1]} {fast} {slow}")
+        for key, dt in zip(times, (t1 - t0, t2 - t1 + t3 - t2, t4 - t3, t5 - t4), strict=True):
+            times[key].append(dt)
+    (tail50, tail99), (st50, st99), (sc50, sc99), (la50, la99) = (
+        percentiles(v[WARMUP_CALLS:]) for v in times.values()
+    )
+    return [
+        f"  fast path, {n} bars interleaved: features feature_tail p50 {tail50:.1f} p99 "
+        f"{tail99:.1f} us vs FeatureStream.push+rows p50 {st50:.1f} p99 {st99:.1f} us "
+        f"(x{tail50 / st50:.1f} p50, x{tail99 / st99:.1f} p99, rows bit-identical)",
+        f"  fast path: champion+shadow LiveModel.score p50 {sc50:.1f} p99 {sc99:.1f} us vs "
+        f"predict_latest p50 {la50:.1f} p99 {la99:.1f} us (x{sc50 / la50:.1f} p50, "
+        f"x{sc99 / la99:.1f} p99, same P(up))",
+    ]
+
+
 def bench_pair(trainer: str, args: argparse.Namespace, tmp: Path) -> list[str]:
     symbol = f"LIVE{trainer.upper()}"
     total = args.train_bars + args.bars * len(args.batches) + WARMUP_CALLS * sum(args.batches)
@@ -134,6 +183,9 @@ def bench_pair(trainer: str, args: argparse.Namespace, tmp: Path) -> list[str]:
         f"{trainer}{preset}: window {window}, trained in {fit_c:.1f} s / {fit_s:.1f} s "
         "(champion / shadow)"
     ]
+    if args.fast_bars:
+        scorers = [OnnxScorer(registry.model_path(symbol, v)) for v in (champion, shadow)]
+        lines += fast_path_costs(scorers, bars, args.fast_bars)
 
     log = TimedLog(PredictionStore(tmp / f"{trainer}-predictions.sqlite"))
     scorer = LiveScorer(registry, log, lambda s, n: store.load(s, last_n=n), NEVER_DECIDES)
@@ -181,6 +233,9 @@ def main() -> None:
     parser.add_argument("--pairs", default="xgboost,tcn,lstm")
     parser.add_argument("--preset", default="tiny", help="preset of the sequence models")
     parser.add_argument("--batches", default="1,10,100", help="bars per on_bars call")
+    parser.add_argument(
+        "--fast-bars", type=int, default=3000, help="bars for the fast-path comparison (0: skip)"
+    )
     args = parser.parse_args()
     args.batches = [int(b) for b in args.batches.split(",")]
     for size in args.batches:

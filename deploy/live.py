@@ -74,7 +74,7 @@ from deploy.live_state import (
 )
 from deploy.quarantine import STATE_ERRORS, Quarantine
 from deploy.registry import Registry
-from deploy.scoring import ACCURACY_WINDOW, LiveModel, ModelCache, feature_tail
+from deploy.scoring import ACCURACY_WINDOW, LiveModel, ModelCache
 from deploy.sequential import Decision, PromotionTestConfig
 from deploy.sequential_loss import loss_cap
 from deploy.trial import (
@@ -90,6 +90,7 @@ from deploy.trial_test import TrialTest, new_test
 from monitors.watch import LiveObservation
 from trainers.data import BarRecord, Bars, FloatArray, validate_symbol
 from trainers.features import FEATURE_SPEC
+from trainers.features_stream import FeatureStream
 from trainers.targets import DIRECTION, RETURN, Target, hit
 
 # --- per-symbol state ---------------------------------------------------------------------
@@ -360,6 +361,7 @@ class LiveScorer:
             else int(np.searchsorted(stored.ts, st.last_ts, side="right"))
         )
         st.buffer = bar_slice(stored, 0, cut).tail(self._capacity)
+        st.features = None
 
     # -- promote levels ----------------------------------------------------------------------
 
@@ -396,7 +398,6 @@ class LiveScorer:
         if not new:
             return Plan(symbol, st, len(old), ended)
 
-        k = len(new)
         arr = np.asarray(new, dtype=np.float64)
         batch = Bars(arr[:, 0].astype(np.int64), *(arr[:, j] for j in range(1, 6)))
         combined = concat(st.buffer, batch)
@@ -408,11 +409,9 @@ class LiveScorer:
                 models[slot] = (version, model)
         probas: dict[Slot, FloatArray] = {}
         rows_of_new: FloatArray | None = None
+        stream = None
         if models:
-            width = max(m.window for _, m in models.values())
-            features = feature_tail(combined, k + width - 1)
-            probas = {s: m.score(features, k) for s, (_, m) in models.items()}
-            rows_of_new = features[len(features) - k :]
+            stream, rows_of_new, probas = self._score(st, new, models)
 
         counting, problem = trial_counting(self.policy, symbol, st.trial)
         problems = tuple(p for p in (problem, stale if st.trial else None) if p)
@@ -437,8 +436,27 @@ class LiveScorer:
             write = LogWrite(symbol, walk.predictions, walk.resolutions, state)
         observed = tuple(observations)
         return Plan(
-            symbol, st, len(old), ended, len(new), combined, walk, write, observed, problems
+            symbol, st, len(old), ended, len(new), combined, walk, write, observed, problems, stream
         )
+
+    def _score(
+        self, st: SymbolState, new: list[Row], models: Mapping[Slot, tuple[str, LiveModel]]
+    ) -> tuple[FeatureStream, FloatArray, dict[Slot, FloatArray]]:
+        """The features after the new bars, their rows, and each slot's predictions.
+
+        Features are incremental (O(1) per bar, bit-identical to ``compute_features`` over
+        the history), on a copy: memory follows the log only after the commit.
+        """
+        width = max(m.window for _, m in models.values())
+        stream = (
+            st.features.copy()
+            if st.features is not None
+            else FeatureStream.from_bars(st.buffer, keep=self._max_window)
+        )
+        prior = stream.rows(width - 1)
+        rows = np.array([stream.push(*row) for row in new])
+        features = np.vstack((prior, rows)) if width > 1 else rows
+        return stream, rows, {s: m.score(features, len(new)) for s, (_, m) in models.items()}
 
     def _apply(self, plan: Plan) -> LiveUpdate:
         """After a successful commit: memory follows the log."""
@@ -446,6 +464,8 @@ class LiveScorer:
         decision = None
         if walk is not None and plan.combined is not None:
             st.buffer = plan.combined.tail(self._capacity)
+            # None (no model scored): seeded from the buffer when one does.
+            st.features = plan.stream
             st.last_ts = int(plan.combined.ts[-1])
             st.pending = walk.pending
             for version, ok in walk.outcomes:

@@ -21,6 +21,7 @@ from deploy.trial import LogWrite, Prediction, Resolution, Slot, TrialDecision, 
 from deploy.trial_test import TrialTest, test_from_dict
 from monitors.watch import LiveObservation
 from trainers.data import Bars
+from trainers.features_stream import FeatureStream
 from trainers.targets import DIRECTION, Target, hit, realised
 
 Row = tuple[int, float, float, float, float, float]
@@ -67,6 +68,8 @@ class SymbolState:
     trial: Trial | None = None
     catch_up: list[Row] = field(default_factory=list)
     slots_read_at: float = 0.0
+    features: FeatureStream | None = None
+    """Incremental features of the buffer's bars (None: to be seeded from the buffer)."""
 
     def version(self, slot: Slot) -> str | None:
         return self.champion if slot == "champion" else self.shadow
@@ -251,6 +254,8 @@ class Plan:
     observations: tuple[LiveObservation, ...] = ()
     problems: tuple[str, ...] = ()
     """For ``LiveUpdate.errors``: the trial's promote level could not be set or refreshed."""
+    stream: FeatureStream | None = None
+    """The features after the batch's bars (None when no model scored them)."""
 
 
 def bar_slice(bars: Bars, start: int, stop: int) -> Bars:

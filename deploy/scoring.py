@@ -9,6 +9,7 @@ version in one call.
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Final
@@ -18,6 +19,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from deploy.registry import Registry
 from trainers.data import Bars, FloatArray
+from trainers.errors import InvalidInputError
 from trainers.features import FEATURE_SPEC, compute_features
 from trainers.onnx_io import OnnxScorer
 from trainers.targets import DIRECTION, Target
@@ -59,12 +61,17 @@ class LiveModel:
         is not finite (too little history, a broken model): no prediction is logged."""
         w = self.window
         rows = rows[len(rows) - (k + w - 1) :]
-        # Sequence models take, per bar, the window of feature rows ending at it.
-        inputs = rows if w == 1 else sliding_window_view(rows, w, axis=0).transpose(0, 2, 1)
-        finite = np.isfinite(inputs.reshape(k, -1)).all(axis=1)
         out = np.full(k, np.nan)
-        if finite.any():
-            out[finite] = self.scorer.predict(inputs[finite])
+        if k == 1:  # the live path's common case: the session's pre-bound one-row call
+            if np.isfinite(rows).all():
+                with contextlib.suppress(InvalidInputError):  # beyond float32: no prediction
+                    out[0] = self.scorer.predict_latest(rows)
+        else:
+            # Sequence models take, per bar, the window of feature rows ending at it.
+            inputs = rows if w == 1 else sliding_window_view(rows, w, axis=0).transpose(0, 2, 1)
+            finite = np.isfinite(inputs.reshape(k, -1)).all(axis=1)
+            if finite.any():
+                out[finite] = self.scorer.predict(inputs[finite])
         out[~np.isfinite(out)] = np.nan
         if self.target == DIRECTION:
             np.clip(out, 0.0, 1.0, out=out)

@@ -6,6 +6,7 @@ scoring, so a model is judged by exactly the code path that will run it.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,9 @@ class OnnxScorer:
     """
 
     def __init__(self, path: Path, *, intra_op_threads: int = 1) -> None:
+        # Measured on one-row calls (xgboost, 1 thread): turning off spinning, the memory
+        # arena, or graph optimisations beyond the default changed nothing; there is no
+        # thread pool to spin at one thread.
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
@@ -59,6 +63,16 @@ class OnnxScorer:
         self.output_name: str = PROBABILITIES_OUTPUT if PROBABILITIES_OUTPUT in names else names[0]
         # A model names what it predicts: an output "prediction" is a forward return.
         self.target: Target = RETURN if self.output_name == PREDICTION_OUTPUT else DIRECTION
+        # predict_latest's one-row path: its input bound once, so a call copies the rows in
+        # and runs (p50 -16% for xgboost, -9% for a tcn). The lock guards the buffer; a caller that
+        # finds it taken uses session.run instead of waiting.
+        one = (1, self.n_features) if self.window == 1 else (1, self.window, self.n_features)
+        self._one = np.zeros(one, np.float32)
+        self._one_rows = self._one.reshape(self.window, self.n_features)  # a view of it
+        self._binding = self._session.io_binding()
+        self._binding.bind_cpu_input(self.input_name, self._one)
+        self._binding.bind_output(self.output_name)
+        self._one_lock = threading.Lock()
 
     def predict(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """(n,) float64: P(up) of a direction model, the predicted return of a return model."""
@@ -75,6 +89,9 @@ class OnnxScorer:
     def _run(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
         rows = as_model_input(x, self.n_features, self.window)
         (out,) = self._session.run([self.output_name], {self.input_name: rows})
+        return self._output(out)
+
+    def _output(self, out: Any) -> npt.NDArray[np.float64]:
         arr: npt.NDArray[Any] = np.asarray(out)
         if arr.ndim == 2 and arr.shape[1] == 2:
             arr = arr[:, 1]
@@ -88,13 +105,17 @@ class OnnxScorer:
         return arr.astype(np.float64)
 
     def predict_latest(self, feature_rows: npt.ArrayLike) -> float:
-        """P(up) of the LAST of ``feature_rows`` (``(rows, n_features)``, oldest first).
+        """The prediction (P(up), or a return model's return) for the LAST of ``feature_rows``
+        (``(rows, n_features)``, oldest first).
 
         Needs at least ``window`` rows (only the last ``window`` are used) and
         finite values in them; raises ``InvalidInputError`` naming the problem
         otherwise. This is live scoring's entry point: pass the newest feature
         rows of a symbol, whatever the model's window.
         """
+        fast = self._predict_one(feature_rows)
+        if fast is not None:
+            return fast
         rows = np.asarray(feature_rows, dtype=np.float32)
         if rows.ndim != 2 or rows.shape[1] != self.n_features:
             raise InvalidInputError(
@@ -113,6 +134,31 @@ class OnnxScorer:
             )
         batch = latest if self.window == 1 else latest[None, :, :]
         return float(self._run(batch)[0])
+
+    def _predict_one(self, feature_rows: npt.ArrayLike) -> float | None:
+        """``predict_latest`` through the bound input buffer; None when the slow path must
+        answer: not a float array of the right shape, a non-finite value (the slow path
+        names it), or the buffer in use by another thread."""
+        x = feature_rows
+        if (
+            not isinstance(x, np.ndarray)
+            or x.dtype.kind != "f"
+            or x.ndim != 2
+            or x.shape[1] != self.n_features
+            or len(x) < self.window
+            or not self._one_lock.acquire(blocking=False)
+        ):
+            return None
+        try:
+            # The same float32 rounding as np.asarray(x, dtype=np.float32).
+            np.copyto(self._one_rows, x[len(x) - self.window :], casting="unsafe")
+            if not np.isfinite(self._one_rows).all():
+                return None
+            self._session.run_with_iobinding(self._binding)
+            (out,) = self._binding.copy_outputs_to_cpu()
+        finally:
+            self._one_lock.release()
+        return float(self._output(out)[0])
 
 
 def max_abs_diff(model: FittedModel, scorer: OnnxScorer, x: npt.ArrayLike) -> float:

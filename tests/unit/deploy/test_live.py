@@ -17,8 +17,9 @@ import pytest
 from onnx import TensorProto, helper
 
 from daemon.store.predictions import PredictionStore
-from deploy.live import LiveScorer, feature_tail
+from deploy.live import LiveScorer
 from deploy.registry import Registry
+from deploy.scoring import feature_tail
 from deploy.sequential import Decision, PairedSequentialTest, PromotionTestConfig
 from deploy.trial import StaleDecisionError, TrialDecision, apply_decision
 from tests.support.helpers import ledger

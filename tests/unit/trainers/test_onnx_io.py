@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -291,3 +292,62 @@ def test_check_parity_on_windows(tmp_path):
     model.export_onnx(path)
     batch = np.stack([SERIES[i : i + WINDOW] for i in range(6)])
     assert check_parity(model, path, batch, tolerance=1e-4) < 1e-6
+
+
+# --- predict_latest's one-row path (bound input buffer) ------------------------------
+
+
+def scorers(tmp_path: Path) -> list[OnnxScorer]:
+    naive = tmp_path / "naive.onnx"
+    NaiveModel(0.25, N_FEATURES).export_onnx(naive)
+    return [
+        OnnxScorer(sigmoid_model(tmp_path / "m.onnx", ["N", 1])),
+        OnnxScorer(sigmoid_model(tmp_path / "flat.onnx", ["N"])),
+        OnnxScorer(naive),
+        OnnxScorer(window_model(tmp_path / "w.onnx")),
+    ]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.int64, object])
+def test_predict_latest_equals_a_batch_of_one_bit_for_bit(tmp_path, dtype):
+    """The bound-buffer path gives exactly predict_proba's value on the same last window,
+    for every output shape, window and input dtype (the slow path takes the others)."""
+    series = (np.random.default_rng(2).normal(size=(40, N_FEATURES)) * 3).astype(dtype)
+    for scorer in scorers(tmp_path):
+        w = scorer.window
+        for end in range(w, len(series) + 1):
+            rows = series[:end]
+            window = np.asarray(rows[end - w :], dtype=np.float32)
+            batch = window if w == 1 else window[None]
+            assert scorer.predict_latest(rows) == scorer.predict_proba(batch)[0]
+
+
+def test_predict_latest_from_many_threads_gives_each_its_own_answer(tmp_path):
+    """Threads racing for the bound buffer each get their rows' value (the losers take
+    session.run)."""
+    scorer = OnnxScorer(window_model(tmp_path / "w.onnx"))
+    series = np.random.default_rng(3).normal(size=(400, N_FEATURES))
+    want = [scorer.predict_latest(series[: i + WINDOW]) for i in range(len(series) - WINDOW)]
+
+    def score(offset: int) -> list[float]:
+        return [
+            scorer.predict_latest(series[: i + WINDOW])
+            for i in range(offset, len(series) - WINDOW, 4)
+        ]
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(score, range(4)))
+    for offset, got in enumerate(results):
+        assert got == want[offset::4]
+
+
+def test_predict_latest_rejects_a_window_beyond_float32(tmp_path):
+    """A float64 value that is infinite in float32 is refused, as the cast makes it."""
+    scorer = OnnxScorer(sigmoid_model(tmp_path / "m.onnx", ["N", 1]))
+    rows = ROWS.copy()
+    rows[-1, 2] = 1e39
+    with (
+        pytest.warns(RuntimeWarning, match="overflow"),
+        pytest.raises(InvalidInputError, match="non-finite value in feature 2: inf"),
+    ):
+        scorer.predict_latest(rows)
