@@ -73,7 +73,7 @@ class TimedLog:
     def unresolved(self, symbol: str, before_ts: int | None = None) -> list[Prediction]:
         return self.store.unresolved(symbol, before_ts)
 
-    def recent_outcomes(self, symbol: str, version: str, limit: int) -> list[tuple[float, int]]:
+    def recent_outcomes(self, symbol: str, version: str, limit: int) -> list[tuple[float, float]]:
         return self.store.recent_outcomes(symbol, version, limit)
 
     def commit(self, writes: Sequence[LogWrite]) -> None:

@@ -22,7 +22,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Final
 
 from kafka import KafkaProducer
@@ -66,10 +66,15 @@ class PredictionRecord:
         return f"{self.symbol}:{self.ts}:{self.version}"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Field by field: ``asdict`` (recursive copies) was a tenth of the live path's CPU.
+        return {name: getattr(self, name) for name in _RECORD_FIELDS}
 
     def to_json(self) -> bytes:
-        return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False).encode()
+        return _ENCODER.encode(self.to_dict()).encode()
+
+
+_RECORD_FIELDS: Final = tuple(f.name for f in fields(PredictionRecord))
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 def signal_of(value: float, long_above: float, short_below: float) -> int:
