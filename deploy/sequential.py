@@ -168,6 +168,25 @@ def log_threshold(alpha: float) -> float:
     return math.log(1.0 / alpha)
 
 
+def decide(
+    n: int,
+    log_better: float,
+    log_worse: float,
+    config: PromotionTestConfig,
+    promote_alpha: float | None,
+) -> Decision:
+    """The decision after ``n >= min_samples`` bars from the two log e-values: REJECT when
+    "not worse" is refuted at ``alpha`` (checked first), PROMOTE when "not better" is at
+    ``promote_alpha`` (default ``alpha``), REJECT at ``max_samples``, else CONTINUE."""
+    threshold = log_threshold(config.alpha)
+    promote_at = threshold if promote_alpha is None else log_threshold(promote_alpha)
+    if log_worse >= threshold:
+        return Decision.REJECT
+    if log_better >= promote_at:
+        return Decision.PROMOTE
+    return Decision.REJECT if n >= config.max_samples else Decision.CONTINUE
+
+
 def e_value(log_e: float) -> float:
     """A natural-log e-value as a finite number for reports (capped at 1e300)."""
     return min(math.exp(min(log_e, 700.0)), _E_VALUE_CAP)
@@ -252,20 +271,9 @@ class PairedSequentialTest:
         self._shadow_only += s and not c
         self._champion_only += c and not s
 
-        cfg = self._config
-        if self._n < cfg.min_samples:
-            return self._decision
-        better, worse = self._log_e_values()
-        threshold = log_threshold(cfg.alpha)
-        promote_at = threshold if promote_alpha is None else log_threshold(promote_alpha)
-        # REJECT is checked first; both crossing at once is impossible (they need
-        # shadow_only > champion_only and the reverse).
-        if worse >= threshold:
-            self._decision = Decision.REJECT
-        elif better >= promote_at:
-            self._decision = Decision.PROMOTE
-        elif self._n >= cfg.max_samples:
-            self._decision = Decision.REJECT
+        if self._n >= self._config.min_samples:
+            # Both cannot cross at once (they need shadow_only > champion_only and the reverse).
+            self._decision = decide(self._n, *self._log_e_values(), self._config, promote_alpha)
         return self._decision
 
     def observe(

@@ -39,9 +39,9 @@ from deploy.sequential import (
     Evidence,
     FloatArray,
     PromotionTestConfig,
+    decide,
     e_value,
     log_mean_exp,
-    log_threshold,
 )
 from trainers.targets import RETURN, hit
 
@@ -175,20 +175,10 @@ class PairedLossTest:
         self._champion_loss_sum += champion_loss
         self._shadow_loss_sum += shadow_loss
 
-        cfg = self._config
-        if self._n < cfg.min_samples:
-            return self._decision
-        better, worse = self._log_e_values()
-        threshold = log_threshold(cfg.alpha)
-        promote_at = threshold if promote_alpha is None else log_threshold(promote_alpha)
-        # Both cannot cross at once: log(1 + y) <= y, so PROMOTE needs sum(x) > n*d >= 0
-        # and REJECT needs sum(x) < 0.
-        if worse >= threshold:
-            self._decision = Decision.REJECT
-        elif better >= promote_at:
-            self._decision = Decision.PROMOTE
-        elif self._n >= cfg.max_samples:
-            self._decision = Decision.REJECT
+        if self._n >= self._config.min_samples:
+            # Both cannot cross at once: log(1 + y) <= y, so PROMOTE needs sum(x) > n*d >= 0
+            # and REJECT needs sum(x) < 0.
+            self._decision = decide(self._n, *self._log_e_values(), self._config, promote_alpha)
         return self._decision
 
     def observe(

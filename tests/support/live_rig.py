@@ -7,6 +7,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from daemon.store.bars import BarStore
 from daemon.store.predictions import PredictionStore
 from deploy.live import LiveScorer, LiveUpdate
@@ -18,6 +20,11 @@ from trainers.data import Bars, bar_records
 def bar_slice(bars: Bars, start: int, stop: int) -> Bars:
     s = slice(start, stop)
     return Bars(bars.ts[s], bars.open[s], bars.high[s], bars.low[s], bars.close[s], bars.volume[s])
+
+
+def bar_concat(*parts: Bars) -> Bars:
+    names = ("ts", "open", "high", "low", "close", "volume")
+    return Bars(*(np.concatenate([getattr(p, n) for p in parts]) for n in names))
 
 
 class Rig:

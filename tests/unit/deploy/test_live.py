@@ -23,7 +23,7 @@ from deploy.scoring import feature_tail
 from deploy.sequential import Decision, PairedSequentialTest, PromotionTestConfig
 from deploy.trial import StaleDecisionError, TrialDecision, apply_decision
 from tests.support.helpers import ledger
-from tests.support.live_rig import Rig, bar_slice
+from tests.support.live_rig import Rig, bar_concat, bar_slice
 from tests.support.metadata import write_sample_metadata
 from trainers.config import TrainConfig
 from trainers.data import BarRecord, Bars, bar_records
@@ -48,15 +48,6 @@ class Market:
     xgb: Path  # staging dirs: model.onnx + metadata.json
     naive: Path
     seq: Path
-
-
-def _concat(*parts: Bars) -> Bars:
-    return Bars(
-        *(
-            np.concatenate([getattr(p, name) for p in parts])
-            for name in ("ts", "open", "high", "low", "close", "volume")
-        )
-    )
 
 
 def _sequence_model(path: Path, window: int, seed: int) -> None:
@@ -147,7 +138,7 @@ def run_to_decision(rig: Rig, limit: int = LIVE_BARS) -> tuple[TrialDecision, in
 
 
 def all_bars(market: Market, live_until: int) -> Bars:
-    return _concat(market.train, bar_slice(market.live, 0, live_until))
+    return bar_concat(market.train, bar_slice(market.live, 0, live_until))
 
 
 # --- features ---------------------------------------------------------------------------------

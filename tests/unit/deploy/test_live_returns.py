@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from daemon.backtest.replay import UNGATED
 from deploy.live import LiveScorer
 from deploy.registry import Registry
 from deploy.sequential import Decision, PromotionTestConfig
 from deploy.sequential_loss import PairedLossTest
 from deploy.trial import TrialDecision
-from monitors.gates import GateConfig
-from tests.support.live_rig import Rig, bar_slice
+from tests.support.live_rig import Rig, bar_concat, bar_slice
 from trainers.config import TrainConfig
 from trainers.data import Bars
 from trainers.features import compute_features, forward_returns
@@ -39,15 +39,6 @@ RETURN_XGB = TrainConfig(
     horizon_bars=H,
     walk_forward_folds=0,
 )
-# A champion with no skill: trained on a random walk, so its gates would refuse it.
-UNGATED = GateConfig(
-    max_train_val_gap=1.0,
-    max_val_test_diff=1.0,
-    require_beat_baseline=False,
-    max_parity_diff=1.0,
-    min_test_rows=1,
-    blocking_warnings=(),
-)
 
 
 @dataclass(frozen=True)
@@ -58,26 +49,6 @@ class Models:
     noise: Path
     direction: Path
     other_horizon: Path
-
-
-def _concat(*parts: Bars) -> Bars:
-    names = ("ts", "open", "high", "low", "close", "volume")
-    return Bars(*(np.concatenate([getattr(p, n) for p in parts]) for n in names))
-
-
-def _rebase(bars: Bars, after: Bars) -> Bars:
-    """``bars`` moved in time and price to continue ``after`` (same returns)."""
-    step = int(after.ts[1] - after.ts[0])
-    shift = int(after.ts[-1]) + step - int(bars.ts[0])
-    scale = float(after.close[-1]) / float(bars.open[0])
-    return Bars(
-        bars.ts + shift,
-        bars.open * scale,
-        bars.high * scale,
-        bars.low * scale,
-        bars.close * scale,
-        bars.volume,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +63,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
         return base / name
 
     # The noise model learns on a random walk that ends where the planted history does, so
-    # its trained_until is the same and every live bar counts for the trial.
+    # its trained_until is the same and every live bar counts for the trial; with every gate
+    # off (it has no skill), as the backtest's always-swap policy trains.
     walk = random_walk_bars(TRAIN_BARS, seed=3)
     walk = Bars(train.ts, walk.open, walk.high, walk.low, walk.close, walk.volume)
     ungated = replace(RETURN_XGB, gates=UNGATED)
@@ -146,7 +118,7 @@ def test_predictions_are_the_models_returns_and_resolve_horizon_bars_later(
     (champion,) = place(registry, models.skilled)
     for lo, hi, batch in ((0, 1, 1), (1, 9, 8), (9, 12, 3), (12, 80, 17)):
         rig.push(lo, hi, batch=batch)
-    history = _concat(models.train, bar_slice(models.live, 0, 80))
+    history = bar_concat(models.train, bar_slice(models.live, 0, 80))
     expected = OnnxScorer(registry.model_path(SYMBOL, champion)).predict(
         compute_features(history)[-80:].astype(np.float32)
     )
