@@ -9,9 +9,10 @@ fresh topic on the bundled broker, then drained by fresh consumer groups, each
 built by ``daemon.kafka.make_consumer`` (the daemon's own client settings):
 
   raw     poll() until every message arrived; values untouched (bytes only)
-  ingest  ``daemon.ingest.Ingestor.poll_once`` until every message is processed:
+  ingest  ``daemon.kafka.ingest.Ingestor.poll_once`` until every message is processed:
           decode + validate, one SQLite transaction per poll (synchronous=FULL,
-          real BarStore in a temp dir on the same disk), offset commit
+          real BarStore in a temp dir on the same disk) on the writer thread while
+          the next poll is read and decoded, offset commit
   daemon  a whole in-process Daemon (no training: min_bars above the bar count):
           ingest thread = Ingestor + metrics + live path + monitors
 

@@ -1,3 +1,5 @@
+# Over 400 lines: the ingest step and its read-ahead share the consumer, the offset spans
+# and every failure path (rewind, dead letters, undecodable batches).
 """One ingest step: poll -> validate -> dead-letter -> store -> commit.
 
 The order is the delivery guarantee (DESIGN.md data flow): offsets are
@@ -6,6 +8,15 @@ valid bar is in one durable store transaction. A failure before the commit
 rewinds the consumer to the start of the batch, so the batch comes again
 (at-least-once); the store's idempotent upsert by (symbol, ts) turns
 re-delivery into exactly one row per bar.
+
+The store write runs on a writer thread while the consumer thread polls and
+validates the next batch (SQLite releases the GIL while it inserts and syncs).
+Nothing else changes: ``poll_once`` returns only after its batch is durable and
+its offsets committed (or it raised, rewound); the next batch, polled and
+validated meanwhile, is held (``_Ahead``) and not yet dead-lettered, written or
+committed. It is written by the next ``poll_once``, or dropped, to be
+delivered again, if the consumer moved meanwhile (a rebalance, a seek) or
+closes.
 
 Validation is decoding (daemon.kafka.bars: an invalid message goes to the DLQ
 whole) then the plausibility rules (daemon.kafka.plausibility): a message with
@@ -24,11 +35,13 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import defaultdict
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
-from kafka.errors import KafkaError, MessageSizeTooLargeError
+from kafka.errors import IllegalStateError, KafkaError, MessageSizeTooLargeError
 
 from daemon.errors import DeadLetterError, InvalidMessage, StoreError
 from daemon.kafka.bars import decode_bar_message
@@ -37,13 +50,18 @@ from daemon.kafka.plausibility import BarScreen, EdgeRules, Rule
 from daemon.kafka.undecodable import UndecodableBatch, UndecodableBatches
 from daemon.logs import get_logger
 from daemon.settings import Settings
-from daemon.store.bars import BarStore, Partition
+from daemon.store.bars import BarStore, Partition, Written
 from trainers.data import BarRecord
 
 _log = get_logger(component="ingest")
 
 _SEND_GRACE_SECONDS = 5.0
 """Waited beyond the producer's own delivery timeout, so its error (not ours) is reported."""
+_AHEAD_POLL_MS: Final = 2
+"""While a write runs, the next poll waits this long a round (the write ends the rounds)."""
+
+Spans = dict[TopicPartition, tuple[int, int]]
+"""Per partition: (first offset, last offset + 1) of a batch."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +107,46 @@ class _Rejected:
     offset: int
 
 
+@dataclass(frozen=True, slots=True)
+class _Validated:
+    """A polled batch, decoded and screened: what its write, commit and report need."""
+
+    spans: Spans
+    messages: int
+    bars: list[BarRecord]
+    rejected: list[_Rejected]
+    sources: dict[str, Partition]
+    implausible: dict[Rule, int]
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Ahead:
+    """What the poll during the last write got: a batch, or the poll's failure (raised or
+    handled by the next ``poll_once``, as if it had polled then)."""
+
+    assignment: frozenset[TopicPartition]
+    batch: _Validated | None = None
+    error: Exception | None = None
+
+
+def earliest(*spans: Spans) -> Spans:
+    """Per partition, the span from the smallest first offset to the largest end: where a
+    rewind must seek so that none of ``spans`` is skipped."""
+    out: Spans = {}
+    for span in spans:
+        for tp, (first, end) in span.items():
+            before = out.get(tp, (first, end))
+            out[tp] = (min(first, before[0]), max(end, before[1]))
+    return out
+
+
+def in_place(ahead: Spans, positions: Mapping[TopicPartition, int | None]) -> bool:
+    """True if the consumer stands where the batch read ahead left it (each partition's
+    position is the batch's end): nothing seeked or reset it, so it can be written."""
+    return all(positions.get(tp) == end for tp, (_first, end) in ahead.items())
+
+
 class Ingestor:
     """Drives one consumer; not thread-safe: call ``poll_once`` from one thread."""
 
@@ -111,61 +169,172 @@ class Ingestor:
             retries=settings.ingest_undecodable_retries,
             backoff_seconds=settings.ingest_undecodable_backoff_seconds,
         )
+        self._ahead: _Ahead | None = None
+        # One thread: writes stay in order, and only one is ever in flight.
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="ctd-store-write")
 
     def poll_once(self) -> IngestReport:
-        """Process one poll's batch.
+        """Process one poll's batch (or the one read ahead during the last call's write).
 
         Raises StoreError (store failed) or DeadLetterError (DLQ failed) after
-        rewinding the consumer to the batch's first offsets; nothing of the
-        batch is committed then. Bad message content never raises, nor does a
-        record batch that cannot be decoded (reported in ``undecodable``).
+        rewinding the consumer to the batch's first offsets (and those of a batch
+        read ahead); nothing of them is committed then. Bad message content never
+        raises, nor does a record batch that cannot be decoded (reported in
+        ``undecodable``). Returns when the batch is stored and committed: no write
+        is in flight between calls.
         """
         self._undecodable.resume_due()
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and not self._still_valid(ahead):
+            ahead = None
+        if ahead is None:
+            got = self._poll(self._poll_timeout_ms)
+        elif ahead.error is not None:
+            got = self._failed(ahead.error)
+        else:
+            got = ahead.batch
+        if isinstance(got, IngestReport):
+            return got
+        if got is None:
+            return _NOTHING
+        batch = got
         try:
-            batch: dict[TopicPartition, list[Any]] = self._consumer.poll(
-                timeout_ms=self._poll_timeout_ms, max_records=self._max_records
-            )
+            self._dead_letter(batch.rejected)
+        except (KafkaError, OSError) as exc:
+            self._rewind(batch.spans)
+            raise DeadLetterError(self._dlq_topic, exc) from exc
+        write = self._writer.submit(
+            self._store.write, batch.bars, positions=_ends(batch.spans), partitions=batch.sources
+        )
+        held = frozenset(self._consumer.assignment())
+        self._ahead = self._read_ahead(write)
+        try:
+            written = write.result()
+        except BaseException:
+            ahead_spans = self._ahead.batch.spans if self._ahead and self._ahead.batch else {}
+            self._ahead = None
+            self._rewind(earliest(batch.spans, ahead_spans))
+            raise
+        committed = self._commit(batch.spans)
+        lost = held - frozenset(self._consumer.assignment())
+        return self._report(batch, written, committed, lost={(t.topic, t.partition) for t in lost})
+
+    def _poll(self, timeout_ms: int) -> _Validated | IngestReport | None:
+        """Poll and validate a batch: None if the poll returned nothing, a report if it met
+        an undecodable batch. Raises as ``poll_once``, after rewinding the batch."""
+        try:
+            records = self._consumer.poll(timeout_ms=timeout_ms, max_records=self._max_records)
         except UndecodableBatch as exc:
             return self._on_undecodable(exc)
         received_at = time.monotonic()
-        spans = {tp: (msgs[0].offset, msgs[-1].offset + 1) for tp, msgs in batch.items() if msgs}
         self._follow_assignment()
+        return self._validated(records, received_at)
+
+    def _validated(
+        self, records: dict[TopicPartition, list[Any]], received_at: float
+    ) -> _Validated | None:
+        """``records`` decoded and screened; None if empty. Raises StoreError (the screen
+        reads the store) after rewinding them."""
+        spans = {tp: (m[0].offset, m[-1].offset + 1) for tp, m in records.items() if m}
         if not spans:
-            return _NOTHING
+            return None
         try:
-            bars, rejected, sources, implausible = self._validate(batch)  # reads the store
-            self._dead_letter(rejected)
-        except (KafkaError, OSError) as exc:
-            self._rewind(spans)
-            raise DeadLetterError(self._dlq_topic, exc) from exc
+            bars, rejected, sources, implausible = self._validate(records)
         except StoreError:
             self._rewind(spans)
             raise
+        messages = sum(len(msgs) for msgs in records.values())
+        return _Validated(spans, messages, bars, rejected, sources, implausible, received_at)
+
+    def _failed(self, error: Exception) -> IngestReport:
+        """Handle (undecodable batch) or raise a failure the read-ahead poll met."""
+        if isinstance(error, UndecodableBatch):
+            return self._on_undecodable(error)
+        raise error
+
+    def _read_ahead(self, write: Future[Written]) -> _Ahead | None:
+        """While ``write`` runs: poll and validate the next batch, polling again in short
+        rounds until one arrives or the write is done. A failure is kept for the next
+        call, which meets it as its own poll's."""
+        assignment = frozenset(self._consumer.assignment())
+        timeout_ms = 0
         try:
-            written = self._store.write(bars, positions=_ends(spans), partitions=sources)
-        except StoreError:
-            self._rewind(spans)
-            raise
-        committed = self._commit(spans)
+            while True:
+                records = self._consumer.poll(timeout_ms=timeout_ms, max_records=self._max_records)
+                got = self._validated(records, time.monotonic())
+                if got is not None or write.done():
+                    break
+                timeout_ms = _AHEAD_POLL_MS
+        except Exception as exc:  # UndecodableBatch, StoreError (batch rewound), Kafka errors
+            return _Ahead(assignment, error=exc)
+        if got is None:
+            return None
+        if frozenset(self._consumer.assignment()) != assignment:
+            # A rebalance during the poll: the screen judged with a cache of the old
+            # assignment. Deliver the batch again once the new one is followed.
+            self._rewind_in_place(got.spans)
+            return None
+        return _Ahead(assignment, batch=got)
+
+    def _still_valid(self, ahead: _Ahead) -> bool:
+        """Whether what was read ahead can be used now. The ingest thread ran other work
+        between the calls (a rebalance's rebuild, a topic's catch-up) that may have moved
+        the consumer; then the batch is dropped, to be delivered again."""
+        if frozenset(self._consumer.assignment()) == ahead.assignment and (
+            ahead.batch is None or in_place(ahead.batch.spans, self._positions(ahead.batch))
+        ):
+            return True
+        if ahead.batch is not None:
+            self._rewind_in_place(ahead.batch.spans)
+        return False
+
+    def _positions(self, batch: _Validated) -> dict[TopicPartition, int | None]:
+        """The consumer's position in each partition of ``batch`` (None: not assigned)."""
+        out: dict[TopicPartition, int | None] = {}
+        for tp in batch.spans:
+            try:
+                out[tp] = self._consumer.position(tp, timeout_ms=0)
+            except IllegalStateError:
+                out[tp] = None
+        return out
+
+    def _rewind_in_place(self, spans: Spans) -> None:
+        """Seek back to its first offset each partition still where ``spans`` left it (the
+        others were moved on purpose: a reset, a seek, a new owner); forget the screen."""
+        self.screen.reset()
+        for tp, (first, end) in spans.items():
+            with contextlib.suppress(IllegalStateError):
+                if self._consumer.position(tp, timeout_ms=0) == end:
+                    self._consumer.seek(tp, first)
+
+    def _report(
+        self, batch: _Validated, written: Written, committed: bool, *, lost: set[Partition]
+    ) -> IngestReport:
+        """The report of a stored batch. A rebalance during the read-ahead poll may have
+        taken some of its partitions: their bars are stored, but left out of
+        ``bars_by_symbol``, as before the read-ahead no batch spanned a rebalance (the live
+        path forgot those symbols; their new owner serves them)."""
         by_symbol: dict[str, list[BarRecord]] = defaultdict(list)
-        for bar in bars:
+        for bar in batch.bars:
             by_symbol[bar.symbol].append(bar)
+        for symbol in [s for s in by_symbol if batch.sources.get(s) in lost]:
+            del by_symbol[symbol]
         now = time.time()
         latest = (self.screen.latest(symbol) for symbol in by_symbol)
         lag = max((now - ts for ts in latest if ts is not None), default=None)
         return IngestReport(
-            messages=sum(len(msgs) for msgs in batch.values()),
-            valid_bars=len(bars),
-            invalid=len(rejected),
+            messages=batch.messages,
+            valid_bars=len(batch.bars),
+            invalid=len(batch.rejected),
             new_bars=written.new,
             bars_by_symbol=dict(by_symbol),
-            dlq_reasons=[r.reason for r in rejected],
+            dlq_reasons=[r.reason for r in batch.rejected],
             max_event_lag_seconds=lag,
             committed=committed,
-            partitions=spans,
-            received_at=received_at,
+            partitions=batch.spans,
+            received_at=batch.received_at,
             corrected={s: n for s, n in written.corrected.items() if n},
-            implausible=implausible,
+            implausible=batch.implausible,
         )
 
     def _validate(
@@ -303,7 +472,10 @@ class Ingestor:
                 self._consumer.seek(tp, first)
 
     def close(self) -> None:
-        """Leave the group without committing anything not already committed."""
+        """Leave the group without committing anything not already committed (a batch read
+        ahead is dropped: delivered again to whoever reads the partition next)."""
+        self._ahead = None
+        self._writer.shutdown(wait=True)
         self._consumer.close(autocommit=False)
 
 

@@ -32,6 +32,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator, Sequence
@@ -407,6 +408,20 @@ def _crash_in_register(point: str) -> None:
     RunRecorder._register = armed  # type: ignore[method-assign]
 
 
+def _slow_store_writes(seconds: float) -> None:
+    """Hold every bar-store write transaction open ``seconds`` longer (on the ingest writer
+    thread, before its inserts): a kill then finds a write in flight most of the time."""
+    from daemon.store.bars import BarStore
+
+    insert = BarStore._insert_new
+
+    def slow(self: BarStore, conn: Any, by_symbol: Any) -> Any:
+        time.sleep(seconds)
+        return insert(self, conn, by_symbol)
+
+    BarStore._insert_new = slow  # type: ignore[method-assign]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``ctd run`` (daemon/cli.py) with the test seams; settings come from CTD_* as usual."""
     parser = argparse.ArgumentParser()
@@ -414,6 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--crash-in-promote-at", default=None)
     parser.add_argument("--crash-in-rollback-at", default=None)
     parser.add_argument("--crash-in-register-at", default=None)
+    parser.add_argument("--store-write-delay", type=float, default=0.0)
     args = parser.parse_args(argv)
 
     from daemon.logs import configure_logging
@@ -431,6 +447,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _crash_in_command("rollback", args.crash_in_rollback_at)
     if args.crash_in_register_at:
         _crash_in_register(args.crash_in_register_at)
+    if args.store_write_delay:
+        _slow_store_writes(args.store_write_delay)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     assert settings.kafka_bootstrap_servers is not None
