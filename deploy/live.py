@@ -248,6 +248,15 @@ class LiveScorer:
                 if version is not None:
                     self._cache.forget(symbol, version)
 
+    def trial_positions(self) -> dict[str, int | None]:
+        """The newest processed bar of every symbol with a trial (not quarantined); cheap."""
+        with self._lock:
+            return {
+                symbol: st.last_ts
+                for symbol, st in self._symbols.items()
+                if st.trial is not None and symbol not in self.quarantine
+            }
+
     def status(self) -> list[LiveStatus]:
         """Gauge values of every symbol seen since start-up, sorted by symbol."""
         with self._lock:

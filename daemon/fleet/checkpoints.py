@@ -63,9 +63,10 @@ class Checkpointer(Loop):
         """Checkpoint every owned symbol whose trial moved; return how many were written."""
         with self._guard:
             written = 0
-            for status in self._scorer.status():
-                symbol = status.symbol
-                if status.trial is None or not self._ownership.owns(symbol):
+            # Positions, not status(): building 1,000 symbols' evidence held the scorer's
+            # lock (and the live path) every round; unmoved symbols cost no log read.
+            for symbol, last_ts in self._scorer.trial_positions().items():
+                if last_ts == self._saved.get(symbol) or not self._ownership.owns(symbol):
                     continue
                 try:
                     written += self._save(symbol)
