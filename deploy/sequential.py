@@ -48,6 +48,7 @@ stops at, the e-value there is still an e-value (optional stopping).
 
 from __future__ import annotations
 
+import abc
 import enum
 import math
 from collections.abc import Mapping
@@ -192,31 +193,25 @@ def e_value(log_e: float) -> float:
     return min(math.exp(min(log_e, 700.0)), _E_VALUE_CAP)
 
 
-class PairedSequentialTest:
-    """One symbol's shadow trial. ``update`` is O(1); state survives via ``to_dict``.
-
-    Once the decision is PROMOTE or REJECT it is final: later updates are
-    ignored and the evidence stays as it was at the deciding bar.
-    """
+class PairedTrial(abc.ABC):
+    """What both trial tests share (``deploy.trial_test``): the config, the decision, the
+    paired hit counts, and deciding from the two log e-values once ``min_samples`` are in.
+    Subclasses keep their own evidence and give ``_log_e_values``."""
 
     __slots__ = (
         "_champion_correct",
-        "_champion_ll_sum",
         "_champion_only",
         "_config",
         "_decision",
-        "_ll_n",
         "_n",
         "_shadow_correct",
-        "_shadow_ll_sum",
         "_shadow_only",
     )
 
     def __init__(self, config: PromotionTestConfig) -> None:
         self._config = config
         self._n = self._champion_correct = self._shadow_correct = 0
-        self._shadow_only = self._champion_only = self._ll_n = 0
-        self._champion_ll_sum = self._shadow_ll_sum = 0.0
+        self._shadow_only = self._champion_only = 0
         self._decision = Decision.CONTINUE
 
     @property
@@ -231,6 +226,44 @@ class PairedSequentialTest:
     def n(self) -> int:
         """Paired bars fed so far."""
         return self._n
+
+    def _count(self, champion_hit: bool, shadow_hit: bool) -> None:
+        c, s = bool(champion_hit), bool(shadow_hit)
+        self._n += 1
+        self._champion_correct += c
+        self._shadow_correct += s
+        self._shadow_only += s and not c
+        self._champion_only += c and not s
+
+    def _settle(self, promote_alpha: float | None) -> Decision:
+        if self._n >= self._config.min_samples:
+            self._decision = decide(self._n, *self._log_e_values(), self._config, promote_alpha)
+        return self._decision
+
+    @abc.abstractmethod
+    def _log_e_values(self) -> tuple[float, float]:
+        """Natural-log e-values (better, worse) of the evidence so far."""
+
+
+def check_promote_alpha(promote_alpha: float | None) -> None:
+    """ValueError unless ``promote_alpha`` is None or in (0, 1)."""
+    if promote_alpha is not None and not 0.0 < promote_alpha < 1.0:
+        raise ValueError(f"promote_alpha must be in (0, 1), got {promote_alpha!r}")
+
+
+class PairedSequentialTest(PairedTrial):
+    """One symbol's shadow trial. ``update`` is O(1); state survives via ``to_dict``.
+
+    Once the decision is PROMOTE or REJECT it is final: later updates are
+    ignored and the evidence stays as it was at the deciding bar.
+    """
+
+    __slots__ = ("_champion_ll_sum", "_ll_n", "_shadow_ll_sum")
+
+    def __init__(self, config: PromotionTestConfig) -> None:
+        super().__init__(config)
+        self._ll_n = 0
+        self._champion_ll_sum = self._shadow_ll_sum = 0.0
 
     def update(
         self,
@@ -251,8 +284,7 @@ class PairedSequentialTest:
         """
         if self._decision is not Decision.CONTINUE:
             return self._decision
-        if promote_alpha is not None and not 0.0 < promote_alpha < 1.0:
-            raise ValueError(f"promote_alpha must be in (0, 1), got {promote_alpha!r}")
+        check_promote_alpha(promote_alpha)
         if (champion_log_loss is None) != (shadow_log_loss is None):
             raise ValueError(
                 "champion_log_loss and shadow_log_loss must be given together, got "
@@ -264,17 +296,9 @@ class PairedSequentialTest:
             self._ll_n += 1
             self._champion_ll_sum += float(champion_log_loss)
             self._shadow_ll_sum += float(shadow_log_loss)
-        c, s = bool(champion_correct), bool(shadow_correct)
-        self._n += 1
-        self._champion_correct += c
-        self._shadow_correct += s
-        self._shadow_only += s and not c
-        self._champion_only += c and not s
-
-        if self._n >= self._config.min_samples:
-            # Both cannot cross at once (they need shadow_only > champion_only and the reverse).
-            self._decision = decide(self._n, *self._log_e_values(), self._config, promote_alpha)
-        return self._decision
+        self._count(champion_correct, shadow_correct)
+        # Both cannot cross at once (they need shadow_only > champion_only and the reverse).
+        return self._settle(promote_alpha)
 
     def observe(
         self,

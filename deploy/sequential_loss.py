@@ -38,8 +38,9 @@ from deploy.sequential import (
     Decision,
     Evidence,
     FloatArray,
+    PairedTrial,
     PromotionTestConfig,
-    decide,
+    check_promote_alpha,
     e_value,
     log_mean_exp,
 )
@@ -92,7 +93,7 @@ def loss_cap(
     )
 
 
-class PairedLossTest:
+class PairedLossTest(PairedTrial):
     """One symbol's return-model trial; ``PairedSequentialTest``'s surface and rules.
 
     ``update`` is O(1): the state is the log wealth of every bet of the grid (two
@@ -100,36 +101,24 @@ class PairedLossTest:
     """
 
     __slots__ = (
-        *("_cap", "_config", "_decision", "_lam_better", "_log_better", "_log_worse", "_n"),
-        *("_champion_correct", "_shadow_correct", "_champion_only", "_shadow_only"),
-        *("_champion_loss_sum", "_shadow_loss_sum"),
+        "_cap",
+        "_champion_loss_sum",
+        "_lam_better",
+        "_log_better",
+        "_log_worse",
+        "_shadow_loss_sum",
     )
 
     def __init__(self, config: PromotionTestConfig, cap: float) -> None:
         if isinstance(cap, bool) or not (isinstance(cap, int | float) and 0 < cap < math.inf):
             raise ValueError(f"cap must be finite and > 0, got {cap!r}")
-        self._config, self._cap = config, float(cap)
+        super().__init__(config)
+        self._cap = float(cap)
         # Largest bet 0.9 / (1 + d): wealth factors stay >= 0.1 for x - d >= -(1 + d).
         self._lam_better: FloatArray = BET_GRID / (1.0 + config.min_effect)
         self._log_better: FloatArray = np.zeros(BET_GRID.size)
         self._log_worse: FloatArray = np.zeros(BET_GRID.size)
-        self._n = self._champion_correct = self._shadow_correct = 0
-        self._shadow_only = self._champion_only = 0
         self._champion_loss_sum = self._shadow_loss_sum = 0.0
-        self._decision = Decision.CONTINUE
-
-    @property
-    def config(self) -> PromotionTestConfig:
-        return self._config
-
-    @property
-    def decision(self) -> Decision:
-        return self._decision
-
-    @property
-    def n(self) -> int:
-        """Paired bars fed so far."""
-        return self._n
 
     @property
     def cap(self) -> float:
@@ -152,8 +141,7 @@ class PairedLossTest:
         """
         if self._decision is not Decision.CONTINUE:
             return self._decision
-        if promote_alpha is not None and not 0.0 < promote_alpha < 1.0:
-            raise ValueError(f"promote_alpha must be in (0, 1), got {promote_alpha!r}")
+        check_promote_alpha(promote_alpha)
         for name, error in (("champion_error", champion_error), ("shadow_error", shadow_error)):
             if not math.isfinite(error):
                 raise ValueError(f"{name} must be finite, got {error!r}")
@@ -166,20 +154,12 @@ class PairedLossTest:
             self._lam_better * (x - self._config.min_effect)
         )
         self._log_worse = self._log_worse + np.log1p(-BET_GRID * x)
-        c, s = bool(champion_hit), bool(shadow_hit)
-        self._n += 1
-        self._champion_correct += c
-        self._shadow_correct += s
-        self._shadow_only += s and not c
-        self._champion_only += c and not s
+        self._count(champion_hit, shadow_hit)
         self._champion_loss_sum += champion_loss
         self._shadow_loss_sum += shadow_loss
-
-        if self._n >= self._config.min_samples:
-            # Both cannot cross at once: log(1 + y) <= y, so PROMOTE needs sum(x) > n*d >= 0
-            # and REJECT needs sum(x) < 0.
-            self._decision = decide(self._n, *self._log_e_values(), self._config, promote_alpha)
-        return self._decision
+        # Both cannot cross at once: log(1 + y) <= y, so PROMOTE needs sum(x) > n*d >= 0
+        # and REJECT needs sum(x) < 0.
+        return self._settle(promote_alpha)
 
     def observe(
         self,
