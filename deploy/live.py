@@ -9,11 +9,11 @@ For each new bar of a symbol, in ts order, ``LiveScorer.on_batch`` / ``on_bars``
 2. when champion and shadow both predicted that bar, feeds the pair to the symbol's
    trial test (``deploy.trial_test``: paired correctness for direction models, paired
    truncated squared errors for return models);
-3. computes the bar's feature row with ``compute_features`` on the tail of a
-   small buffer of recent bars (the function is offset-invariant, so the row
-   equals training's bit for bit), scores both slots with the sessions of
-   ``deploy.scoring.ModelCache`` (sequence models get their last ``window``
-   rows) and logs both. The update carries each bar's feature row and the
+3. computes the bar's feature row incrementally (``trainers.features_stream``: the
+   symbol's stream, seeded from a small buffer of recent bars, gives rows equal to
+   ``compute_features`` over the history bit for bit), scores both slots with the
+   sessions of ``deploy.scoring.ModelCache`` (sequence models get their last
+   ``window`` rows) and logs both. The update carries each bar's feature row and the
    champion's resolved outcome, so the live monitors need not recompute them.
 
 Everything a batch changes (predictions, resolutions, trial states of all its

@@ -1,3 +1,5 @@
+# Over 400 lines: a 50-line docstring states the guarantee; the base both trial tests share
+# and the accuracy test with its state checks read best together.
 """The shadow-vs-champion promotion test: paired, sequential, valid at every bar.
 
 Both models predict the same bars. When bar t's label resolves, write
