@@ -22,6 +22,8 @@ trial and scores a few bars before the measured stream. Pre-loading the bar stor
 instead would leave all that cold-start work inside the measurement.
 The measured stream is single-bar messages round-robin over the symbols.
 
+The process's collector is set as ``ctd run`` sets it (``daemon.cli.run.settle_heap``,
+right after the daemon has started); --default-gc keeps CPython's defaults.
 The daemon is warmed up before the stream is sent, by a spawned child process (its
 producer has its own GIL, so this process's CPU time is the daemon's).
 Flat-out (no --rate): the child sends the whole stream as fast as it can (linger 20
@@ -76,6 +78,7 @@ from bench.ingest import drain_raw, produce
 from bench.live import slice_bars, train_version
 from bench.scale import outcomes_so_far, status_kib
 from daemon.app import Daemon
+from daemon.cli.run import settle_heap
 from daemon.kafka.bars import encode_bar, encode_batch
 from daemon.kafka.broker import LocalBroker
 from daemon.kafka.clients import ensure_topics
@@ -290,6 +293,8 @@ def run(args: argparse.Namespace, broker: LocalBroker, tmp: Path) -> Result:
     res.base_rss = status_kib("self", "VmRSS")
     metrics = CollectorRegistry()
     daemon = Daemon(settings, bootstrap_servers=bootstrap, metrics_registry=metrics).start()
+    if not args.default_gc:
+        settle_heap()  # as ``ctd run`` does once the daemon has started
     sampler = Sampler(acks)
     try:
         sampler.start()
@@ -361,6 +366,7 @@ def report(args: argparse.Namespace, res: Result) -> None:
     print(
         f"\n{args.symbols} symbols, {family}"
         f" champion + shadow, {mode}; fetch_max_wait_ms {args.fetch_max_wait_ms}; "
+        f"collector {'CPython defaults' if args.default_gc else 'settled as ctd run'}; "
         f"{os.cpu_count()} CPUs (shared: absolute numbers are lower than on a quiet machine)"
     )
     rows = [("sustained bars/s through the live path", f"{res.bars_per_s:,.0f} ({res.window})")]
@@ -408,6 +414,11 @@ def main() -> None:
     )
     parser.add_argument("--fetch-max-wait-ms", type=int, default=50)
     parser.add_argument("--train-bars", type=int, default=3000)
+    parser.add_argument(
+        "--default-gc",
+        action="store_true",
+        help="keep CPython's collector defaults (ctd run's settle_heap not applied)",
+    )
     args = parser.parse_args()
     with (
         tempfile.TemporaryDirectory(dir=os.environ.get("CTD_BENCH_DIR")) as tmp,

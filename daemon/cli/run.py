@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
+from typing import Final
 
 from rich.console import Console
 
@@ -24,6 +26,25 @@ from daemon.errors import EXIT_FAILURE, EXIT_OK, StartupError
 from daemon.settings import Settings
 
 _SIGNAL_CHECK_SECONDS = 0.2
+
+
+GC_THRESHOLDS: Final = (50_000, 20, 10)
+"""Collector thresholds of the running daemon (CPython's defaults: 700, 10, 10)."""
+
+
+def settle_heap() -> None:
+    """The daemon process's collector policy, set once it has started.
+
+    The start-up heap (modules, settings, components: long-lived by construction) is
+    frozen out of every later collection, and young collections run every 50,000 net
+    allocations: the live path allocates many short-lived objects, and collections that
+    walked the whole heap cost a third of its CPU. bench/fleet.py, 1,000 symbols flat-out:
+    2,800-3,100 -> 4,300-4,500 bars/s, RSS unchanged. Process-wide, so the entry points
+    call it, not ``Daemon`` (tests start many daemons in one process).
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 @contextlib.contextmanager
@@ -82,6 +103,7 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
             daemon = Daemon(settings, bootstrap_servers=bootstrap)
             signals.on_repeat = daemon.cancel_training
             daemon.start()  # on failure it stops what it started
+            settle_heap()
             try:
                 signals.wait()
             finally:
@@ -123,6 +145,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
         daemon = Daemon(settings, bootstrap_servers=bootstrap)
         signals.on_repeat = daemon.cancel_training
         daemon.start()
+        settle_heap()
         producer = make_producer(settings, bootstrap)
         feed = DemoFeed(
             producer,
