@@ -10,8 +10,9 @@ connections make 697 threads):
 - a connection has ``read_timeout`` seconds from its accept to send its whole request, and
   ``write_timeout`` seconds to take the response; then it is dropped.
 - at most ``max_connections`` are open. One more displaces the oldest connection still
-  sending its request (the likeliest to be stalled), so a scrape always gets in; when every
-  open connection is being answered, new ones wait in the kernel's listen backlog.
+  sending its request (the likeliest to be stalled) once that one has had ``_EVICT_GRACE``
+  to send it, so a scrape always gets in; until then, or when every open connection is
+  being answered, new ones wait in the kernel's listen backlog.
 - one request per connection (``Connection: close``); request heads are capped at 16 KiB,
   bodies (the API is read-only) at 64 KiB. Requests over those get a 4xx from the server.
 
@@ -53,6 +54,10 @@ MAX_BODY_BYTES: Final = 64 * 1024
 _RECV_BYTES: Final = 16 * 1024  # so a request buffer stays under head + body + 16 KiB
 _RESET: Final = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets
 _ACCEPT_BATCH: Final = 32  # per round, so that reads keep up with a flood of connects
+_EVICT_GRACE: Final = 0.01
+"""Seconds a connection has to send its request before a new one may displace it: a
+scraper accepted while its request is still on the way is read, not displaced by the
+flood accepted right after it (the listener waits, connects queue in the backlog)."""
 
 _log = get_logger(component="http")
 
@@ -125,6 +130,7 @@ class HttpServer:
         self._writing: dict[_Conn, None] = {}
         self._conns: set[_Conn] = set()  # every open one, reading, running or writing
         self._paused = False  # the listener, at the cap with no connection to displace
+        self._resume_at: float | None = None  # paused until the oldest reader's grace ends
         self._stopping = False
         self._thread = threading.Thread(target=self._serve, name="ctd-http", daemon=True)
 
@@ -164,7 +170,10 @@ class HttpServer:
                         _log.exception("http_loop_failed")
                         if isinstance(key.data, _Conn):
                             self._close(key.data)
-                self._expire(time.monotonic())
+                now = time.monotonic()
+                self._expire(now)
+                if self._resume_at is not None and now >= self._resume_at:
+                    self._resume()
         finally:
             self._close_all()
 
@@ -184,6 +193,8 @@ class HttpServer:
 
     def _timeout(self) -> float | None:
         deadlines = [next(iter(d)).deadline for d in (self._reading, self._writing) if d]
+        if self._resume_at is not None:
+            deadlines.append(self._resume_at)
         return max(min(deadlines) - time.monotonic(), 0.0) if deadlines else None
 
     def _expire(self, now: float) -> None:
@@ -202,9 +213,14 @@ class HttpServer:
         for _ in range(_ACCEPT_BATCH):
             full = len(self._conns) >= self._max_connections
             if full and not self._reading:  # all being answered: the backlog holds the rest
-                self._selector.unregister(self._listener)
-                self._paused = True
+                self._pause(None)
                 return
+            if full:
+                oldest = next(iter(self._reading))
+                graced = oldest.deadline - self._read_timeout + _EVICT_GRACE
+                if graced > time.monotonic():
+                    self._pause(graced)
+                    return
             try:
                 sock, address = self._listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -300,6 +316,17 @@ class HttpServer:
             self._selector.unregister(conn.sock)
         self._conns.discard(conn)
         conn.sock.close()
+        self._resume()
+
+    def _pause(self, until: float | None) -> None:
+        """Stop accepting until a connection closes (or, given, until ``until``)."""
+        if not self._paused:
+            self._selector.unregister(self._listener)
+            self._paused = True
+        self._resume_at = until
+
+    def _resume(self) -> None:
+        self._resume_at = None
         if self._paused and not self._stopping:
             self._paused = False
             self._selector.register(self._listener, selectors.EVENT_READ, "accept")
