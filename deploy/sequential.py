@@ -242,6 +242,35 @@ class PairedTrial(abc.ABC):
             self._decision = decide(self._n, *self._log_e_values(), self._config, promote_alpha)
         return self._decision
 
+    def _evidence(
+        self,
+        champion_log_loss: float | None = None,
+        shadow_log_loss: float | None = None,
+        champion_loss: float | None = None,
+        shadow_loss: float | None = None,
+        loss: str = "log_loss",
+    ) -> Evidence:
+        """The shared counts, rates and e-values, with the subclass's loss fields."""
+        better, worse = self._log_e_values()
+        n = self._n
+        return Evidence(
+            n=n,
+            champion_correct=self._champion_correct,
+            shadow_correct=self._shadow_correct,
+            shadow_only=self._shadow_only,
+            champion_only=self._champion_only,
+            e_value_better=e_value(better),
+            e_value_worse=e_value(worse),
+            champion_accuracy=self._champion_correct / n if n else None,
+            shadow_accuracy=self._shadow_correct / n if n else None,
+            champion_log_loss=champion_log_loss,
+            shadow_log_loss=shadow_log_loss,
+            statistic=better / math.log(10.0),
+            champion_loss=champion_loss,
+            shadow_loss=shadow_loss,
+            loss=loss,
+        )
+
     @abc.abstractmethod
     def _log_e_values(self) -> tuple[float, float]:
         """Natural-log e-values (better, worse) of the evidence so far."""
@@ -331,21 +360,10 @@ class PairedSequentialTest(PairedTrial):
 
     @property
     def evidence(self) -> Evidence:
-        better, worse = self._log_e_values()
-        n, ll_n = self._n, self._ll_n
-        return Evidence(
-            n=n,
-            champion_correct=self._champion_correct,
-            shadow_correct=self._shadow_correct,
-            shadow_only=self._shadow_only,
-            champion_only=self._champion_only,
-            e_value_better=e_value(better),
-            e_value_worse=e_value(worse),
-            champion_accuracy=self._champion_correct / n if n else None,
-            shadow_accuracy=self._shadow_correct / n if n else None,
+        ll_n = self._ll_n
+        return self._evidence(
             champion_log_loss=self._champion_ll_sum / ll_n if ll_n else None,
             shadow_log_loss=self._shadow_ll_sum / ll_n if ll_n else None,
-            statistic=better / math.log(10.0),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -41,7 +41,6 @@ from deploy.sequential import (
     PairedTrial,
     PromotionTestConfig,
     check_promote_alpha,
-    e_value,
     log_mean_exp,
 )
 from trainers.targets import RETURN, hit
@@ -188,21 +187,8 @@ class PairedLossTest(PairedTrial):
     @property
     def evidence(self) -> Evidence:
         """Hit counts and rates for dashboards; losses are mean truncated squared errors."""
-        better, worse = self._log_e_values()
         n = self._n
-        return Evidence(
-            n=n,
-            champion_correct=self._champion_correct,
-            shadow_correct=self._shadow_correct,
-            shadow_only=self._shadow_only,
-            champion_only=self._champion_only,
-            e_value_better=e_value(better),
-            e_value_worse=e_value(worse),
-            champion_accuracy=self._champion_correct / n if n else None,
-            shadow_accuracy=self._shadow_correct / n if n else None,
-            champion_log_loss=None,
-            shadow_log_loss=None,
-            statistic=better / math.log(10.0),
+        return self._evidence(
             champion_loss=self._champion_loss_sum / n if n else None,
             shadow_loss=self._shadow_loss_sum / n if n else None,
             loss=KIND,
