@@ -215,6 +215,8 @@ def test_a_corrupt_symbol_is_quarantined_the_others_keep_working_and_doctor_repa
         wait_for(lambda s=s: scored(daemon, s) >= 5, 60, message=f"{s} scored after repair")
     assert daemon.registry.slots(BAD_SLOTS).champion == ctx["versions"][BAD_SLOTS]
     for s in (BAD_META, NO_MODEL):  # no older version: cleared, to be retrained
-        assert daemon.registry.slots(s).champion is None
-        assert daemon.registry.history(s)[-1].actor == "doctor"
+        # the new bars may already have started a retrain, which writes its own ledger lines
+        assert daemon.registry.slots(s).champion != ctx["versions"][s]
+        cleared = [e for e in daemon.registry.history(s) if e.actor == "doctor"]
+        assert [(e.from_version, e.to_version) for e in cleared] == [(ctx["versions"][s], None)]
     assert scored(daemon, GOOD) == 25
