@@ -280,6 +280,7 @@ class DriftMonitor:
         ):
             self._edges[j, : len(edges)] = edges
             self._expected[j, : len(props)] = props
+        self._expected_cdf = np.cumsum(self._expected, axis=1)[:, :-1]
         self._counts = np.zeros((n_features, n_bins), dtype=np.int64)
         self._ring = np.zeros((window, n_features), dtype=np.int64)
         self._rows = np.arange(n_features)
@@ -320,15 +321,14 @@ class DriftMonitor:
             raise ValueError("no live rows yet: call update() first")
         actual = self._counts / n
         psis = np.asarray(psi_from_proportions(self._expected, actual), dtype=np.float64)
-        cdf_gap = np.cumsum(actual, axis=1) - np.cumsum(self._expected, axis=1)
-        ks = np.abs(cdf_gap[:, :-1]).max(axis=1)
+        ks = np.abs(np.cumsum(actual, axis=1)[:, :-1] - self._expected_cdf).max(axis=1)
         names = self.reference.names
-        psi_map = {name: float(v) for name, v in zip(names, psis, strict=True)}
+        psi_map = dict(zip(names, psis.tolist(), strict=True))
         drifted = tuple(name for name in names if psi_map[name] > self.psi_threshold)
         return DriftReport(
             n_samples=n,
             psi=psi_map,
-            ks={name: float(v) for name, v in zip(names, ks, strict=True)},
+            ks=dict(zip(names, ks.tolist(), strict=True)),
             threshold=self.psi_threshold,
             min_features=self.min_features,
             drifted_features=drifted,

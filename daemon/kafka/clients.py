@@ -13,7 +13,10 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.cluster import ClusterMetadata
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.partitioner import DefaultPartitioner
+from kafka.partitioner.default import murmur2
 
 from daemon.errors import TopicSetupError
 from daemon.kafka.undecodable import guard_consumer
@@ -21,6 +24,47 @@ from daemon.settings import Settings
 
 PRODUCER_LINGER_MS: Final = 5
 """Small enough to add no visible latency, large enough to batch a burst of sends."""
+PRODUCER_BATCH_BYTES: Final = 256 * 1024
+"""kafka-python wakes its sender thread on every send while a partition holds a full
+batch, so at 16 KB (its default) a busy live path woke it on 40-80% of sends; at 256 KB
+on under 1%, and a send costs 17 instead of 24 us of CPU. Far below the broker's
+1 MB limit per batch."""
+
+
+class KeyHashPartitioner(DefaultPartitioner):  # type: ignore[misc]
+    """kafka-python's (and Java's) default partitioner: murmur2 of the key bytes modulo
+    the partition count; keyless records as the default does. Each key's hash is kept
+    (up to ``max_keys``, then forgotten all at once): the pure-Python murmur2 was a third
+    of the CPU of a ``send()``, and the live path sends two records per bar."""
+
+    def __init__(self, max_keys: int = 100_000) -> None:
+        self._max_keys = max_keys
+        self._hashes: dict[bytes, int] = {}
+
+    def partition(  # noqa: PLR0917 -- kafka-python's Partitioner signature
+        self,
+        topic: str,
+        key: object,
+        serialized_key: bytes | None,
+        value: object,
+        serialized_value: bytes | None,
+        cluster: ClusterMetadata,
+    ) -> int:
+        if serialized_key is None:
+            chosen: int = super().partition(
+                topic, key, serialized_key, value, serialized_value, cluster
+            )
+            return chosen
+        partitions = cluster.partitions_for_topic(topic)
+        if not partitions:
+            raise ValueError(f"Topic {topic} not found in ClusterMetadata")
+        h = self._hashes.get(serialized_key)
+        if h is None:
+            if len(self._hashes) >= self._max_keys:
+                self._hashes.clear()
+            h = self._hashes[serialized_key] = murmur2(serialized_key) & 0x7FFFFFFF
+        chosen_by_key: int = sorted(partitions)[h % len(partitions)]
+        return chosen_by_key
 
 
 class MaskedSecret(str):
@@ -124,6 +168,8 @@ def make_producer(settings: Settings, bootstrap_servers: str) -> KafkaProducer:
         if settings.kafka_compression_type == "none"
         else settings.kafka_compression_type,
         linger_ms=PRODUCER_LINGER_MS,
+        batch_size=PRODUCER_BATCH_BYTES,
+        partitioner=KeyHashPartitioner(),
         # Fail a send within one request timeout, not kafka-python's default two minutes.
         delivery_timeout_ms=settings.kafka_request_timeout_ms + PRODUCER_LINGER_MS,
         max_block_ms=settings.kafka_request_timeout_ms,

