@@ -41,6 +41,10 @@ acknowledgement of that bar's served prediction (a wrapper around
 are the same machine's wall clock. A consumer of the topic would add its own fetch
 wait, which is not the daemon's. Note tansu holds a fetch until
 ``kafka_fetch_max_wait_ms`` (50 ms by default): --fetch-max-wait-ms sets it.
+Each bar's latency is split where its poll returned and where the live path began
+and ended for that poll (a wrapper around ``LivePath.on_batch``): broker + fetch,
+ingest (store write, read-ahead, offset commit), the live path of the whole poll,
+publish -> broker ack.
 
 CPU per bar: this process's CPU time (the daemon, plus a 50 Hz sampler) over the
 measured span (paced: child start to last acknowledgement), per stream bar. Peak
@@ -68,7 +72,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from kafka import KafkaProducer
@@ -82,6 +86,7 @@ from daemon.cli.run import settle_heap
 from daemon.kafka.bars import encode_bar, encode_batch
 from daemon.kafka.broker import LocalBroker
 from daemon.kafka.clients import ensure_topics
+from daemon.live.path import LivePath
 from daemon.live.publish import PredictionPublisher, PredictionRecord
 from daemon.registry import open_registry
 from daemon.settings import Settings
@@ -106,11 +111,15 @@ Message = tuple[bytes, bytes]
 
 @dataclass
 class Acks:
-    """Wall-clock time of each served prediction's acknowledgement, keyed (symbol, ts)."""
+    """Wall-clock time of each served prediction's acknowledgement, keyed (symbol, ts);
+    for the stream's, also the poll that returned its bar (``received_at``, monotonic) and
+    the ack's monotonic time, and per poll when the live path started and ended."""
 
     stream_from_ts: int
     warm: dict[tuple[str, int], float] = field(default_factory=dict)
     stream: dict[tuple[str, int], float] = field(default_factory=dict)
+    polled: dict[tuple[str, int], tuple[float, float]] = field(default_factory=dict)
+    live: dict[float, tuple[float, float]] = field(default_factory=dict)
 
     def wrap(self, acked: Callable[..., None]) -> Callable[..., None]:
         def recording(
@@ -119,10 +128,53 @@ class Acks:
             if record.served:
                 now = time.time()
                 key = (record.symbol, record.ts)
-                (self.stream if record.ts >= self.stream_from_ts else self.warm)[key] = now
+                if record.ts < self.stream_from_ts:
+                    self.warm[key] = now
+                else:
+                    self.stream[key] = now
+                    if received_at is not None:
+                        self.polled[key] = (received_at, time.monotonic())
             acked(publisher, record, received_at)
 
         return recording
+
+    def wrap_live(self, on_batch: Callable[..., Any]) -> Callable[..., Any]:
+        def timing(path: LivePath, bars: Any, received_at: float | None = None) -> Any:
+            start = time.monotonic()
+            out = on_batch(path, bars, received_at)
+            if received_at is not None:
+                self.live[received_at] = (start, time.monotonic())
+            return out
+
+        return timing
+
+    def stages_ms(
+        self, keys: Sequence[tuple[str, int]], latency_ms: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """Each stream bar's latency split at its poll's return, the live path's start and
+        end: broker + fetch, ingest (store write, read-ahead, offset commit), live path
+        (the whole poll's), publish -> broker ack."""
+        rows = []
+        for key, total in zip(keys, latency_ms, strict=True):
+            received, acked = self.polled[key]
+            start, end = self.live[received]
+            after_poll = (acked - received) * 1000
+            rows.append(
+                (
+                    total - after_poll,
+                    (start - received) * 1000,
+                    (end - start) * 1000,
+                    (acked - end) * 1000,
+                )
+            )
+        columns = np.array(rows).T
+        names = (
+            "broker + fetch",
+            "ingest (store, commit)",
+            "live path (whole poll)",
+            "publish -> ack",
+        )
+        return dict(zip(names, columns, strict=True))
 
 
 class Sampler(threading.Thread):
@@ -228,6 +280,7 @@ class Result:
     sent_per_s: float | None = None
     produced_at: float = 0.0
     latency_ms: np.ndarray | None = None
+    stages_ms: dict[str, np.ndarray] = field(default_factory=dict)
     base_rss: int = 0
     peak_rss: int = 0
     trial_samples: int = 0
@@ -290,6 +343,8 @@ def run(args: argparse.Namespace, broker: LocalBroker, tmp: Path) -> Result:
     acks = Acks(work.stream_from_ts)
     original = PredictionPublisher._acked
     setattr(PredictionPublisher, "_acked", acks.wrap(original))  # noqa: B010  # bench-only hook
+    on_batch = LivePath.on_batch
+    setattr(LivePath, "on_batch", acks.wrap_live(on_batch))  # noqa: B010
     res.base_rss = status_kib("self", "VmRSS")
     metrics = CollectorRegistry()
     daemon = Daemon(settings, bootstrap_servers=bootstrap, metrics_registry=metrics).start()
@@ -320,6 +375,7 @@ def run(args: argparse.Namespace, broker: LocalBroker, tmp: Path) -> Result:
         sampler.stop.set()
         daemon.stop(10)
         setattr(PredictionPublisher, "_acked", original)  # noqa: B010
+        setattr(LivePath, "on_batch", on_batch)  # noqa: B010
     raw_s, raw_cpu = drain_raw(settings, bootstrap, res.messages)
     res.raw_msgs_per_s, res.raw_cpu_per_msg = res.messages / raw_s, raw_cpu / res.messages
     return res
@@ -358,6 +414,7 @@ def measure(
     res.latency_ms = np.array(
         [(acks.stream[k] - s) * 1000 for k, s in zip(work.stream_keys, sent, strict=True)]
     )
+    res.stages_ms = acks.stages_ms(work.stream_keys, res.latency_ms)
 
 
 def report(args: argparse.Namespace, res: Result) -> None:
@@ -381,6 +438,9 @@ def report(args: argparse.Namespace, res: Result) -> None:
                 f"max {res.latency_ms.max():.2f} ms",
             )
         )
+        for stage, ms in res.stages_ms.items():
+            p50, p99 = np.percentile(ms, [50, 99])
+            rows.append((f"  {stage}", f"p50 {p50:.2f} ms, p99 {p99:.2f} ms"))
     rows += [
         ("daemon process CPU per bar", f"{res.cpu_per_bar * 1e6:,.0f} us"),
         ("peak RSS (VmHWM, this process)", f"{res.peak_rss / 1024:,.0f} MiB"),
