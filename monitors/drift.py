@@ -285,6 +285,7 @@ class DriftMonitor:
         self._ring = np.zeros((window, n_features), dtype=np.int64)
         self._rows = np.arange(n_features)
         self._seen = 0
+        self._psi: FloatArray | None = None
 
     @property
     def n_samples(self) -> int:
@@ -296,12 +297,19 @@ class DriftMonitor:
 
         Raises ValueError for a row of the wrong length or with a non-finite value.
         """
+        return None if self.add(row) is None else self.report()
+
+    def add(self, row: npt.ArrayLike) -> bool | None:
+        """``update`` without building the report: whether drift fires now, None before
+        ``min_samples`` rows. The live path calls this per bar: the report's KS and
+        mappings cost twice the PSI test (``report()`` when they are wanted)."""
         x = np.asarray(row, dtype=np.float64)
         names = self.reference.names
         if x.shape != (len(names),):
             raise ValueError(f"row must have shape ({len(names)},), got {x.shape}")
-        if not np.isfinite(x).all():
-            j = int(np.argmin(np.isfinite(x)))
+        finite = np.isfinite(x)
+        if not finite.all():
+            j = int(np.argmin(finite))
             raise ValueError(f"feature {names[j]!r} is {x[j]}: live rows must be finite")
         bins = (x[:, None] >= self._edges).sum(axis=1)
         slot = self._seen % self.window
@@ -312,7 +320,15 @@ class DriftMonitor:
         self._seen += 1
         if self.n_samples < self.min_samples:
             return None
-        return self.report()
+        psis = np.asarray(psi_from_proportions(self._expected, self._counts / self.n_samples))
+        self._psi = psis  # a new array each row: readers on other threads see whole ones
+        return int(np.count_nonzero(psis > self.psi_threshold)) >= self.min_features
+
+    def psi(self) -> Mapping[str, float]:
+        """Per-feature PSI as of the newest ``add`` (empty before ``min_samples`` rows);
+        safe to call from another thread."""
+        psis = self._psi
+        return {} if psis is None else dict(zip(self.reference.names, psis.tolist(), strict=True))
 
     def report(self) -> DriftReport:
         """The current window's per-feature PSI and KS; ValueError before the first row."""

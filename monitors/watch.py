@@ -21,7 +21,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from monitors.drift import DriftMonitor, DriftReport
+from monitors.drift import DriftMonitor
 from monitors.live import DecayMonitor, DecayReport, StalenessMonitor
 
 
@@ -72,18 +72,15 @@ class DriftWatch:
 
     def __init__(self, monitor: DriftMonitor) -> None:
         self._monitor = monitor
-        self._report: DriftReport | None = None
 
     def observe(self, obs: LiveObservation) -> LiveAlarm | None:
         row = obs.features
         if row is None or not np.isfinite(row).all():
             return None
-        report = self._monitor.update(row)
-        if report is None:
+        drifted = self._monitor.add(row)
+        if not drifted:
             return None
-        self._report = report
-        if not report.drifted:
-            return None
+        report = self._monitor.report()
         return LiveAlarm(
             self.kind,
             f"PSI above {report.threshold} on {len(report.drifted_features)} features "
@@ -94,7 +91,7 @@ class DriftWatch:
         return None
 
     def readings(self) -> Mapping[str, float]:
-        return {} if self._report is None else dict(self._report.psi)
+        return self._monitor.psi()
 
 
 class DecayWatch:

@@ -297,3 +297,21 @@ def test_monitor_rejects_bad_settings(kwargs, match):
     """Out-of-range settings raise ValueError naming the setting."""
     with pytest.raises(ValueError, match=match):
         DriftMonitor(reference(), **kwargs)
+
+
+def test_add_decides_as_the_report_and_keeps_its_psi():
+    """``add`` (the live path's) fires exactly when ``update``'s report says drifted, through a
+    change; ``psi()`` is that report's PSI, and empty before min_samples."""
+    rows = feature_feed(3, 5000, change_at=4000)
+    ref = FeatureReference.from_matrix(rows[:3000], NAMES)
+    fast, full = DriftMonitor(ref, window=300), DriftMonitor(ref, window=300)
+    assert fast.psi() == {}
+    decisions = []
+    for row in rows[3000:]:
+        drifted, report = fast.add(row), full.update(row)
+        assert (drifted is None) == (report is None)
+        if report is not None:
+            assert drifted == report.drifted
+            assert fast.psi() == report.psi
+            decisions.append(drifted)
+    assert decisions[0] is False and decisions[-1] is True
